@@ -1,0 +1,3 @@
+from opama_tools.cli import main
+
+main()

@@ -1,0 +1,41 @@
+"""The typer application that every ``opama`` subcommand registers on."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="opama",
+    help=(
+        "Text-guided 360° image outpainting (OPa-Ma): from HDR captures to a benchmark table.\n\n"
+        "Example: opama demo   (synthetic data, tiny model, no downloads)"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> "typer.Exit":
+    """Print a one-line error to stderr and return the typer.Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def not_built(command: str, issue: str) -> None:
+    """Refuse to run a command whose implementation has not landed (exit 2, no fake output)."""
+    err_console.print(
+        f"[bold yellow]opama {command}[/] is not built yet ({issue}); nothing was done.", highlight=False
+    )
+    raise typer.Exit(2)
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from rich.table import Table
+
+from rich.console import Console
+
+from opama_tools.cli.app import app
+
+
+@app.command(
+    help="Show every pretrained component opama can use, where it is looked for, and whether it was found.\n\n"
+    "Example: OPAMA_SD2_INPAINT=/models/sd2-inpainting opama doctor"
+)
+def doctor() -> None:
+    from opama_tools.doctor import component_status, runtime_status
+
+    console = Console()  # created per call so $COLUMNS is honoured
+
+    table = Table(title="opama doctor: pretrained components (never downloaded)", show_lines=True)
+    for col in ("component", "weights", "looked for (flag; env; cache)", "found", "needed by"):
+        table.add_column(col, overflow="fold")
+    rows = component_status()
+    for r in rows:
+        found = f"[green]yes[/] ({r.source}): {r.found}" if r.found else "[red]missing[/]"
+        table.add_row(f"{r.title}\n[dim]{r.key}[/]", r.what, r.looked, found, r.needed_by)
+    console.print(table)
+    rt = Table(title="runtime", show_header=False)
+    rt.add_column("what")
+    rt.add_column("value", overflow="fold")
+    for k, v in runtime_status().items():
+        rt.add_row(k, v)
+    console.print(rt)
+    n = sum(r.found is not None for r in rows)
+    console.print(
+        f"{n}/{len(rows)} components found. Tiny presets (tests, `opama demo`) need none of them."
+    )
