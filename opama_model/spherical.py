@@ -157,3 +157,76 @@ def lonlat_to_equirect_grid(lon: torch.Tensor, lat: torch.Tensor) -> torch.Tenso
     ``x = lon / pi``, ``y = -lat / (pi / 2)``: the edges of the image are -1/+1.
     """
     return torch.stack((lon / math.pi, -lat / (math.pi / 2)), dim=-1)
+
+
+def pad_equirect(equi: torch.Tensor, pad: int = 1) -> torch.Tensor:
+    """Pad ``(B, C, H, W)`` by ``pad`` pixels: columns wrap across the seam; rows past a pole
+    continue on the other side of the pole (row mirrored and rolled by W/2).
+
+    Pad once per panorama and reuse it for many views: it is the expensive part.
+    """
+    w = equi.shape[-1]
+    x = torch.cat((equi[..., -pad:], equi, equi[..., :pad]), dim=-1)
+    top = torch.roll(x[..., :pad, :].flip(-2), shifts=w // 2, dims=-1)
+    bottom = torch.roll(x[..., -pad:, :].flip(-2), shifts=w // 2, dims=-1)
+    return torch.cat((top, x, bottom), dim=-2)
+
+
+def lonlat_to_padded_grid(lon: torch.Tensor, lat: torch.Tensor, height: int, width: int, pad: int = 1) -> torch.Tensor:
+    """``grid_sample`` coordinates (align_corners=False) on an equirect padded by :func:`pad_equirect`."""
+    col = (lon / (2 * math.pi) + 0.5) * width - 0.5 + pad
+    row = (0.5 - lat / math.pi) * height - 0.5 + pad
+    x = (col + 0.5) / (width + 2 * pad) * 2 - 1
+    y = (row + 0.5) / (height + 2 * pad) * 2 - 1
+    return torch.stack((x, y), dim=-1)
+
+
+def equi_to_pers(
+    equi: torch.Tensor,
+    yaw: float | Sequence[float],
+    pitch: float | Sequence[float],
+    fov: float | Sequence[float],
+    out_hw: tuple[int, int],
+    roll: float | Sequence[float] = 0.0,
+    *,
+    mode: str = "bilinear",
+    padded: bool = False,
+) -> torch.Tensor:
+    """Cut perspective views from equirect images, batched over images and views.
+
+    Args:
+        equi: ``(B, C, H, W)`` equirect images (any float dtype/device); or, with
+            ``padded=True``, the output of :func:`pad_equirect` (pad 1).
+        yaw, pitch, roll, fov: degrees; scalars or sequences of length V (see module doc).
+        out_hw: ``(h, w)`` of each view.
+        mode: ``grid_sample`` mode (``bilinear``, ``nearest``, ``bicubic``).
+
+    Returns:
+        ``(B, V, C, h, w)``. Differentiable with respect to ``equi``.
+    """
+    if equi.ndim != 4:
+        raise ValueError(f"equi must be (B, C, H, W), got shape {tuple(equi.shape)}")
+    x = equi if padded else pad_equirect(equi, 1)
+    height, width = x.shape[-2] - 2, x.shape[-1] - 2
+    dirs = perspective_directions(yaw, pitch, fov, out_hw, roll, dtype=torch.float64, device=equi.device)
+    lon, lat = dir_to_lonlat(dirs)
+    grid = lonlat_to_padded_grid(lon, lat, height, width, 1)  # (V, h, w, 2)
+    v, h, w = grid.shape[:3]
+    grid = grid.reshape(1, v * h, w, 2).expand(x.shape[0], -1, -1, -1).to(x.dtype if x.is_floating_point() else torch.float32)
+    xf = x if x.is_floating_point() else x.float()
+    out = torch.nn.functional.grid_sample(xf, grid, mode=mode, padding_mode="border", align_corners=False)
+    return out.reshape(x.shape[0], x.shape[1], v, h, w).permute(0, 2, 1, 3, 4)
+
+
+CUBE_FACES = ("F", "R", "B", "L", "U", "D")
+"""Cube face order. F: yaw 0; R: yaw 90; B: yaw 180; L: yaw -90; U: pitch 90 (image top =
+backward, bottom edge meets F); D: pitch -90 (image top = forward, top edge meets F)."""
+
+CUBE_YAW_PITCH = ((0.0, 0.0), (90.0, 0.0), (180.0, 0.0), (-90.0, 0.0), (0.0, 90.0), (0.0, -90.0))
+
+
+def equi_to_cube(equi: torch.Tensor, face_w: int, *, mode: str = "bilinear") -> torch.Tensor:
+    """Six cube faces ``(B, 6, C, face_w, face_w)`` in :data:`CUBE_FACES` order (90° views)."""
+    yaws = [yp[0] for yp in CUBE_YAW_PITCH]
+    pitches = [yp[1] for yp in CUBE_YAW_PITCH]
+    return equi_to_pers(equi, yaws, pitches, 90.0, (face_w, face_w), mode=mode)
