@@ -1,0 +1,75 @@
+"""Named sets of view directions and a parser for ``"yaw,pitch;yaw,pitch"`` strings.
+
+Every view is a ``(yaw, pitch)`` pair in degrees (conventions of :mod:`opama_model.spherical`:
+yaw 0 = panorama centre, positive yaw turns right, positive pitch looks up).
+
+* ``aog21``: AOG-Net's 21-view autoregressive order (fov 90, 512 x 512 views; OPa-Ma uses
+  the same schedule). The input NFoV view is at (0, 0) and is not part of the 21 steps.
+* ``ring8``: 8 views around the horizon every 45°, starting at yaw 0 and turning right.
+* ``cube``: the 6 cube-face directions in F R B L U D order (:data:`~opama_model.spherical.CUBE_FACES`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from opama_model.spherical import CUBE_YAW_PITCH
+
+__all__ = ["AOG21", "RING8", "CUBE", "VIEW_SETS", "parse_views", "format_views"]
+
+View = tuple[float, float]
+
+AOG21: tuple[View, ...] = (
+    (0.0, -25.0), (0.0, 25.0), (-45.0, 0.0), (45.0, 0.0), (-90.0, 0.0), (-90.0, -25.0),
+    (-90.0, 25.0), (90.0, 0.0), (90.0, -25.0), (90.0, 25.0), (-105.0, 0.0), (105.0, 0.0),
+    (180.0, 0.0), (180.0, 25.0), (180.0, -25.0), (0.0, -45.0), (90.0, -45.0), (-90.0, -45.0),
+    (0.0, 45.0), (-90.0, 45.0), (90.0, 45.0),
+)
+"""AOG-Net's autoregressive order of the 21 generated views, ``(yaw, pitch)`` in degrees."""
+
+RING8: tuple[View, ...] = tuple((float(y if y <= 180 else y - 360), 0.0) for y in range(0, 360, 45))
+"""Yaw 0, 45, 90, 135, 180, -135, -90, -45 at pitch 0."""
+
+CUBE: tuple[View, ...] = tuple((float(y), float(p)) for y, p in CUBE_YAW_PITCH)
+"""Cube-face directions F R B L U D."""
+
+VIEW_SETS: dict[str, tuple[View, ...]] = {"aog21": AOG21, "ring8": RING8, "cube": CUBE}
+
+
+def parse_views(spec: str) -> list[View]:
+    """Views from a named set (``aog21``, ``ring8``, ``cube``; case-insensitive) or a list
+    ``"yaw,pitch;yaw,pitch;..."`` in degrees (spaces allowed, a trailing ``;`` ignored).
+
+    Raises:
+        ValueError: unknown name, malformed pair, non-finite angle, or ``|pitch| > 90``.
+    """
+    text = spec.strip()
+    if not text:
+        raise ValueError("empty view list")
+    named = VIEW_SETS.get(text.lower())
+    if named is not None:
+        return list(named)
+    views: list[View] = []
+    for k, part in enumerate(p for p in text.split(";") if p.strip()):
+        fields = [f.strip() for f in part.split(",")]
+        if len(fields) != 2:
+            raise ValueError(
+                f"view {k + 1} {part.strip()!r}: expected 'yaw,pitch' (or a named set: {', '.join(VIEW_SETS)})"
+            )
+        try:
+            yaw, pitch = float(fields[0]), float(fields[1])
+        except ValueError:
+            raise ValueError(f"view {k + 1} {part.strip()!r}: yaw and pitch must be numbers (degrees)") from None
+        if not (math.isfinite(yaw) and math.isfinite(pitch)):
+            raise ValueError(f"view {k + 1} {part.strip()!r}: angles must be finite")
+        if abs(pitch) > 90:
+            raise ValueError(f"view {k + 1} {part.strip()!r}: pitch must be within [-90, 90] degrees")
+        views.append((yaw, pitch))
+    if not views:
+        raise ValueError("empty view list")
+    return views
+
+
+def format_views(views: list[View] | tuple[View, ...]) -> str:
+    """Inverse of :func:`parse_views` for explicit lists: ``"yaw,pitch;..."`` (``%g`` numbers)."""
+    return ";".join(f"{y:g},{p:g}" for y, p in views)
