@@ -1,11 +1,70 @@
 from __future__ import annotations
 
-from opama_tools.cli.app import app, not_built
+from pathlib import Path
+
+import typer
+
+from opama_tools.cli.app import app, console, err_console, fail
 
 
 @app.command(
     help="EXR HDR panoramas (Laval Indoor/Outdoor) → tonemapped PNG panoramas + manifest.csv.\n\n"
+    "Reads every .exr (and .png/.jpg, resized only) under SRC_DIR recursively, mirrors the folder "
+    "structure under OUT_DIR, skips outputs that exist (unless --overwrite), and merges one row per "
+    "source into OUT_DIR/manifest.csv. Exit code 1 if any file failed.\n\n"
     "Example: opama prepare data/laval_exr data/laval_png --size 1024x2048"
 )
-def prepare() -> None:
-    not_built("prepare", "issue #3")
+def prepare(
+    src_dir: Path = typer.Argument(..., help="Folder searched recursively for .exr/.png/.jpg panoramas."),
+    out_dir: Path = typer.Argument(..., help="Output folder (PNG files + manifest.csv)."),
+    size: str = typer.Option("1024x2048", "--size", help="Output HEIGHTxWIDTH (2:1), or 'native' to keep the source size."),
+    operator: str = typer.Option(
+        "percentile", "--operator", help="Tonemap: percentile (AOG-Net's, default), reinhard, aces or exposure."
+    ),
+    exposure: float = typer.Option(0.0, "--exposure", help="Exposure in EV (x * 2^EV) applied before the operator."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Worker processes (0 = all cores)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist."),
+    force_aspect: bool = typer.Option(False, "--force-aspect", help="Resize non-2:1 sources instead of failing them."),
+) -> None:
+    from opama_tools.prepare import PrepareConfig, parse_size, prepare_dataset
+    from opama_tools.tonemap import OPERATORS
+
+    try:
+        out_size = parse_size(size)
+    except ValueError as e:
+        raise fail(f"--size: {e}", 2)
+    if operator not in OPERATORS:
+        raise fail(f"--operator must be one of {', '.join(OPERATORS)}, got {operator!r}", 2)
+    if not src_dir.is_dir():
+        raise fail(f"{src_dir}: source folder not found", 2)
+    cfg = PrepareConfig(size=out_size, operator=operator, exposure=exposure, force_aspect=force_aspect,
+                        overwrite=overwrite)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]prepare"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"), console=console, transient=False,
+    ) as progress:
+        task = progress.add_task("", total=None)
+
+        def on_start(n: int) -> None:
+            progress.update(task, total=n)
+
+        def on_result(row: dict) -> None:
+            if row["status"] == "failed":
+                progress.console.print(f"[red]failed[/] {row['error']}", highlight=False, soft_wrap=True)
+            progress.update(task, advance=1, description=Path(row["source"]).name)
+
+        summary = prepare_dataset(src_dir, out_dir, cfg, workers=workers or None, on_start=on_start,
+                                  on_result=on_result)
+
+    console.print(
+        f"done {summary.done} / skipped {summary.skipped} / failed {summary.failed}; manifest: {summary.manifest}",
+        highlight=False,
+    )
+    if summary.interrupted:
+        err_console.print(f"[yellow]interrupted ({summary.interrupted})[/]: re-run the same command to finish.")
+        raise typer.Exit(130 if summary.interrupted == "SIGINT" else 143)
+    if summary.failed:
+        raise typer.Exit(1)
