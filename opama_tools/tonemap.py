@@ -60,12 +60,13 @@ def apply_exposure(x: np.ndarray, ev: float) -> np.ndarray:
     return np.asarray(x, dtype=np.float32) * np.float32(2.0**ev)
 
 
-def repair_hdr(x: np.ndarray) -> dict[str, int]:
+def repair_hdr(x: np.ndarray, channel_axis: int | None = -1) -> dict[str, int]:
     """Replace bad values **in place** and count them: NaN → 0, +Inf → the largest finite
     value of the image (0 if none), negatives (including -Inf) → 0.
 
-    Returns ``{"nan": n, "posinf": n, "negative": n}`` (element counts, each channel of a
-    pixel counted). A clean image costs two reductions (min and max) and no copy.
+    Returns ``{"nan": n, "posinf": n, "negative": n}``: the number of **pixels** with at
+    least one such channel along ``channel_axis`` (None: count single values). A clean
+    image costs two reductions (min and max) and no copy.
     """
     counts = {"nan": 0, "posinf": 0, "negative": 0}
     if x.size == 0:
@@ -73,17 +74,20 @@ def repair_hdr(x: np.ndarray) -> dict[str, int]:
     lo, hi = float(x.min()), float(x.max())  # NaN propagates through min/max
     if math.isfinite(lo) and math.isfinite(hi) and lo >= 0.0:
         return counts
+
+    def n_pixels(mask: np.ndarray) -> int:
+        return int(np.count_nonzero(mask if channel_axis is None else mask.any(axis=channel_axis)))
+
     nan = np.isnan(x)
-    counts["nan"] = int(np.count_nonzero(nan))
+    counts["nan"] = n_pixels(nan)
     x[nan] = 0.0
     pinf = np.isposinf(x)
-    counts["posinf"] = int(np.count_nonzero(pinf))
+    counts["posinf"] = n_pixels(pinf)
     neg = x < 0  # -Inf included
-    counts["negative"] = int(np.count_nonzero(neg))
+    counts["negative"] = n_pixels(neg)
     x[neg] = 0.0
-    if counts["posinf"]:
-        finite_max = float(np.max(x, where=~pinf, initial=0.0))
-        x[pinf] = finite_max
+    if pinf.any():
+        x[pinf] = float(np.max(x, where=~pinf, initial=0.0))
     return counts
 
 
