@@ -1,0 +1,296 @@
+"""``opama crop``: cut NFoV views, their coverage masks and cube faces from equirect PNG panoramas.
+
+For every panorama ``PANO_DIR/<stem>.png`` (``.jpg``/``.jpeg`` too; 8- or 16-bit, grey, RGB
+or RGBA, alpha dropped; 2:1) it writes, under ``OUT_DIR/<stem>/``:
+
+* ``view_KK.png``: view ``KK`` (0-based, in the order given), ``size x size``, horizontal fov
+  ``fov`` degrees, 8-bit RGB (16-bit panoramas are sampled at full precision, then rounded);
+* ``mask_KK.png`` (with ``masks``): the view's footprint on the panorama, 8-bit ``H x W``,
+  255 where the view covers the equirect pixel, 0 elsewhere;
+* ``cube_F.png`` ... ``cube_D.png`` (with ``cube``): the six 90° cube faces (F R B L U D);
+* ``crop.json``: the settings used, written last; a panorama whose ``crop.json`` matches the
+  current settings and whose files all exist is skipped on re-runs (unless ``overwrite``).
+
+and ``OUT_DIR/views.csv`` (one row per written view / face, for the panoramas done or skipped
+in this run): ``image, kind (view|cube), name, index, yaw, pitch, fov, size, path, mask_path``,
+paths relative to ``OUT_DIR``. Geometry: :mod:`opama_model.spherical` (degrees, yaw right,
+pitch up, fov horizontal spanning the edge-pixel centres). Views are sampled bilinearly from a
+once-padded panorama (seam wrap, pole continuation) in one batched ``grid_sample``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from opama_model.spherical import (
+    CUBE_FACES,
+    CUBE_YAW_PITCH,
+    equi_to_pers,
+    equirect_directions,
+    pad_equirect,
+    project_to_view,
+)
+from opama_tools.io import atomic_path, atomic_write_text
+
+__all__ = [
+    "IMAGE_EXTS",
+    "CropSettings",
+    "CropResult",
+    "find_panoramas",
+    "read_panorama",
+    "write_png",
+    "crop_arrays",
+    "crop_one",
+    "run_crop",
+]
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+CSV_COLUMNS = ["image", "kind", "name", "index", "yaw", "pitch", "fov", "size", "path", "mask_path"]
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """What to cut: ``views`` as ``(yaw, pitch)`` degrees, square ``size`` px views of horizontal
+    ``fov`` degrees, optional ``cube`` face width (0 = none), coverage ``masks`` or not."""
+
+    views: tuple[tuple[float, float], ...]
+    fov: float = 90.0
+    size: int = 512
+    cube: int = 0
+    masks: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.views:
+            raise ValueError("no views to cut")
+        if not 0 < self.fov < 180:
+            raise ValueError(f"fov must be in (0, 180) degrees, got {self.fov}")
+        if self.size < 2:
+            raise ValueError(f"size must be >= 2 pixels, got {self.size}")
+        if self.cube < 0 or self.cube == 1:
+            raise ValueError(f"cube face width must be 0 (none) or >= 2 pixels, got {self.cube}")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["views"] = [list(v) for v in self.views]
+        return d
+
+
+@dataclass
+class CropResult:
+    """Outcome of :func:`run_crop`."""
+
+    done: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    csv: Path | None = None
+
+
+def find_panoramas(pano_dir: str | Path) -> list[Path]:
+    """Image files (``.png``, ``.jpg``, ``.jpeg``, any case) directly in ``pano_dir``, sorted by name."""
+    return sorted(p for p in Path(pano_dir).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def read_panorama(path: str | Path) -> np.ndarray:
+    """Read an equirect image as ``(H, W, 3)`` uint8 or uint16 (grey expanded, alpha dropped).
+
+    Raises ``ValueError`` with the reason when the file cannot be used.
+    """
+    import imageio.v3 as iio
+
+    try:
+        img = np.asarray(iio.imread(path))
+    except Exception as e:  # imageio raises many types for broken files
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot read image ({type(e).__name__}: {first})") from None
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    if img.ndim != 3 or img.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"unsupported image shape {img.shape}")
+    if img.shape[-1] in (1, 2):  # grey (+ alpha)
+        img = np.repeat(img[..., :1], 3, axis=-1)
+    img = img[..., :3]
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"unsupported pixel type {img.dtype} (8- or 16-bit PNG/JPEG expected)")
+    h, w = img.shape[:2]
+    if w != 2 * h or h < 2:
+        raise ValueError(f"not a 2:1 equirectangular panorama ({h}x{w} pixels)")
+    return np.ascontiguousarray(img)
+
+
+def write_png(path: str | Path, img: np.ndarray) -> None:
+    """Write ``(H, W[, 3])`` uint8 (or ``(H, W)`` uint16) as PNG, atomically."""
+    import imageio.v3 as iio
+
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, img, extension=".png")
+
+
+def _to_float(img: np.ndarray) -> torch.Tensor:
+    scale = float(np.iinfo(img.dtype).max)
+    return torch.from_numpy(img.astype(np.float32) / scale).permute(2, 0, 1).unsqueeze(0)
+
+
+def _to_int(x: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """``(C, h, w)`` float in [0, 1] -> ``(h, w, C)`` integer image."""
+    scale = float(np.iinfo(dtype).max)
+    a = (x.clamp(0, 1) * scale).round().permute(1, 2, 0).numpy()
+    return a.astype(dtype)
+
+
+def crop_arrays(img: np.ndarray, settings: CropSettings) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Views and cube faces of one ``(H, W, 3)`` uint8/uint16 panorama.
+
+    Returns ``(views, faces)``: lists of ``(size, size, 3)`` and ``(cube, cube, 3)`` uint8 arrays
+    (faces empty when ``settings.cube == 0``). The panorama is padded once for all of them.
+    """
+    x = pad_equirect(_to_float(img), 1)
+    yaws = [v[0] for v in settings.views]
+    pitches = [v[1] for v in settings.views]
+    with torch.no_grad():
+        views = equi_to_pers(x, yaws, pitches, settings.fov, (settings.size, settings.size), padded=True)[0]
+        out_views = [_to_int(v, np.uint8) for v in views]
+        faces: list[np.ndarray] = []
+        if settings.cube:
+            cy = [yp[0] for yp in CUBE_YAW_PITCH]
+            cp = [yp[1] for yp in CUBE_YAW_PITCH]
+            cube = equi_to_pers(x, cy, cp, 90.0, (settings.cube, settings.cube), padded=True)[0]
+            faces = [_to_int(f, np.uint8) for f in cube]
+    return out_views, faces
+
+
+def _outputs(stem: str, settings: CropSettings) -> dict[str, str]:
+    """Relative output paths (POSIX) of one panorama, keyed by role."""
+    out: dict[str, str] = {}
+    for k in range(len(settings.views)):
+        out[f"view_{k:02d}"] = f"{stem}/view_{k:02d}.png"
+        if settings.masks:
+            out[f"mask_{k:02d}"] = f"{stem}/mask_{k:02d}.png"
+    if settings.cube:
+        for name in CUBE_FACES:
+            out[f"cube_{name}"] = f"{stem}/cube_{name}.png"
+    return out
+
+
+def _rows(image: str, stem: str, settings: CropSettings) -> list[dict]:
+    rows = []
+    for k, (yaw, pitch) in enumerate(settings.views):
+        rows.append({
+            "image": image, "kind": "view", "name": f"view_{k:02d}", "index": k, "yaw": yaw, "pitch": pitch,
+            "fov": settings.fov, "size": settings.size, "path": f"{stem}/view_{k:02d}.png",
+            "mask_path": f"{stem}/mask_{k:02d}.png" if settings.masks else "",
+        })
+    if settings.cube:
+        for k, (name, (yaw, pitch)) in enumerate(zip(CUBE_FACES, CUBE_YAW_PITCH)):
+            rows.append({
+                "image": image, "kind": "cube", "name": name, "index": k, "yaw": yaw, "pitch": pitch,
+                "fov": 90.0, "size": settings.cube, "path": f"{stem}/cube_{name}.png", "mask_path": "",
+            })
+    return rows
+
+
+def _is_done(out_dir: Path, stem: str, settings: CropSettings) -> bool:
+    meta = out_dir / stem / "crop.json"
+    if not meta.is_file():
+        return False
+    try:
+        if json.loads(meta.read_text()).get("settings") != settings.to_json():
+            return False
+    except (OSError, ValueError):
+        return False
+    return all((out_dir / rel).is_file() for rel in _outputs(stem, settings).values())
+
+
+_MASK_CACHE: dict[tuple, list[np.ndarray]] = {}
+
+
+def _masks(settings: CropSettings, height: int, width: int) -> list[np.ndarray]:
+    """Footprint masks ``(H, W)`` uint8 0/255 of every view (same for every panorama of that size;
+    equal to :func:`opama_model.spherical.view_coverage_mask`)."""
+    key = (settings.views, settings.fov, settings.size, height, width)
+    if key not in _MASK_CACHE:
+        _MASK_CACHE.clear()
+        dirs = equirect_directions(height, width, dtype=torch.float32)
+        hw = (settings.size, settings.size)
+        _MASK_CACHE[key] = [
+            project_to_view(dirs, yaw, pitch, settings.fov, hw)[2].numpy().astype(np.uint8) * 255
+            for yaw, pitch in settings.views
+        ]
+    return _MASK_CACHE[key]
+
+
+def crop_one(path: Path, out_dir: Path, settings: CropSettings) -> None:
+    """Cut and write every output of one panorama (see the module doc). Raises ``ValueError`` on a bad input."""
+    img = read_panorama(path)
+    stem = path.stem
+    views, faces = crop_arrays(img, settings)
+    folder = out_dir / stem
+    for k, v in enumerate(views):
+        write_png(folder / f"view_{k:02d}.png", v)
+    if settings.masks:
+        for k, m in enumerate(_masks(settings, img.shape[0], img.shape[1])):
+            write_png(folder / f"mask_{k:02d}.png", m)
+    for name, f in zip(CUBE_FACES, faces):
+        write_png(folder / f"cube_{name}.png", f)
+    expected = {Path(rel).name for rel in _outputs(stem, settings).values()}
+    for old in folder.glob("*.png"):  # outputs of earlier runs with other settings
+        if old.name not in expected and old.name.split("_")[0] in ("view", "mask", "cube"):
+            old.unlink()
+    meta = {"image": path.name, "height": int(img.shape[0]), "width": int(img.shape[1]), "settings": settings.to_json()}
+    atomic_write_text(folder / "crop.json", json.dumps(meta) + "\n")
+
+
+def run_crop(
+    pano_dir: str | Path,
+    out_dir: str | Path,
+    settings: CropSettings,
+    *,
+    overwrite: bool = False,
+    on_progress: Callable[[int, int, Path], None] | None = None,
+    on_failure: Callable[[Path, str], None] | None = None,
+) -> CropResult:
+    """Crop every panorama of ``pano_dir`` into ``out_dir``; write ``views.csv``.
+
+    A bad file is recorded in ``result.failed`` with its reason (and passed to ``on_failure``)
+    and does not stop the batch. ``on_progress(k, n, path)`` is called after each panorama.
+    Raises ``FileNotFoundError`` when ``pano_dir`` is not a folder.
+    """
+    import pandas as pd
+
+    pano_dir, out_dir = Path(pano_dir), Path(out_dir)
+    if not pano_dir.is_dir():
+        raise FileNotFoundError(f"{pano_dir}: not a folder")
+    paths = find_panoramas(pano_dir)
+    result = CropResult()
+    rows: list[dict] = []
+    seen: dict[str, Path] = {}
+    for k, path in enumerate(paths):
+        try:
+            if path.stem in seen:
+                raise ValueError(f"same name as {seen[path.stem].name}; outputs would collide")
+            seen[path.stem] = path
+            if not overwrite and _is_done(out_dir, path.stem, settings):
+                result.skipped.append(path)
+            else:
+                crop_one(path, out_dir, settings)
+                result.done.append(path)
+            rows.extend(_rows(path.name, path.stem, settings))
+        except Exception as e:  # a bad file must not stop the batch; reported with its reason
+            reason = str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
+            result.failed.append((path, reason))
+            if on_failure is not None:
+                on_failure(path, reason)
+        if on_progress is not None:
+            on_progress(k + 1, len(paths), path)
+    if paths:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        csv = out_dir / "views.csv"
+        with atomic_path(csv) as tmp:
+            pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False)
+        result.csv = csv
+    return result
