@@ -104,7 +104,7 @@ def read_panorama(path: str | Path) -> np.ndarray:
     import imageio.v3 as iio
 
     try:
-        img = np.asarray(iio.imread(path))
+        img = np.asarray(iio.imread(path, plugin="pillow"))
     except Exception as e:  # imageio raises many types for broken files
         first = (str(e).strip().splitlines() or [""])[0]
         raise ValueError(f"cannot read image ({type(e).__name__}: {first})") from None

@@ -1,0 +1,131 @@
+"""``opama crop``: views, masks, cube faces, views.csv, batch behaviour."""
+
+from __future__ import annotations
+
+import imageio.v3 as iio
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from opama_model.spherical import equi_to_cube, equi_to_pers, view_coverage_mask
+from opama_model.views import AOG21
+from opama_tools.cli import app
+from opama_tools.crop import CropSettings, run_crop
+from opama_tools.synthetic import make_scene, render_equirect
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def pano8() -> np.ndarray:
+    e = render_equirect(make_scene(1, "outdoor"), 32, 64, supersample=1)
+    return (np.clip(e / (1 + e), 0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture()
+def pano_dir(tmp_path, pano8):
+    d = tmp_path / "panos"
+    d.mkdir()
+    iio.imwrite(d / "a.png", pano8)
+    iio.imwrite(d / "b.png", (pano8[..., 1].astype(np.uint16) * 257))  # 16-bit grey
+    return d
+
+
+def _float(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(img.astype(np.float32) / 255).permute(2, 0, 1)[None]
+
+
+def test_crop_writes_views_masks_faces_and_csv(tmp_path, pano_dir, pano8):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["crop", str(pano_dir), str(out), "--views", "0,0;90,0;180,-30",
+                              "--size", "16", "--fov", "100", "--cube", "8", "--masks"])
+    assert res.exit_code == 0, res.output
+    assert "2 done, 0 skipped, 0 failed" in res.output
+    df = pd.read_csv(out / "views.csv", keep_default_na=False)
+    assert list(df.columns[:7]) == ["image", "kind", "name", "index", "yaw", "pitch", "fov"]
+    assert len(df) == 2 * (3 + 6)
+    views = df[(df.image == "a.png") & (df.kind == "view")]
+    assert views[["yaw", "pitch"]].values.tolist() == [[0, 0], [90, 0], [180, -30]]
+    assert set(views.fov) == {100.0} and set(df[df.kind == "cube"].name) == set("FRBLUD")
+    for p in list(df.path) + [m for m in df.mask_path if m]:
+        assert (out / p).is_file(), p
+    # pixels: the view is the equi_to_pers cut of the panorama, rounded to 8 bit
+    ref = equi_to_pers(_float(pano8), [0, 90, 180], [0, 0, -30], 100, (16, 16))[0]
+    for k in range(3):
+        img = iio.imread(out / views.path.iloc[k])
+        assert img.shape == (16, 16, 3) and img.dtype == np.uint8
+        expected = (ref[k].permute(1, 2, 0).numpy() * 255).round()
+        assert np.abs(img.astype(float) - expected).max() <= 1
+    # masks: footprint on the panorama, 0/255
+    m = iio.imread(out / views.mask_path.iloc[2])
+    assert m.shape == (32, 64) and set(np.unique(m)) == {0, 255}
+    cov = view_coverage_mask(180, -30, 100, (16, 16), (32, 64))[0, 0].numpy()
+    assert np.array_equal(m == 255, cov == 1)
+    assert m[:, 0].any() and m[:, -1].any() and not m[:, 32].any()  # around the seam, not the centre
+    # cube faces
+    faces = equi_to_cube(_float(pano8), 8)[0]
+    f_u = iio.imread(out / "a" / "cube_U.png")
+    assert np.abs(f_u.astype(float) - (faces[4].permute(1, 2, 0).numpy() * 255).round()).max() <= 1
+    # 16-bit grey input: 3 equal channels in the 8-bit view
+    vb = iio.imread(out / "b" / "view_00.png")
+    assert vb.shape == (16, 16, 3) and np.array_equal(vb[..., 0], vb[..., 2])
+
+
+def test_crop_reruns_skip_and_overwrite(tmp_path, pano_dir):
+    out = tmp_path / "out"
+    args = ["crop", str(pano_dir), str(out), "--views", "cube", "--size", "8"]
+    assert runner.invoke(app, args).exit_code == 0
+    first = (out / "a" / "view_03.png").stat().st_mtime_ns
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and "0 done, 2 skipped, 0 failed" in res.output
+    assert (out / "a" / "view_03.png").stat().st_mtime_ns == first
+    assert len(pd.read_csv(out / "views.csv")) == 12  # skipped panoramas stay in the table
+    res = runner.invoke(app, args + ["--overwrite"])
+    assert res.exit_code == 0 and "2 done, 0 skipped" in res.output
+    # other settings are not "done": redone, and stale files of the old settings removed
+    res = runner.invoke(app, ["crop", str(pano_dir), str(out), "--views", "0,0;45,0", "--size", "8"])
+    assert "2 done, 0 skipped" in res.output
+    assert sorted(p.name for p in (out / "a").glob("*.png")) == ["view_00.png", "view_01.png"]
+    # a missing output makes the panorama pending again
+    (out / "b" / "view_01.png").unlink()
+    res = runner.invoke(app, ["crop", str(pano_dir), str(out), "--views", "0,0;45,0", "--size", "8"])
+    assert "1 done, 1 skipped" in res.output
+
+
+def test_crop_reports_bad_files_and_continues(tmp_path, pano_dir):
+    (pano_dir / "broken.png").write_text("not a png")
+    iio.imwrite(pano_dir / "square.png", np.zeros((16, 16, 3), np.uint8))
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["crop", str(pano_dir), str(out), "--views", "ring8", "--size", "8"])
+    assert res.exit_code == 1
+    assert "2 done, 0 skipped, 2 failed" in res.output
+    assert "broken.png" in res.output and "cannot read image" in res.output
+    assert "square.png" in res.output and "not a 2:1" in res.output
+    df = pd.read_csv(out / "views.csv")
+    assert set(df.image) == {"a.png", "b.png"} and len(df) == 16
+    assert not (out / "broken").exists()
+
+
+def test_crop_named_set_aog21_library(tmp_path, pano_dir):
+    res = run_crop(pano_dir, tmp_path / "o", CropSettings(views=AOG21, size=8))
+    assert len(res.done) == 2 and not res.failed
+    df = pd.read_csv(res.csv)
+    a = df[df.image == "a.png"]
+    assert list(zip(a.yaw, a.pitch)) == list(AOG21)
+
+
+def test_crop_usage_errors(tmp_path, pano_dir):
+    res = runner.invoke(app, ["crop", str(pano_dir), str(tmp_path / "o"), "--views", "0,0;95"])
+    assert res.exit_code == 2 and "yaw,pitch" in res.output
+    res = runner.invoke(app, ["crop", str(pano_dir), str(tmp_path / "o"), "--fov", "180"])
+    assert res.exit_code == 2
+    res = runner.invoke(app, ["crop", str(tmp_path / "missing"), str(tmp_path / "o")])
+    assert res.exit_code == 1 and "not a folder" in res.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(app, ["crop", str(empty), str(tmp_path / "o")])
+    assert res.exit_code == 1 and "no panoramas" in res.output
+    res = runner.invoke(app, ["crop", "--help"])
+    assert res.exit_code == 0 and "Example:" in res.output
