@@ -44,6 +44,7 @@ __all__ = [
     "merge_manifest",
     "parse_size",
     "prepare_dataset",
+    "read_manifest",
     "process_file",
     "resize_equirect",
     "to_uint8",
@@ -307,6 +308,19 @@ class PrepareSummary:
         return [r for r in self.rows if r["status"] == "failed"]
 
 
+def read_manifest(path: str | Path) -> "pd.DataFrame":  # noqa: F821
+    """Read a prepare ``manifest.csv``: text columns as str (empty, never NaN), counts and sizes as
+    nullable ``Int64`` (empty where unknown, e.g. for failed files)."""
+    import pandas as pd
+
+    df = pd.read_csv(path, dtype={c: "Int64" for c in _INT_COLUMNS}, keep_default_na=False, na_values={
+        c: [""] for c in _INT_COLUMNS})
+    for c in df.columns:
+        if c not in _INT_COLUMNS:
+            df[c] = df[c].astype(str)
+    return df
+
+
 def merge_manifest(path: str | Path, rows: list[dict]) -> "pd.DataFrame":  # noqa: F821
     """Merge ``rows`` into the CSV manifest at ``path`` (atomically rewritten) and return it.
 
@@ -319,7 +333,7 @@ def merge_manifest(path: str | Path, rows: list[dict]) -> "pd.DataFrame":  # noq
     path = Path(path)
     new = pd.DataFrame(rows, columns=MANIFEST_COLUMNS) if rows else pd.DataFrame(columns=MANIFEST_COLUMNS)
     if path.exists():
-        old = pd.read_csv(path, dtype={"source": str, "output": str, "error": str, "params": str}, keep_default_na=False)
+        old = read_manifest(path)
         replace = set(new.loc[new["status"] != "skipped", "source"])
         new = new[(new["status"] != "skipped") | ~new["source"].isin(set(old["source"]))]
         old = old[~old["source"].isin(replace)]
@@ -348,12 +362,22 @@ def _raise_terminated(signum, frame):  # noqa: ARG001
     raise Terminated(signal.Signals(signum).name)
 
 
+_IN_TASK = [False]
+
+
+def _worker_sigterm(signum, frame):  # noqa: ARG001
+    if _IN_TASK[0]:
+        raise Terminated(signal.Signals(signum).name)  # unwinds atomic_path: the temp file is removed
+    os._exit(128 + signum)  # idle worker: nothing to clean
+
+
 def _worker_init() -> None:
-    """Pool worker set-up: SIGTERM unwinds the current write (removing its temp file)."""
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    """Pool worker set-up: SIGTERM unwinds the current write (removing its temp file), then exits."""
+    signal.signal(signal.SIGTERM, _worker_sigterm)
 
 
 def _worker_task(src: str, dst: str, cfg: PrepareConfig, dst_rel: str) -> dict:
+    _IN_TASK[0] = True
     try:
         return process_file(src, dst, cfg, dst_rel)
     except (Terminated, KeyboardInterrupt):
@@ -361,6 +385,8 @@ def _worker_task(src: str, dst: str, cfg: PrepareConfig, dst_rel: str) -> dict:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         os._exit(128 + signal.SIGTERM)
+    finally:
+        _IN_TASK[0] = False
 
 
 @contextlib.contextmanager

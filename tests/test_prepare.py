@@ -1,0 +1,306 @@
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from opama_tools import prepare as pp
+from opama_tools.cli import app
+from opama_tools.exr import write_exr
+
+runner = CliRunner()
+
+
+# --------------------------------------------------------------------------- references
+def ref_percentile_u8(x: np.ndarray) -> np.ndarray:
+    """AOG-Net's operator, the plain numpy way, rounded to uint8."""
+    xg = x.astype(np.float32) ** (1 / 2.4)
+    alpha = 0.5 / (np.percentile(xg[xg > 0], 50) + 1e-10)
+    return np.floor(np.clip(alpha * xg, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def pil_resize_wrapped(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Pillow's float Lanczos per channel on the image padded with wrapped columns (box = original)."""
+    H, W, C = img.shape
+    pad = int(math.ceil(3 * max(W / w, 1))) + 2
+    padded = np.concatenate([img[:, -pad:], img, img[:, :pad]], axis=1)
+    return np.stack(
+        [np.asarray(Image.fromarray(np.ascontiguousarray(padded[..., c])).resize(
+            (w, h), Image.Resampling.LANCZOS, box=(pad, 0, pad + W, H))) for c in range(C)], -1)
+
+
+def assert_close_u8(got: np.ndarray, want: np.ndarray) -> None:
+    """Equal up to float rounding at the .5 boundaries of the uint8 quantisation."""
+    assert got.shape == want.shape and got.dtype == np.uint8
+    d = np.abs(got.astype(int) - want.astype(int))
+    assert d.max() <= 1 and (d == 0).mean() > 0.99, (d.max(), (d == 0).mean())
+
+
+# --------------------------------------------------------------------------- resize
+@pytest.mark.parametrize("shape,out", [((32, 64), (16, 32)), ((32, 64), (20, 40)), ((30, 60), (7, 14)),
+                                      ((16, 32), (40, 80)), ((24, 48), (24, 48))])
+def test_resize_matches_pillow_lanczos(shape, out):
+    img = np.random.default_rng(sum(shape)).random((*shape, 3)).astype(np.float32)
+    got = pp.resize_equirect(img, *out)
+    assert got.shape == (*out, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, pil_resize_wrapped(img, *out), atol=2e-6)
+    # rows use Pillow's own border rule (no wrap across the poles)
+    rows_only = pp.resize_equirect(img, out[0], shape[1])
+    pil_rows = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(img[..., c])).resize(
+        (shape[1], out[0]), Image.Resampling.LANCZOS)) for c in range(3)], -1)
+    np.testing.assert_allclose(rows_only, pil_rows, atol=2e-6)
+
+
+def test_resize_is_seamless_across_180():
+    rng = np.random.default_rng(3)
+    img = rng.random((32, 64, 3)).astype(np.float32)
+    small = pp.resize_equirect(img, 16, 32)
+    for k in (2, 32, 50):  # rolling the panorama by k columns rolls the result by k/2: no seam anywhere
+        np.testing.assert_allclose(pp.resize_equirect(np.roll(img, k, axis=1), 16, 32),
+                                   np.roll(small, k // 2, axis=1), atol=2e-6)
+    # without wrapping (plain Pillow) the edge columns would differ from the rolled interior
+    plain = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(img[..., c])).resize(
+        (32, 16), Image.Resampling.LANCZOS)) for c in range(3)], -1)
+    assert np.abs(plain[:, 0] - small[:, 0]).max() > 1e-3
+
+
+def test_parse_size():
+    assert pp.parse_size("1024x2048") == (1024, 2048)
+    assert pp.parse_size("native") is None
+    for bad in ("1024x1024", "abc", "10x", "0x0"):
+        with pytest.raises(ValueError):
+            pp.parse_size(bad)
+
+
+def test_to_uint8_rounds_half_up_and_clips():
+    x = np.array([-0.1, 0.0, 0.5 / 255, 0.49 / 255, 0.5, 1.0, 1.2], np.float32)
+    np.testing.assert_array_equal(pp.to_uint8(x), [0, 0, 1, 0, 128, 255, 255])
+
+
+# --------------------------------------------------------------------------- batch on real files
+def make_tree(root: Path) -> dict:
+    """Real EXR / PNG / JPEG files of every kind the issue lists; returns the arrays written."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    x = rng.lognormal(0, 1.5, (16, 32, 3)).astype(np.float32)
+    x[0, :5] = 0  # zeros are left out of the median
+    write_exr(root / "float_rgb.exr", x)
+    arrays["float_rgb"] = x
+    h = rng.lognormal(0, 1, (16, 32, 3)).astype(np.float32)
+    write_exr(root / "sub" / "half_rgb.exr", h, half=True)
+    arrays["half_rgb"] = h.astype(np.float16).astype(np.float32)
+    rgba = rng.lognormal(0, 1, (16, 32, 4)).astype(np.float32)
+    rgba[..., 3] = 1e6  # alpha must not enter the tonemap
+    write_exr(root / "sub" / "rgba.exr", rgba)
+    arrays["rgba"] = rgba[..., :3]
+    y = rng.lognormal(0, 1, (16, 32)).astype(np.float32)
+    write_exr(root / "y_lum.exr", y)
+    arrays["y_lum"] = y
+    b = rng.lognormal(0, 1, (16, 32, 3)).astype(np.float32)
+    b[1, 1] = [np.nan, 0.5, 0.5]
+    b[2, 2] = [np.inf, np.inf, np.inf]
+    b[3, 3, 0] = -2.0
+    b[4, 4, 2] = -np.inf
+    write_exr(root / "sub" / "deep" / "bad_values.exr", b)
+    arrays["bad_values"] = b
+    (root / "broken").mkdir()
+    trunc_src = root / "broken" / "_full.tmpexr"
+    write_exr(trunc_src, rng.random((64, 128, 3)).astype(np.float32), compression="none")
+    (root / "broken" / "truncated.exr").write_bytes(trunc_src.read_bytes()[:2000])
+    trunc_src.unlink()
+    (root / "broken" / "text.exr").write_text("this is a text file, not an EXR\n")
+    write_exr(root / "square.exr", np.ones((16, 16, 3), np.float32))
+    ldr = (rng.random((16, 32, 3)) * 255).astype(np.uint8)
+    iio.imwrite(root / "photo.png", ldr)
+    arrays["photo"] = ldr
+    iio.imwrite(root / "photo2.jpg", ldr, quality=95)
+    arrays["photo2"] = np.asarray(iio.imread(root / "photo2.jpg"))
+    return arrays
+
+
+def read_manifest(out: Path) -> pd.DataFrame:
+    return pp.read_manifest(out / "manifest.csv").set_index("output")
+
+
+def test_prepare_real_files_end_to_end(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    arrays = make_tree(src)
+    res = runner.invoke(app, ["prepare", str(src), str(out), "--size", "native", "--workers", "1"])
+    assert res.exit_code == 1, res.output
+    assert "done 7 / skipped 0 / failed 3" in res.output
+    m = read_manifest(out)
+    assert len(m) == 10 and set(m["status"]) == {"done", "failed"}
+
+    # valid files: expected values (the plain numpy operator on what was written)
+    for name in ("float_rgb", "sub/half_rgb", "sub/rgba"):
+        assert_close_u8(iio.imread(out / f"{name}.png"), ref_percentile_u8(arrays[name.split("/")[-1]]))
+    y_png = iio.imread(out / "y_lum.png")
+    assert (y_png[..., 0] == y_png[..., 1]).all() and (y_png[..., 0] == y_png[..., 2]).all()
+    assert_close_u8(y_png[..., 0], ref_percentile_u8(arrays["y_lum"]))
+    np.testing.assert_array_equal(iio.imread(out / "photo.png"), arrays["photo"])  # LDR at native size: as is
+    np.testing.assert_array_equal(iio.imread(out / "photo2.png"), arrays["photo2"])
+    assert m.loc["photo.png", "operator"] == "none"
+
+    # bad values: repaired and counted (pixels), NaN -> 0, +Inf -> largest finite (saturates)
+    row = m.loc["sub/deep/bad_values.png"]
+    assert (row["status"], row["nan_pixels"], row["posinf_pixels"], row["negative_pixels"], row["repaired_pixels"]) \
+        == ("done", 1, 1, 2, 4)
+    fixed = arrays["bad_values"].copy()
+    fixed[1, 1, 0] = 0
+    fixed[3, 3, 0] = fixed[4, 4, 2] = 0
+    fixed[2, 2] = np.nanmax(np.where(np.isfinite(fixed), fixed, np.nan))
+    bad_png = iio.imread(out / "sub/deep/bad_values.png")
+    assert_close_u8(bad_png, ref_percentile_u8(fixed))
+    assert bad_png[1, 1, 0] == 0 and (bad_png[2, 2] == 255).all()
+    assert m.loc["float_rgb.png", "repaired_pixels"] == 0
+    assert '"alpha"' in m.loc["float_rgb.png", "params"] and m.loc["float_rgb.png", "operator"] == "percentile"
+    assert (m.loc["float_rgb.png", "width"], m.loc["float_rgb.png", "height"]) == (32, 16)
+
+    # bad files: listed with path and reason, no output written
+    reasons = {"broken/truncated.png": "unreadable EXR", "broken/text.png": "not an OpenEXR file",
+               "square.png": "not a 2:1"}
+    for output, reason in reasons.items():
+        assert m.loc[output, "status"] == "failed" and reason in m.loc[output, "error"]
+        assert Path(m.loc[output, "source"]).name in m.loc[output, "error"]
+        assert not (out / output).exists()
+        assert reason in res.output
+
+    # re-run: good outputs untouched, failures still reported, manifest rows kept
+    good = sorted(p for p in out.rglob("*.png"))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in good}
+    res2 = runner.invoke(app, ["prepare", str(src), str(out), "--size", "native", "--workers", "1"])
+    assert res2.exit_code == 1 and "done 0 / skipped 7 / failed 3" in res2.output
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in good} == before
+    m2 = read_manifest(out)
+    pd.testing.assert_frame_equal(m2.loc[m2["status"] == "done"], m.loc[m["status"] == "done"])
+
+    # fix two inputs: their rows are replaced, the others kept; all good now except the truncated file
+    write_exr(src / "broken" / "text.exr", np.full((8, 16, 3), 2.0, np.float32))
+    res3 = runner.invoke(app, ["prepare", str(src), str(out), "--size", "native", "--workers", "1",
+                               "--force-aspect"])
+    assert res3.exit_code == 1 and "done 2 / skipped 7 / failed 1" in res3.output
+    m3 = read_manifest(out)
+    assert len(m3) == 10
+    assert m3.loc["broken/text.png", "status"] == "done" and m3.loc["square.png", "status"] == "done"
+    assert iio.imread(out / "square.png").shape == (16, 32, 3)  # --force-aspect: resized to 2:1
+    assert (iio.imread(out / "broken/text.png") == 128).all()  # constant image -> median -> 0.5
+    pd.testing.assert_series_equal(m3.loc["float_rgb.png"], m.loc["float_rgb.png"])
+
+    # --overwrite redoes outputs
+    os.utime(out / "float_rgb.png", ns=(1, 1))
+    res4 = runner.invoke(app, ["prepare", str(src / "sub"), str(out / "sub_only"), "--size", "8x16",
+                               "--operator", "aces", "--workers", "1"])
+    assert res4.exit_code == 0, res4.output
+    assert iio.imread(out / "sub_only" / "rgba.png").shape == (8, 16, 3)
+    res5 = runner.invoke(app, ["prepare", str(src), str(out), "--size", "native", "--workers", "1",
+                               "--overwrite", "--force-aspect"])
+    assert res5.exit_code == 1 and "done 9 / skipped 0 / failed 1" in res5.output
+    assert (out / "float_rgb.png").stat().st_mtime_ns > 1
+    # the output folder inside the source folder was not taken as input
+    assert "sub_only" not in " ".join(read_manifest(out)["source"])
+
+
+def test_resized_output_and_operators(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    x = np.random.default_rng(1).lognormal(0, 1, (32, 64, 3)).astype(np.float32)
+    write_exr(src / "p.exr", x)
+    s = pp.prepare_dataset(src, out, pp.PrepareConfig(size=(16, 32)), workers=1)
+    assert (s.done, s.skipped, s.failed, s.interrupted) == (1, 0, 0, None)
+    xg = x ** (1 / 2.4)
+    full = np.clip(0.5 / (np.percentile(xg[xg > 0], 50) + 1e-10) * xg, 0, 1)
+    want = np.floor(np.clip(pil_resize_wrapped(full, 16, 32), 0, 1) * 255 + 0.5).astype(np.uint8)
+    assert_close_u8(iio.imread(out / "p.png"), want)
+    from opama_tools.tonemap import reinhard
+
+    s = pp.prepare_dataset(src, out, pp.PrepareConfig(size=None, operator="reinhard", exposure=-1, overwrite=True),
+                           workers=1)
+    assert s.done == 1
+    want = np.floor(reinhard(x * 0.5) * 255 + 0.5).astype(np.uint8)
+    assert_close_u8(iio.imread(out / "p.png"), want)
+    row = pd.read_csv(out / "manifest.csv").iloc[0]
+    assert row["operator"] == "reinhard" and '"exposure_ev": -1.0' in row["params"]
+
+
+def test_colliding_outputs_fail_the_second(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_exr(src / "a.exr", np.ones((8, 16, 3), np.float32))
+    iio.imwrite(src / "a.png", np.zeros((8, 16, 3), np.uint8))
+    s = pp.prepare_dataset(src, out, pp.PrepareConfig(size=None), workers=1)
+    assert (s.done, s.failed) == (1, 1)
+    assert "also the output of" in s.failures[0]["error"]
+
+
+def test_killed_write_leaves_no_file(tmp_path, monkeypatch):
+    """A write interrupted by SIGTERM (in-process path) removes its temp file; nothing appears."""
+    def half_write(path, arr, **kw):
+        Path(path).write_bytes(b"\x89PNG\r\n\x1a\n partial")
+        raise pp.Terminated("SIGTERM")
+
+    Image.fromarray(np.zeros((4, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    monkeypatch.setattr(iio, "imwrite", half_write)
+    with pytest.raises(pp.Terminated):  # never swallowed as a per-file error
+        pp.process_file(tmp_path / "x.png", tmp_path / "out" / "x.png", pp.PrepareConfig(size=None))
+    assert list((tmp_path / "out").iterdir()) == []
+    # an ordinary write error is a per-file failure, also without leftovers
+    monkeypatch.setattr(iio, "imwrite", lambda path, arr, **kw: (_ for _ in ()).throw(OSError("disk full")))
+    row = pp.process_file(tmp_path / "x.png", tmp_path / "out" / "x.png", pp.PrepareConfig(size=None))
+    assert row["status"] == "failed" and "disk full" in row["error"]
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_sigterm_mid_run_then_rerun_completes(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    n = 24
+    img = np.random.default_rng(2).lognormal(0, 1, (512, 1024, 3)).astype(np.float32)
+    write_exr(src / "p00.exr", img, compression="none")
+    for i in range(1, n):
+        shutil.copyfile(src / "p00.exr", src / f"p{i:02d}.exr")
+    cmd = [sys.executable, "-m", "opama_tools.cli", "prepare", str(src), str(out), "--size", "256x512",
+           "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_dir() and any(p.suffix == ".png" for p in out.iterdir()):
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, (stdout, stderr)
+    assert "interrupted (SIGTERM)" in stderr
+
+    files = [p for p in out.rglob("*") if p.is_file()]
+    pngs = sorted(p for p in files if p.suffix == ".png")
+    assert 1 <= len(pngs) < n, "the kill should land mid-way"
+    # nothing but complete outputs and the manifest: no temp file, no half-written PNG
+    assert sorted(p.name for p in files) == sorted([p.name for p in pngs] + ["manifest.csv"])
+    assert all(p.name.startswith("p") and not p.name.startswith(".") for p in pngs)
+    first = iio.imread(pngs[0])
+    assert first.shape == (256, 512, 3)
+    for p in pngs:
+        np.testing.assert_array_equal(iio.imread(p), first)  # same input -> fully written, identical
+    m = pd.read_csv(out / "manifest.csv")
+    # what the main process heard back is recorded (a file renamed in the instant of the kill may
+    # not be: the next run then records it as skipped)
+    assert set(m.loc[m["status"] == "done", "output"]) <= {p.name for p in pngs}
+
+    before = {p: p.stat().st_mtime_ns for p in pngs}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"done {n - len(pngs)} / skipped {len(pngs)} / failed 0" in done.stdout
+    pngs2 = sorted(out.glob("*.png"))
+    assert len(pngs2) == n and not list(out.glob(".*"))
+    assert {p: p.stat().st_mtime_ns for p in pngs} == before
+    for p in pngs2:
+        np.testing.assert_array_equal(iio.imread(p), first)
+    m = pd.read_csv(out / "manifest.csv")
+    assert len(m) == n and set(m["status"]) <= {"done", "skipped"} and (m["status"] == "done").sum() >= n - len(pngs)
