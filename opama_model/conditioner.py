@@ -43,8 +43,16 @@ class ConditionerOutput(BaseOutput):
     down_intrablock_additional_residuals: list
 
 
-class _CFGMixin:
-    """Learned unconditional image embedding shared by both conditioners."""
+class _ConditionerBase(ModelMixin, ConfigMixin):
+    """Learned unconditional image embedding and loading shared by both conditioners."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained`` (safetensors), with ``low_cpu_mem_usage=False`` by default:
+        accelerate's empty-weight initialisation cannot re-create the Mamba parameters that carry a
+        ``_no_weight_decay`` attribute (``TypeError: Parameter.__new__() got an unexpected keyword``)."""
+        kwargs.setdefault("low_cpu_mem_usage", False)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def _null_init(self, image_embed_dim: int) -> None:
         self.null_image_embeds = nn.Parameter(torch.randn(NUM_IMAGES, image_embed_dim) * 0.02)
@@ -63,7 +71,7 @@ class _CFGMixin:
             raise ValueError("images, image_embeds and text_hidden_states must share the batch size")
 
 
-class OPaMaConditioner(ModelMixin, ConfigMixin, _CFGMixin):
+class OPaMaConditioner(_ConditionerBase):
     """OPa-Ma: VCR (global, to the cross-attention) + GMA (local/global, adapter residuals).
 
     Output: ``encoder_hidden_states (B, 7 + text_len, cross_attention_dim)`` and the view's GMA
@@ -117,7 +125,7 @@ class OPaMaConditioner(ModelMixin, ConfigMixin, _CFGMixin):
         return ConditionerOutput(encoder_hidden_states=tokens, down_intrablock_additional_residuals=res)
 
 
-class AOGConditioner(ModelMixin, ConfigMixin, _CFGMixin):
+class AOGConditioner(_ConditionerBase):
     """AOG-Net: global transformer with learned queries + T2I-Adapter with cross-attention fusion.
 
     Output: ``encoder_hidden_states (B, num_queries + text_len, cross_attention_dim)`` and the
