@@ -332,6 +332,16 @@ def test_bad_options_exit_2(models, pano_dir, tmp_path):
     res = runner.invoke(app, ["caption", str(pano_dir), str(tmp_path / "o.jsonl"), "--augment", "--stride", "0",
                               "--model", str(models["blip"])])
     assert res.exit_code == 2 and "stride" in res.output
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    res = runner.invoke(app, ["caption", str(pano_dir), str(tmp_path / "o.jsonl"), "--model", str(other)])
+    assert res.exit_code == 2 and "'bert' is not a captioner" in res.output
+    if not torch.cuda.is_available():
+        res = runner.invoke(app, ["caption", str(pano_dir), str(tmp_path / "o.jsonl"), "--model", str(models["blip"]),
+                                  "--device", "cuda"])
+        assert res.exit_code == 2 and "CUDA is not available" in res.output
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 # ----------------------------------------------------------------------------- captions from synthetic scenes
