@@ -16,8 +16,11 @@ from opama_tools.captions import (
     read_caption_jsonl,
 )
 
-LAVAL = Path("/work/shared/data/laval-captions")
-needs_laval = pytest.mark.skipif(not LAVAL.is_dir(), reason="shared Laval caption files not on this machine")
+# The published caption files (JSON copies): in the repository if shipped there, else the shared data folder.
+LAVAL = next((p for p in (Path(__file__).resolve().parents[1] / "data" / "laval-captions",
+                          Path("/work/shared/data/laval-captions")) if (p / "indoor_train.json").is_file()),
+             Path("data/laval-captions"))
+needs_laval = pytest.mark.skipif(not (LAVAL / "indoor_train.json").is_file(), reason="Laval caption JSON files absent")
 
 
 def _raw(name: str) -> dict:
