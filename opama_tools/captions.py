@@ -25,7 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Iterable, Literal
 
-__all__ = ["ViewCaption", "PanoramaCaptions", "CaptionIndex", "load_captions", "read_caption_jsonl", "read_aognet_json"]
+__all__ = [
+    "LAVAL_CAPTIONS", "laval_split", "ViewCaption", "PanoramaCaptions", "CaptionIndex", "load_captions",
+    "read_caption_jsonl", "read_aognet_json",
+]
+
+LAVAL_CAPTIONS = Path(__file__).parent / "data" / "laval_captions"
+"""Shipped copies of the published BLIP-2 captions and splits of Laval Indoor/Outdoor HDR
+(OPa-Ma reference code, MIT): ``{indoor,outdoor}_{train,test}.json`` and ``indoor_train_aug.json``."""
+
+
+def laval_split(dataset: Literal["indoor", "outdoor"], split: Literal["train", "test"]) -> list[str]:
+    """File names of the published Laval ``dataset`` ``split`` (1921/312 indoor, 165/40 outdoor)."""
+    return sorted(json.loads((LAVAL_CAPTIONS / f"{dataset}_{split}.json").read_text()))
 
 
 @dataclass(frozen=True)

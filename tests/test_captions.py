@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from opama_tools.captions import (
+    LAVAL_CAPTIONS,
+    laval_split,
     CaptionIndex,
     PanoramaCaptions,
     ViewCaption,
@@ -16,11 +18,12 @@ from opama_tools.captions import (
     read_caption_jsonl,
 )
 
-# The published caption files (JSON copies): in the repository if shipped there, else the shared data folder.
-LAVAL = next((p for p in (Path(__file__).resolve().parents[1] / "data" / "laval-captions",
-                          Path("/work/shared/data/laval-captions")) if (p / "indoor_train.json").is_file()),
-             Path("data/laval-captions"))
-needs_laval = pytest.mark.skipif(not (LAVAL / "indoor_train.json").is_file(), reason="Laval caption JSON files absent")
+# The published caption files ship with the package (JSON copies of AOG-Net/OPa-Ma's pickles).
+LAVAL = LAVAL_CAPTIONS
+
+
+def needs_laval(fn):  # the files are part of the package: a missing one is a failure, not a skip
+    return fn
 
 
 def _raw(name: str) -> dict:
@@ -160,3 +163,9 @@ def test_loader_reads_what_the_caption_job_writes(tmp_path):
         assert caps.caption == rec["caption"]
         assert [v.yaw for v in caps.views] == [45.0 * i for i in range(8)]
         assert all(v.caption.startswith("a view of") for v in caps.views)
+
+
+def test_laval_splits_have_published_sizes():
+    assert (len(laval_split("indoor", "train")), len(laval_split("indoor", "test"))) == (1921, 312)
+    assert (len(laval_split("outdoor", "train")), len(laval_split("outdoor", "test"))) == (165, 40)
+    assert not set(laval_split("indoor", "train")) & set(laval_split("indoor", "test"))
