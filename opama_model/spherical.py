@@ -260,13 +260,12 @@ def _pers_grid_cached(
 ) -> torch.Tensor:
     """Sampling grid ``(V * h, w, 2)`` (float32) of V views on a padded ``height x width`` equirect."""
     dev = torch.device(device)
-    grids = []
-    for yw, pt, fv, rl in zip(yaws, pitches, fovs, rolls):
-        cam = _camera_rays(fv, h, w, torch.float32, dev)
-        r = rotation_matrix(yw, pt, rl, dtype=torch.float32, device=dev)
-        lon, lat = dir_to_lonlat(cam @ r.T)
-        grids.append(lonlat_to_padded_grid(lon, lat, height, width, pad))
-    return torch.cat(grids, dim=0)
+    # Few large ops over all views (not a loop of small ones): cheaper, and robust to a busy CPU.
+    rays = {fv: _camera_rays(fv, h, w, torch.float32, dev).reshape(-1, 3) for fv in set(fovs)}
+    cam = torch.stack([rays[fv] for fv in fovs])  # (V, h*w, 3)
+    rot = torch.stack([rotation_matrix(*a, dtype=torch.float32, device=dev) for a in zip(yaws, pitches, rolls)])
+    lon, lat = dir_to_lonlat(torch.bmm(cam, rot.transpose(1, 2)))
+    return lonlat_to_padded_grid(lon, lat, height, width, pad).reshape(len(yaws) * h, w, 2)
 
 
 def equi_to_pers(
