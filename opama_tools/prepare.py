@@ -150,17 +150,30 @@ def resize_equirect(img: np.ndarray, height: int, width: int, wrap: bool = True)
     Returns float32 (may be a non-contiguous view); values can overshoot the input range
     slightly (Lanczos ringing), clip afterwards.
     """
-    x = np.ascontiguousarray(img, dtype=np.float32)
+    x = np.asarray(img, dtype=np.float32)
     squeeze = x.ndim == 2
     if squeeze:
         x = x[..., None]
     h, w, c = x.shape
-    if h != height:
-        x = np.asarray(lanczos_weights(h, height, False) @ x.reshape(h, w * c), dtype=np.float32).reshape(height, w, c)
-    if w != width:
-        xt = np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(w, height * c)
-        x = np.asarray(lanczos_weights(w, width, wrap) @ xt, dtype=np.float32).reshape(width, height, c).transpose(1, 0, 2)
-    return x[..., 0] if squeeze else x
+    if w == width:
+        if h != height:
+            x = np.ascontiguousarray(x).reshape(h, w * c)
+            x = np.asarray(lanczos_weights(h, height, False) @ x, dtype=np.float32).reshape(height, w, c)
+        return x[..., 0] if squeeze else x
+    # Rows first, in blocks of columns, each result transposed while still in cache; the
+    # column pass then runs on the (W, height, C) transposed image.
+    sv = lanczos_weights(h, height, False) if h != height else None
+    xt = np.empty((w, height, c), np.float32)
+    block = 64
+    for j in range(0, w, block):
+        part = np.ascontiguousarray(x[:, j : j + block, :])
+        bw = part.shape[1]
+        if sv is not None:
+            part = np.asarray(sv @ part.reshape(h, bw * c), dtype=np.float32).reshape(height, bw, c)
+        xt[j : j + bw] = part.transpose(1, 0, 2)
+    y = np.asarray(lanczos_weights(w, width, wrap) @ xt.reshape(w, height * c), dtype=np.float32)
+    y = y.reshape(width, height, c).transpose(1, 0, 2)
+    return y[..., 0] if squeeze else y
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

@@ -169,3 +169,12 @@ def test_select_kth_falls_back_when_the_sample_misleads(monkeypatch):
     k = vals.size // 2
     assert tm.select_kth(vals, [k]) == [float(np.sort(vals)[k])]
     assert sizes[-1] == vals.size  # the exact full-array fallback ran
+
+
+def test_percentile_out_non_contiguous():
+    x = np.random.default_rng(4).lognormal(size=(6, 10, 4)).astype(np.float32)
+    view = x[..., :3]  # RGBA -> RGB view, not contiguous
+    want = tm.percentile(np.ascontiguousarray(view))
+    got = tm.percentile(view, out=view)
+    assert got is view
+    np.testing.assert_allclose(x[..., :3], want, atol=1e-6)
