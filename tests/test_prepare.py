@@ -265,6 +265,7 @@ def test_sigterm_mid_run_then_rerun_completes(tmp_path):
     write_exr(src / "p00.exr", img, compression="none")
     for i in range(1, n):
         shutil.copyfile(src / "p00.exr", src / f"p{i:02d}.exr")
+    (src / "zz_text.exr").write_text("not an exr")  # sorted last: a failure in the worker pool
     cmd = [sys.executable, "-m", "opama_tools.cli", "prepare", str(src), str(out), "--size", "256x512",
            "--workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -295,12 +296,35 @@ def test_sigterm_mid_run_then_rerun_completes(tmp_path):
 
     before = {p: p.stat().st_mtime_ns for p in pngs}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert f"done {n - len(pngs)} / skipped {len(pngs)} / failed 0" in done.stdout
+    assert done.returncode == 1, done.stderr
+    assert f"done {n - len(pngs)} / skipped {len(pngs)} / failed 1" in done.stdout
     pngs2 = sorted(out.glob("*.png"))
     assert len(pngs2) == n and not list(out.glob(".*"))
     assert {p: p.stat().st_mtime_ns for p in pngs} == before
     for p in pngs2:
         np.testing.assert_array_equal(iio.imread(p), first)
-    m = pd.read_csv(out / "manifest.csv")
+    m = pp.read_manifest(out / "manifest.csv").set_index("output")
+    assert m.loc["zz_text.png", "status"] == "failed" and "not an OpenEXR file" in m.loc["zz_text.png", "error"]
+    m = m.drop("zz_text.png")
     assert len(m) == n and set(m["status"]) <= {"done", "skipped"} and (m["status"] == "done").sum() >= n - len(pngs)
+
+
+def test_mixed_half_float_and_layered_exr(tmp_path):
+    import OpenEXR
+
+    from opama_tools.exr import read_exr
+
+    rng = np.random.default_rng(7)
+    planes = [rng.random((8, 16)).astype(np.float32) * 4 for _ in range(3)]
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    mixed = {"R": planes[0].astype(np.float16), "G": planes[1], "B": planes[2]}
+    with OpenEXR.File(header, mixed) as f:
+        f.write(str(tmp_path / "mixed.exr"))
+    got = read_exr(tmp_path / "mixed.exr")
+    np.testing.assert_allclose(got, np.stack([planes[0].astype(np.float16).astype(np.float32), *planes[1:]], -1))
+    layered = {f"diffuse.{c}": p for c, p in zip("RGB", planes)}
+    with OpenEXR.File(header, layered) as f:
+        f.write(str(tmp_path / "layered.exr"))
+    np.testing.assert_array_equal(read_exr(tmp_path / "layered.exr"), np.stack(planes, -1))
+    row = pp.process_file(tmp_path / "mixed.exr", tmp_path / "out" / "mixed.png", pp.PrepareConfig(size=None))
+    assert row["status"] == "done"
