@@ -20,7 +20,6 @@ Everything but the conditioner is frozen (``requires_grad_(False)``, ``eval()``)
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -327,8 +326,3 @@ def vae_downscale(vae_config: Mapping[str, Any]) -> int:
     """Spatial down-sampling factor of an AutoencoderKL config (2 per block after the first)."""
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
-
-def _check_preset(p: Preset) -> None:
-    if p.image_size != p.latent_size * vae_downscale(load_config(p, "vae")):
-        raise AssertionError(f"preset {p.name}: image_size/latent_size disagree with the VAE")
-    assert math.log2(p.downscale).is_integer()
