@@ -343,6 +343,47 @@ def _feather_weight(u: torch.Tensor, v: torch.Tensor, h: int, w: int, feather: f
     return (du / ramp).clamp(1e-3, 1.0) * (dv / ramp).clamp(1e-3, 1.0)
 
 
+def _footprint_window(
+    yaw: float, pitch: float, fov: float, roll: float, view_hw: tuple[int, int], height: int, width: int
+) -> tuple[int, int, torch.Tensor]:
+    """Equirect rows ``[r0, r1)`` and column indices (wrapping) that contain a view's footprint.
+
+    The footprint is bounded by its border (sampled every half view pixel and unwrapped in
+    longitude along the loop) unless it holds a pole, which adds all columns up to that pole.
+    Two pixels of margin on every side; verified against the full projection in the tests.
+    """
+    h, w = int(view_hw[0]), int(view_hw[1])
+    n = 2 * max(h, w) + 1
+    us = torch.linspace(-0.5, w - 0.5, n, dtype=torch.float64)
+    vs = torch.linspace(-0.5, h - 0.5, n, dtype=torch.float64)
+    lo_u, hi_u = torch.full_like(us, -0.5), torch.full_like(us, w - 0.5)
+    lo_v, hi_v = torch.full_like(vs, -0.5), torch.full_like(vs, h - 0.5)
+    # closed loop: top (left->right), right (top->bottom), bottom (right->left), left (bottom->top)
+    u = torch.cat((us, hi_u, us.flip(0), lo_u))
+    v = torch.cat((lo_v, vs, hi_v, vs.flip(0)))
+    step = _pixel_step(fov, w)
+    cam = torch.stack(((u - (w - 1) / 2) * step, ((h - 1) / 2 - v) * step, torch.ones_like(u)), dim=-1)
+    lon, lat = dir_to_lonlat(cam @ rotation_matrix(yaw, pitch, roll).T)
+    poles = torch.tensor([[0.0, 1.0, 0.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
+    _, _, has_pole = project_to_view(poles, yaw, pitch, fov, (h, w), roll)
+    lat_hi = math.pi / 2 if bool(has_pole[0]) else float(lat.max())
+    lat_lo = -math.pi / 2 if bool(has_pole[1]) else float(lat.min())
+    r0 = max(math.floor((0.5 - lat_hi / math.pi) * height - 0.5) - 2, 0)
+    r1 = min(math.ceil((0.5 - lat_lo / math.pi) * height - 0.5) + 3, height)
+    all_cols = torch.arange(width)
+    if bool(has_pole.any()):
+        return r0, r1, all_cols
+    d = torch.diff(lon)
+    d = torch.remainder(d + math.pi, 2 * math.pi) - math.pi
+    unwrapped = lon[0] + torch.cat((torch.zeros(1, dtype=d.dtype), torch.cumsum(d, 0)))
+    lon_lo, lon_hi = float(unwrapped.min()), float(unwrapped.max())
+    c0 = math.floor((lon_lo / (2 * math.pi) + 0.5) * width - 0.5) - 2
+    c1 = math.ceil((lon_hi / (2 * math.pi) + 0.5) * width - 0.5) + 3
+    if c1 - c0 >= width:
+        return r0, r1, all_cols
+    return r0, r1, torch.arange(c0, c1) % width
+
+
 def pers_to_equi(
     view: torch.Tensor,
     yaw: Angles,
@@ -379,18 +420,23 @@ def pers_to_equi(
         raise ValueError(f"{nv} views but {len(yaws)} angle sets")
     height, width = int(equi_hw[0]), int(equi_hw[1])
     vf = view if view.is_floating_point() else view.float()
-    dirs = equirect_directions(height, width, dtype=torch.float32, device=view.device)
+    lon_cols = (((torch.arange(width, dtype=torch.float64) + 0.5) / width - 0.5) * (2 * math.pi)).float()
+    lat_rows = ((0.5 - (torch.arange(height, dtype=torch.float64) + 0.5) / height) * math.pi).float()
+    lon_cols, lat_rows = lon_cols.to(view.device), lat_rows.to(view.device)
     num = vf.new_zeros((b, c, height, width))
     den = vf.new_zeros((1, 1, height, width))
     for k in range(nv):
-        u, v, inside = project_to_view(dirs, yaws[k], pitches[k], fovs[k], (h, w), rolls[k])
-        wgt = _feather_weight(u, v, h, w, feather) * inside
+        # Only the equirect window around the view's footprint is projected and sampled.
+        r0, r1, cols = _footprint_window(yaws[k], pitches[k], fovs[k], rolls[k], (h, w), height, width)
+        cols = cols.to(view.device)
+        la, lo = torch.meshgrid(lat_rows[r0:r1], lon_cols[cols], indexing="ij")
+        u, v, inside = project_to_view(lonlat_to_dir(lo, la), yaws[k], pitches[k], fovs[k], (h, w), rolls[k])
+        wgt = (_feather_weight(u, v, h, w, feather) * inside).to(vf.dtype)[None, None]
         grid = torch.stack(((u + 0.5) / w * 2 - 1, (v + 0.5) / h * 2 - 1), dim=-1).to(vf.dtype)
         s = F.grid_sample(vf[:, k], grid.unsqueeze(0).expand(b, -1, -1, -1), mode=mode,
                           padding_mode="border", align_corners=False)
-        wgt = wgt.to(vf.dtype)[None, None]
-        num = num + s * wgt
-        den = den + wgt
+        num[:, :, r0:r1].index_add_(3, cols, s * wgt)
+        den[:, :, r0:r1].index_add_(3, cols, wgt)
     covered = den > 0
     equi = num / torch.where(covered, den, torch.ones_like(den))
     mask = covered.to(vf.dtype).expand(b, 1, height, width)

@@ -292,6 +292,19 @@ def test_pers_to_equi_single_view_and_coverage_mask(outdoor_small):
     assert abs(area - exact) / exact < 0.03
 
 
+def test_pers_to_equi_window_holds_every_footprint():
+    """pers_to_equi only projects a window around each view: it must never clip a footprint."""
+    rng = np.random.default_rng(1)
+    cases = [(0, 90, 90, 0, (16, 16)), (180, -60, 150, 0, (12, 20)), (-179, 40, 170, 30, (20, 12)),
+             (90, 70, 60, -45, (16, 16)), (10, -89, 30, 0, (8, 8))]
+    cases += [(float(rng.uniform(-180, 180)), float(rng.uniform(-90, 90)), float(rng.uniform(20, 160)),
+               float(rng.uniform(-60, 60)), (int(rng.integers(6, 24)), int(rng.integers(6, 24)))) for _ in range(25)]
+    for yaw, pitch, fov, roll, hw in cases:
+        _, mask = pers_to_equi(torch.ones(1, 1, *hw), yaw, pitch, fov, (48, 96), roll)
+        ref = view_coverage_mask(yaw, pitch, fov, hw, (48, 96), roll)[0]
+        assert torch.equal(mask[0], ref), (yaw, pitch, fov, roll, hw)
+
+
 def test_pers_to_equi_feathers_overlaps():
     h = w = 32
     zeros, ones = torch.zeros(1, 1, 3, h, w), torch.ones(1, 1, 3, h, w)
