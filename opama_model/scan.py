@@ -185,26 +185,30 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 # ----------------------------------------------------------------------------------------------
 
 # Block budget: elements of one (positions x b x d x n) block tensor. Four such buffers live at a
-# time in the backward; 2**19 floats = 2 MiB each keeps the working set in L2/L3 on CPUs.
-_BLOCK_ELEMS_CPU = 1 << 19
-_BLOCK_ELEMS_CUDA = 1 << 25
-
-
-def _chunk_len(L: int) -> int:
-    return 16 if L <= 4096 else 32
+# time in the backward; 2**20 floats = 4 MiB each keeps the working set in a CPU's L2/L3 cache.
+_BLOCK_ELEMS_CPU = 1 << 20
+_BLOCK_ELEMS_CUDA = 1 << 26
+_MIN_BLOCK_POS = 256  # at least this many positions per block (fewer, larger ops when b*d*n is big)
 
 
 class _Plan:
-    """How a sequence of length ``L`` is cut: chunk length ``T``, chunks per block ``nc``."""
+    """How a sequence of length ``L`` is cut: chunk length ``T``, chunks per block ``nc``.
+
+    Python-level op count is ~ L * (6 / nc + 3 / T) (sweeps over the T steps of each block, loops over
+    the nc chunks of each block), at a fixed block size K = T * nc positions; hence T ~ sqrt(K / 2).
+    """
 
     def __init__(self, L, b, d, n, device, T=None, block_elems=None):
-        self.T = T or _chunk_len(L)
         budget = block_elems or (_BLOCK_ELEMS_CUDA if device.type == "cuda" else _BLOCK_ELEMS_CPU)
         per_pos = max(1, b * d * n)
-        nchunks = -(-L // self.T)
-        self.nc = max(1, min(nchunks, budget // (per_pos * self.T)))
+        K = min(L, max(budget // per_pos, 1 if block_elems else _MIN_BLOCK_POS))
+        if T is None:
+            T = 1 << max(2, min(6, round(math.log2(max(K / 2, 1)) / 2)))
+        self.T = T
+        nchunks = -(-L // T)
+        self.nc = max(1, min(nchunks, K // T))
         self.nchunks = nchunks
-        self.Lp = nchunks * self.T  # padded length
+        self.Lp = nchunks * T  # padded length
         self.nblocks = -(-nchunks // self.nc)
 
     def blocks(self):
@@ -274,15 +278,16 @@ def _forward_states(ws, a, x, P, h_in, store):
     for c in range(nc):
         H[:, c] = h
         h = torch.addcmul(s[:, c], P[:, c], h)
-    # sweep 2: all states, from the true chunk start states
-    hs = ws.get("h", (T, b, nc, d, n)) if store else None
+    return _sweep_states(ws, a, x, H) if store else None, h, H
+
+
+def _sweep_states(ws, a, x, H):
+    """All states of a block ``(T, b, nc, d, n)`` from the chunk start states ``H (b, nc, d, n)``."""
+    hs = ws.get("h", a.shape)
     cur = H
-    for t in range(T):
-        if store:
-            cur = torch.addcmul(x[t], a[t], cur, out=hs[t])
-        else:
-            cur = torch.addcmul(x[t], a[t], cur)
-    return hs, h, H
+    for t in range(a.shape[0]):
+        cur = torch.addcmul(x[t], a[t], cur, out=hs[t])
+    return hs
 
 
 def _contract_n(hs, C_tm):
@@ -312,16 +317,17 @@ class _ChunkedScanFn(torch.autograd.Function):
         ws = _Workspace(T * b * plan.nc * d * n, u.device)
         y = torch.empty(b, d, plan.Lp, dtype=torch.float32, device=u.device)
         h = h0
-        starts = []
+        # start state of every chunk, kept for the backward: (b, chunks, d, n), 1/T of all states
+        starts = torch.empty(b, plan.nchunks, d, n, dtype=torch.float32, device=u.device)
         for c0, nc in plan.blocks():
-            starts.append(h)
             dt_tm, dtu_tm = _to_tm(dt, c0, nc, T), _to_tm(dtu, c0, nc, T)
             B_tm = _bc_tm(Bt, c0, nc, T)
             C_tm = _bc_tm(Ct, c0, nc, T)
             a, x = _block_coeffs(ws, dt_tm, dtu_tm, B_tm, A)
-            hs, h, _ = _forward_states(ws, a, x, _chunk_decay(dt_tm, A), h, store=True)
+            hs, h, H = _forward_states(ws, a, x, _chunk_decay(dt_tm, A), h, store=True)
+            starts[:, c0:c0 + nc] = H
             y[:, :, c0 * T:(c0 + nc) * T] = _from_tm(_contract_n(hs, C_tm))
-        ctx.save_for_backward(u, dt, A, B, C, torch.stack(starts))
+        ctx.save_for_backward(u, dt, A, B, C, starts)
         ctx.plan, ctx.L = plan, L
         return y[:, :, :L], h
 
@@ -345,14 +351,14 @@ class _ChunkedScanFn(torch.autograd.Function):
         dC = torch.empty(b, gC, Lp, n, dtype=torch.float32, device=u.device)
         dA = torch.zeros_like(A)
         G = dlast.float() if dlast is not None else torch.zeros(b, d, n, dtype=torch.float32, device=u.device)
-        for i, (c0, nc) in reversed(list(enumerate(plan.blocks()))):
+        for c0, nc in reversed(list(plan.blocks())):
             sl = slice(c0 * T, (c0 + nc) * T)
             dt_tm, dtu_tm = _to_tm(dt, c0, nc, T), _to_tm(dtu, c0, nc, T)
             B_tm, C_tm = _bc_tm(Bt, c0, nc, T), _bc_tm(Ct, c0, nc, T)
             dy_tm = _to_tm(dy, c0, nc, T)  # (T, b, nc, d)
             a, x = _block_coeffs(ws, dt_tm, dtu_tm, B_tm, A)
             P = _chunk_decay(dt_tm, A)
-            hs, _, _ = _forward_states(ws, a, x, P, starts[i], store=True)
+            hs = _sweep_states(ws, a, x, starts[:, c0:c0 + nc])
             # direct gradient on the states: dh[t] = dy[t] * C[t]   -> buffer g
             g = ws.get("g", a.shape)
             torch.mul(dy_tm[..., None], C_tm, out=g)
