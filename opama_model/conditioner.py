@@ -9,7 +9,8 @@ Both take, per sample,
 * ``text_hidden_states``: ``(B, 77, E_txt)`` CLIP text hidden states of the caption,
 * ``unconditional``: optional ``(B,)`` bool; where True the 7 image embeddings are replaced by
   the learned unconditional embedding (classifier-free guidance; pass the empty caption's
-  text states for those samples),
+  text states for those samples; the adapter residuals from ``images`` are kept, the masked
+  view is part of the UNet input in both passes anyway),
 
 and return :class:`ConditionerOutput`: ``encoder_hidden_states`` for the UNet's
 cross-attention and ``down_intrablock_additional_residuals`` (one tensor per UNet down block;
