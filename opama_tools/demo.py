@@ -1,13 +1,16 @@
 """``opama demo``: the whole pipeline on synthetic data and the tiny preset, no downloads.
 
-Stages run in order; each one that has landed runs for real, each one that has not
-is listed as not built yet (never faked).
+Each stage runs the real ``opama`` subcommand (same code path as a user typing it), on
+the folders of the stage before. Stages whose command has not landed are listed as not
+built yet (never faked). Re-running the demo skips work already done, like every batch job.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -29,16 +32,48 @@ def write_synthetic(out_dir: str | Path, n: int, height: int = 256, seed: int = 
         )
 
 
-def run_demo(out: str | Path, n: int = 4, height: int = 256, seed: int = 0, kind: str = "random") -> dict:
-    """Run every built stage on synthetic data under ``out``; returns what each stage produced."""
+def run_cli(args: Sequence[str]) -> int:
+    """Run ``opama ARGS`` in this process; returns its exit code."""
+    from typer.main import get_command
+
+    from opama_tools.cli import app
+
+    console.print(f"[dim]$ opama {' '.join(str(a) for a in args)}[/]")
+    try:
+        get_command(app).main(args=[str(a) for a in args], prog_name="opama", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    return 0
+
+
+def run_demo(out: str | Path, n: int = 4, height: int = 256, seed: int = 0, kind: str = "random") -> dict[str, int]:
+    """Run every built stage on synthetic data under ``out``; returns each stage's exit code.
+
+    Raises ``RuntimeError`` naming the first stage that failed.
+    """
     out = Path(out)
-    results: dict[str, object] = {}
+    codes: dict[str, int] = {}
+    exr, png, views = out / "exr", out / "png", out / "views"
     console.rule("[bold]1. synthetic HDR panoramas")
-    exr_dir = out / "exr"
-    results["synthetic"] = write_synthetic(exr_dir, n=n, height=height, seed=seed, kind=kind)
-    console.print(f"{len(results['synthetic'])} EXR panoramas in {exr_dir} (captions in scenes.jsonl)")
-    pending = ["prepare (#3)", "caption (#5)", "crop (#4)", "train + outpaint (model core #6)", "eval (#7)"]
+    paths = write_synthetic(exr, n=n, height=height, seed=seed, kind=kind)
+    console.print(f"{len(paths)} EXR panoramas in {exr} (scene descriptions in scenes.jsonl)")
+    stages: list[tuple[str, list[str]]] = [
+        ("prepare", ["prepare", exr, png, "--size", f"{height}x{2 * height}", "--workers", "1"]),
+        ("caption", ["caption", png, out / "captions.jsonl", "--from-metadata", exr / "scenes.jsonl",
+                     "--augment", "--stride", "30"]),
+        ("crop", ["crop", png, views, "--views", "aog21", "--fov", "90", "--size", str(max(height // 2, 32)),
+                  "--cube", str(max(height // 4, 16)), "--masks"]),
+    ]
+    for k, (name, args) in enumerate(stages, start=2):
+        console.rule(f"[bold]{k}. {name}")
+        codes[name] = run_cli(args)
+        if codes[name] != 0:
+            raise RuntimeError(f"demo stage `opama {name}` failed with exit code {codes[name]}")
     console.rule("[bold]not built yet")
-    for p in pending:
+    for p in ("train + outpaint (need the model core, #6)", "eval (#7)"):
         console.print(f"  - {p}")
-    return results
+    console.print(f"\n[bold green]demo done[/]: everything is under {out}/")
+    return codes

@@ -99,3 +99,18 @@ def test_opama_model_never_imports_opama_tools():
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "opama_tools.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "outpaint" in out.stdout
+
+
+def test_demo_runs_every_built_stage(tmp_path):
+    import json
+
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "-n", "1", "--height", "32"])
+    assert res.exit_code == 0, res.output
+    d = tmp_path / "demo"
+    assert (d / "png" / "synth_0000.png").is_file() and (d / "png" / "manifest.csv").is_file()
+    line = json.loads((d / "captions.jsonl").read_text().splitlines()[0])
+    assert line["caption"] and len(line["views"]) == 12
+    assert (d / "views" / "views.csv").is_file()
+    # A second run skips what is done and still succeeds.
+    res = runner.invoke(app, ["demo", "--out", str(d), "-n", "1", "--height", "32"])
+    assert res.exit_code == 0, res.output

@@ -28,4 +28,7 @@ def demo(
         paths = write_synthetic(data_only, n=n, height=height, seed=seed, kind=kind)
         console.print(f"wrote {len(paths)} synthetic HDR panoramas and scenes.jsonl to {data_only}")
         return
-    run_demo(out, n=n, height=height, seed=seed, kind=kind)
+    try:
+        run_demo(out, n=n, height=height, seed=seed, kind=kind)
+    except RuntimeError as e:
+        raise fail(str(e), 1) from None
