@@ -163,7 +163,7 @@ def load_image(path: str | Path) -> np.ndarray:
 
     with Image.open(path) as im:
         im.load()
-        a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        a = np.array(im.convert("RGB"), dtype=np.uint8)
     h, w = a.shape[:2]
     if w != 2 * h:
         raise ValueError(f"not a 2:1 equirect panorama ({w}x{h})")
@@ -451,14 +451,14 @@ def evaluate(
 
                 try:
                     if key == "fid":
-                        val = F.fid_from_features(stack("gen", sel_faces), stack("ref", sel_faces))
+                        val = F.fid_fast(stack("gen", sel_faces), stack("ref", sel_faces))
                         lo, hi = F.bootstrap_set_metric(
                             lambda s: F.fid_fast(stack("gen", sel_faces, s), stack("ref", sel_faces, s)),
                             n_ok, opt.set_bootstrap, opt.seed)
                         ci = "bootstrap over panoramas"
                     elif key == "fidh":
                         h8 = list(_HORIZONTAL8)
-                        val = F.fid_from_features(stack("gen", h8), stack("ref", h8))
+                        val = F.fid_fast(stack("gen", h8), stack("ref", h8))
                         lo, hi = F.bootstrap_set_metric(
                             lambda s: F.fid_fast(stack("gen", h8, s), stack("ref", h8, s)), n_ok, opt.set_bootstrap, opt.seed)
                         ci = "bootstrap over panoramas"
@@ -466,7 +466,7 @@ def evaluate(
                         sides = list(_SIDES)
 
                         def omni(s=None):
-                            fn = F.fid_fast if s is not None else F.fid_from_features
+                            fn = F.fid_fast
                             return float(np.mean([
                                 fn(stack("gen", [4], s), stack("ref", [4], s)),
                                 fn(stack("gen", [5], s), stack("ref", [5], s)),

@@ -95,13 +95,13 @@ def evaluate(
     write_report(res, out_dir)
     _print_table(res)
     for p, r in res.failed:
-        err_console.print(f"[red]failed[/]: {p}: {r}", highlight=False)
+        err_console.print(f"failed: {p}: {r}", highlight=False, markup=False)
     if res.gen_only or res.ref_only:
         err_console.print(
             f"[yellow]unpaired[/]: {len(res.gen_only)} only in {gen_dir}, {len(res.ref_only)} only in {ref_dir} "
             f"(listed in {out_dir}/report.md)", highlight=False)
         for p in (res.gen_only + res.ref_only)[:10]:
-            err_console.print(f"  {p}", highlight=False)
+            err_console.print(f"  {p}", highlight=False, markup=False)
     n_done = len(res.per_image)
     console.print(f"summary: {n_done} done, 0 skipped, {len(res.failed)} failed; report in {out_dir}/ (report.md, report.html)")
     if not res.ran_any:
@@ -127,20 +127,29 @@ def _same_run_done(out_dir: Path, gen_dir: Path, ref_dir: Path, opts) -> bool:
 
 def _print_table(res) -> None:
     from rich.table import Table
+    from rich.text import Text
 
-    from opama_tools.report import HEAD, _table_rows
+    from opama_tools.report import _ci, fmt
 
-    t = Table(title=f"opama eval: {len(res.per_image)} pairs", show_lines=False)
-    for h in HEAD:
-        t.add_column(h, overflow="fold")
-    for row, m in zip(_table_rows([vars(m) for m in res.metrics]), res.metrics):
-        style = None if m.status == "ok" else "yellow"
-        t.add_row(*row, style=style)
+    t = Table(title=f"opama eval: {len(res.per_image)} pairs")
+    for h in ("metric", "value", "95% interval", "better", "n"):
+        t.add_column(h, no_wrap=h != "95% interval")
+    for m in res.metrics:
+        if m.status == "ok":
+            t.add_row(Text(m.label), fmt(m.value), _ci(vars(m)), m.better, str(m.n))
+        else:
+            t.add_row(Text(m.label), m.status, "", m.better, "", style="yellow")
     console.print(t)
+    missing = [m for m in res.metrics if m.status != "ok"]
+    if missing:
+        console.print("[bold]unavailable / failed metrics[/] (what to place where):", highlight=False)
+        for m in missing:
+            console.print(f"  {m.label}: {m.status}: {m.detail}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _compare(reports: list[str], out: Optional[Path], names: Optional[str]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from opama_tools.report import compare_reports, write_compare
 
@@ -158,9 +167,9 @@ def _compare(reports: list[str], out: Optional[Path], names: Optional[str]) -> N
     t = Table(title="opama eval compare")
     t.add_column("method")
     for c in disp.columns:
-        t.add_column(c, overflow="fold")
+        t.add_column(Text(str(c)), overflow="fold")
     for i, row in zip(disp.index, disp.values):
-        t.add_row(str(i), *[str(x) for x in row])
+        t.add_row(Text(str(i)), *[Text(str(x)) for x in row])
     console.print(t)
     paths = write_compare(disp, vals, out or Path("compare"))
     console.print("wrote " + ", ".join(str(p) for p in paths))

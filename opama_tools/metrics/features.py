@@ -199,6 +199,9 @@ def load_fid_clip(explicit: str | os.PathLike | None = None) -> ClipFeatures:
     try:
         if p.is_dir():
             cfg = json.loads((p / "open_clip_config.json").read_text())["model_cfg"]
+            if not any(any(p.glob(g)) for g in ("*.safetensors", "*.bin", "*.pth")):
+                # open_clip would only warn and return a randomly initialised model
+                raise MetricUnavailable(f"{p}: open_clip folder without weights (*.safetensors / *.bin / *.pth)")
             model = open_clip.create_model_and_transforms(f"local-dir:{p}", device="cpu")[0]
             vis = cfg.get("vision_cfg", {})
             arch = {

@@ -65,7 +65,10 @@ def fid_fast(f1: np.ndarray, f2: np.ndarray) -> float:
     With centred features ``A`` (N1 x D), ``B`` (N2 x D) and ddof-1 covariances,
     ``tr sqrt(S1 S2) = ||A B^T||_* / sqrt((N1-1)(N2-1))`` (the eigenvalues of
     ``S1 S2`` are the squared singular values of ``A B^T`` up to that scale). Computed
-    through economy QR factors, cost ``O(N D min(N, D))``; used for bootstrap loops.
+    through economy QR factors, cost ``O(N D min(N, D))``. ``opama eval`` reports FID with
+    it: equal to clean-fid's ``frechet_distance`` (tested to 1e-5 relative), exact when
+    N < D where ``sqrtm`` of a singular product needs regularising, and seconds instead
+    of minutes for 2048-d Inception features on a CPU.
     """
     a = np.asarray(f1, dtype=np.float64)
     b = np.asarray(f2, dtype=np.float64)
