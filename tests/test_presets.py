@@ -28,35 +28,25 @@ def test_preset_sizes_agree_with_configs(name):
     assert kw["cross_attention_dim"] == unet["cross_attention_dim"]
 
 
-def _meta_sd2():
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    def hf(part):
-        c = load_config("sd2", part)
-        c.pop("architectures"), c.pop("model_type")
-        return c
-
+def test_sd2_random_weights_build_the_published_architectures():
+    """build_components("sd2", random_weights=True) from the configs in the project (on the meta
+    device: no memory, no download). Parameter counts of the SD-2(-inpainting) UNet/VAE and the
+    OpenCLIP ViT-H/14 towers of SD-2.1-unCLIP: 865,910,724 UNet parameters for 4 input channels +
+    5 x 320 x 3 x 3 for the 5 extra inpainting channels; 83,653,863 VAE; 340,387,840 text
+    (23 layers); 632,076,800 vision with projection."""
     with torch.device("meta"):
-        return dict(
-            unet=UNet2DConditionModel.from_config(load_config("sd2", "unet")),
-            vae=AutoencoderKL.from_config(load_config("sd2", "vae")),
-            text=CLIPTextModel(CLIPTextConfig(**hf("text_encoder"))),
-            image=CLIPVisionModelWithProjection(CLIPVisionConfig(**hf("image_encoder"))),
-        )
-
-
-def test_sd2_configs_build_the_published_architectures():
-    """Parameter counts of SD-2(-inpainting) UNet/VAE and the OpenCLIP ViT-H/14 towers of SD-2.1-unCLIP:
-    865,910,724 UNet parameters for 4 input channels + 5 x 320 x 3 x 3 for the 5 extra inpainting
-    channels; 83,653,863 VAE; 340,387,840 text (23 layers); 632,076,800 vision with projection."""
-    m = _meta_sd2()
-    count = {k: sum(p.numel() for p in v.parameters()) for k, v in m.items()}
+        c = build_components("sd2", random_weights=True, conditioner="opama")
+    count = {k: sum(p.numel() for p in getattr(c, k).parameters()) for k in ("unet", "vae", "text_encoder", "image_encoder")}
     assert count["unet"] == 865_910_724 + 5 * 320 * 9
     assert count["vae"] == 83_653_863
-    assert count["text"] == 340_387_840
-    assert count["image"] == 632_076_800
-    assert m["text"].config.hidden_size == m["image"].config.projection_dim == m["unet"].config.cross_attention_dim
+    assert count["text_encoder"] == 340_387_840
+    assert count["image_encoder"] == 632_076_800
+    assert c.text_encoder.config.hidden_size == c.image_encoder.config.projection_dim == c.unet.config.cross_attention_dim
+    assert type(c.scheduler).__name__ == "DDPMScheduler" and c.scheduler.config.beta_schedule == "scaled_linear"
+    gma = c.conditioner.gma
+    assert gma.downscale_factor == 8 and c.conditioner.config.unet_channels == (320, 640, 1280, 1280)
+    assert not any(p.requires_grad for p in c.unet.parameters())
+    assert all(p.requires_grad for p in c.conditioner.parameters())
 
 
 def test_tiny_tokenizer(tmp_path):
