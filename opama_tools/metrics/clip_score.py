@@ -51,7 +51,8 @@ class ClipScorer:
     @torch.no_grad()
     def text_embeds(self, texts: list[str]) -> torch.Tensor:
         """``(N, D)`` projected embeddings of captions (truncated to the model's context)."""
-        inputs = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
+        ctx = int(self.model.config.text_config.max_position_embeddings)
+        inputs = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True, max_length=ctx)
         out = self.model.text_model(
             input_ids=inputs["input_ids"].to(self.device), attention_mask=inputs["attention_mask"].to(self.device)
         )
