@@ -63,10 +63,13 @@ def fast_path_available() -> bool:
 
 
 def _init_dt_proj(dt_proj: nn.Linear, dt_rank: int, dt_min: float, dt_max: float, dt_init_floor: float,
-                  dt_scale: float = 1.0):
-    """mamba-ssm's init: uniform weight, bias = softplus^-1 of log-uniform dt in [dt_min, dt_max]."""
+                  dt_scale: float = 1.0, dt_init: str = "random"):
+    """mamba-ssm's init: uniform (or constant) weight, bias = softplus^-1 of log-uniform dt in [dt_min, dt_max]."""
     std = dt_rank ** -0.5 * dt_scale
-    nn.init.uniform_(dt_proj.weight, -std, std)
+    if dt_init == "constant":
+        nn.init.constant_(dt_proj.weight, std)
+    else:
+        nn.init.uniform_(dt_proj.weight, -std, std)
     d_inner = dt_proj.out_features
     dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
     dt = dt.clamp(min=dt_init_floor)
@@ -88,18 +91,24 @@ class Mamba(nn.Module):
         bidirectional: add a reverse-direction scan with its own SSM weights (see module doc).
         circular: treat each sequence as a ring (see module doc).
         scan_backend: ``None`` (automatic / ``$OPAMA_SCAN``), ``"ref"``, ``"chunked"`` or ``"cuda"``.
+        dt_scale, dt_init, use_fast_path, layer_idx, device, dtype: as in mamba-ssm (``use_fast_path=False``
+            never calls the fused kernel; ``layer_idx`` is only stored).
     """
 
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001, dt_max=0.1,
                  dt_init_floor=1e-4, conv_bias=True, bias=False, bidirectional=False, circular=False,
-                 scan_backend=None, dt_scale=1.0, device=None, dtype=None):
+                 scan_backend=None, dt_scale=1.0, dt_init="random", use_fast_path=True, layer_idx=None,
+                 device=None, dtype=None):
         super().__init__()
         fk = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.bidirectional, self.circular, self.scan_backend = bidirectional, circular, scan_backend
-        self._init_args = (dt_min, dt_max, dt_init_floor, dt_scale)
+        self.use_fast_path, self.layer_idx = use_fast_path, layer_idx
+        if dt_init not in ("random", "constant"):
+            raise NotImplementedError(f"dt_init={dt_init!r}")
+        self._init_args = (dt_min, dt_max, dt_init_floor, dt_scale, dt_init)
 
         self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **fk)
         self.conv1d, self.x_proj, self.dt_proj = self._ssm_parts(conv_bias, fk)
@@ -128,7 +137,7 @@ class Mamba(nn.Module):
 
     # ------------------------------------------------------------------------------------------
     def _use_fast(self, x):
-        if self.bidirectional or self.circular or not x.is_cuda:
+        if self.bidirectional or self.circular or not x.is_cuda or not self.use_fast_path:
             return False
         if self.scan_backend not in (None, "auto", "cuda"):
             return False

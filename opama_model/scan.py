@@ -40,6 +40,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "selective_scan",
@@ -187,8 +188,8 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 # Block budget: elements of one (positions x b x d x n) block tensor. Four such buffers live at a
 # time in the backward; 2**20 floats = 4 MiB each keeps the working set in a CPU's L2/L3 cache.
 _BLOCK_ELEMS_CPU = 1 << 20
-_BLOCK_ELEMS_CUDA = 1 << 26
-_MIN_BLOCK_POS = 256  # at least this many positions per block (fewer, larger ops when b*d*n is big)
+_BLOCK_ELEMS_CUDA = 1 << 24
+_MIN_BLOCK_POS = 32  # at least this many positions per block
 
 
 class _Plan:
@@ -332,6 +333,7 @@ class _ChunkedScanFn(torch.autograd.Function):
         return y[:, :, :L], h
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy, dlast):
         u, dt, A, B, C, starts = ctx.saved_tensors
         plan, L = ctx.plan, ctx.L
