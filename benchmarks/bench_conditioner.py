@@ -20,8 +20,8 @@ Two comparisons:
 Memory: on CPU the peak resident-set growth of a fresh worker process during the steps (each
 measurement runs in its own process) and the bytes saved for backward (activations held between
 forward and backward, measured with ``torch.autograd.graph.saved_tensors_hooks``, parameters
-excluded); on CUDA ``torch.cuda.max_memory_allocated`` growth. Times: median of --repeats steps
-after one warm-up step.
+excluded); on CUDA ``torch.cuda.max_memory_allocated`` growth. Times: the fastest of --repeats steps
+after one warm-up step (the least disturbed by other load on a shared machine).
 
 Example: python benchmarks/bench_conditioner.py --sizes 16 32 64 --width 32
 """
@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -136,7 +135,6 @@ def worker(spec: dict) -> dict:
 
         ctx = sdpa_kernel(SDPBackend.MATH)
     with ctx:
-        saved = saved_bytes(model, (images, embeds, text))
         if dev.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -157,8 +155,9 @@ def worker(spec: dict) -> dict:
             peak = torch.cuda.max_memory_allocated() - base
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        saved = saved_bytes(model, (images, embeds, text))
     n_params = sum(p.numel() for p in model.parameters())
-    return dict(spec, time_s=statistics.median(times), peak_mib=peak / 2**20, saved_mib=saved / 2**20,
+    return dict(spec, time_s=min(times), peak_mib=peak / 2**20, saved_mib=saved / 2**20,
                 params_m=n_params / 1e6)
 
 
@@ -185,7 +184,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=32, help="channels of the fused level (scaling part)")
     ap.add_argument("--heads", type=int, default=4, help="attention heads of AOG-Net's modules (scaling part)")
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--published-scale", type=int, default=None,
                     help="divide the sd2 widths by this in the as-published part (default 16 on CPU, 1 on CUDA)")
     ap.add_argument("--skip-scaling", action="store_true")
