@@ -318,18 +318,23 @@ class _ChunkedScanFn(torch.autograd.Function):
         ws = _Workspace(T * b * plan.nc * d * n, u.device)
         y = torch.empty(b, d, plan.Lp, dtype=torch.float32, device=u.device)
         h = h0
-        # start state of every chunk, kept for the backward: (b, chunks, d, n), 1/T of all states
-        starts = torch.empty(b, plan.nchunks, d, n, dtype=torch.float32, device=u.device)
-        for c0, nc in plan.blocks():
+        # start state of every chunk, kept for the backward: (b, chunks, d, n), i.e. n/T times the size
+        # of u. When that is more than 2x (short chunks, T < n/2), keep one per block and recompute.
+        keep = 2 * T >= n
+        starts = torch.empty(b, plan.nchunks if keep else plan.nblocks, d, n, dtype=torch.float32, device=u.device)
+        for i, (c0, nc) in enumerate(plan.blocks()):
             dt_tm, dtu_tm = _to_tm(dt, c0, nc, T), _to_tm(dtu, c0, nc, T)
             B_tm = _bc_tm(Bt, c0, nc, T)
             C_tm = _bc_tm(Ct, c0, nc, T)
             a, x = _block_coeffs(ws, dt_tm, dtu_tm, B_tm, A)
+            if not keep:
+                starts[:, i] = h
             hs, h, H = _forward_states(ws, a, x, _chunk_decay(dt_tm, A), h, store=True)
-            starts[:, c0:c0 + nc] = H
+            if keep:
+                starts[:, c0:c0 + nc] = H
             y[:, :, c0 * T:(c0 + nc) * T] = _from_tm(_contract_n(hs, C_tm))
         ctx.save_for_backward(u, dt, A, B, C, starts)
-        ctx.plan, ctx.L = plan, L
+        ctx.plan, ctx.L, ctx.keep = plan, L, keep
         return y[:, :, :L], h
 
     @staticmethod
@@ -353,14 +358,17 @@ class _ChunkedScanFn(torch.autograd.Function):
         dC = torch.empty(b, gC, Lp, n, dtype=torch.float32, device=u.device)
         dA = torch.zeros_like(A)
         G = dlast.float() if dlast is not None else torch.zeros(b, d, n, dtype=torch.float32, device=u.device)
-        for c0, nc in reversed(list(plan.blocks())):
+        for i, (c0, nc) in reversed(list(enumerate(plan.blocks()))):
             sl = slice(c0 * T, (c0 + nc) * T)
             dt_tm, dtu_tm = _to_tm(dt, c0, nc, T), _to_tm(dtu, c0, nc, T)
             B_tm, C_tm = _bc_tm(Bt, c0, nc, T), _bc_tm(Ct, c0, nc, T)
             dy_tm = _to_tm(dy, c0, nc, T)  # (T, b, nc, d)
             a, x = _block_coeffs(ws, dt_tm, dtu_tm, B_tm, A)
             P = _chunk_decay(dt_tm, A)
-            hs = _sweep_states(ws, a, x, starts[:, c0:c0 + nc])
+            if ctx.keep:
+                hs = _sweep_states(ws, a, x, starts[:, c0:c0 + nc])
+            else:
+                hs, _, _ = _forward_states(ws, a, x, P, starts[:, i], store=True)
             # direct gradient on the states: dh[t] = dy[t] * C[t]   -> buffer g
             g = ws.get("g", a.shape)
             torch.mul(dy_tm[..., None], C_tm, out=g)
