@@ -214,6 +214,11 @@ def test_masked_psnr_capped_for_identical_and_ssim_one():
     b = a.clone()
     b[..., ~m] = 1 - b[..., ~m]  # change only outside the known region
     assert float(masked_psnr(a, b, m)) == PSNR_CAP_DB
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    d = torch.from_numpy(synthetic_pano8(9, 64)).permute(2, 0, 1)[None].float() / 255
+    _, full = structural_similarity_index_measure(a, d, data_range=1.0, reduction="none", return_full_image=True)
+    assert float(masked_ssim(a, d, m)) == pytest.approx(float(full[..., m].double().mean()), abs=1e-5)  # bbox crop exact
     c = (a + 0.1).clamp(0, 1)
     mse = float(((a - c)[..., m] ** 2).mean())
     assert float(masked_psnr(a, c, m)) == pytest.approx(10 * math.log10(1 / mse), rel=1e-6)

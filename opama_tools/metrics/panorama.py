@@ -113,25 +113,26 @@ def masked_psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, cap_db: fl
     return psnr.clamp(max=cap_db)
 
 
-def masked_ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, margin: int = 8) -> torch.Tensor:
     """Mean SSIM (torchmetrics, Gaussian 11x11, sigma 1.5, data range 1) over ``mask``, ``(B,)``.
 
-    The full SSIM map is computed on the equirect images, then averaged over the masked
-    pixels and the channels (the map is cropped by 5 px at the borders, as torchmetrics
-    returns it; the mask is cropped to match).
+    The SSIM map is computed in float32 on the mask's bounding box grown by ``margin``
+    pixels (more than the 5 px reach of the window, so the masked values equal those of
+    the full-image map), then averaged over the masked pixels and the channels.
     """
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     _check_pair(a, b, mask)
-    _, ssim_map = structural_similarity_index_measure(
-        a.double(), b.double(), data_range=1.0, reduction="none", return_full_image=True
-    )
-    hm, wm = ssim_map.shape[-2:]
     m = mask.to(a.device)
-    if (hm, wm) != tuple(m.shape):  # torchmetrics may crop a border of (kernel-1)/2
-        dh, dw = (m.shape[0] - hm) // 2, (m.shape[1] - wm) // 2
-        m = m[dh : dh + hm, dw : dw + wm]
-    return ssim_map[..., m].mean(dim=(1, 2))
+    rows = torch.nonzero(m.any(dim=1)).flatten()
+    cols = torch.nonzero(m.any(dim=0)).flatten()
+    r0, r1 = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, m.shape[0])
+    c0, c1 = max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, m.shape[1])
+    _, ssim_map = structural_similarity_index_measure(
+        a[..., r0:r1, c0:c1].float(), b[..., r0:r1, c0:c1].float(), data_range=1.0, reduction="none",
+        return_full_image=True,
+    )
+    return ssim_map[..., m[r0:r1, c0:c1]].double().mean(dim=(1, 2))
 
 
 def resize_like(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,112 @@
+"""Throughput of the `opama eval` metric pass: images/s over 200 synthetic 512x1024 panoramas.
+
+Side A: the weight-free metrics (seam, pole, masked PSNR/SSIM).
+Side B: every metric, with tiny randomly initialised stand-ins for the networks (saved in
+the real formats and loaded through the real loaders): cube/NFoV cutting, clean-fid
+preprocessing, FID/KID/IS/OmniFID/FID-h/LPIPS/CLIP score. With the real Inception/CLIP
+networks side B is slower by their forward cost; this measures everything around them.
+
+Panoramas are rendered once (opama_tools.synthetic) and cached under the system temp
+folder (opama-bench-eval/). Run: python benchmarks/bench_eval.py [--n 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return f"CPU {cpu}; {os.cpu_count()} cores; torch {torch.__version__}; torch threads {torch.get_num_threads()}; GPU {gpu}"
+
+
+def make_data(root: Path, n: int, height: int) -> tuple[Path, Path]:
+    from PIL import Image
+
+    from test_metrics_helpers import tonemap8
+    from opama_tools.synthetic import make_scene, render_equirect
+
+    gen, ref = root / "gen", root / "ref"
+    gen.mkdir(parents=True, exist_ok=True)
+    ref.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t = time.perf_counter()
+    made = 0
+    for k in range(n):
+        rp, gp = ref / f"p{k:04d}.png", gen / f"p{k:04d}.png"
+        if rp.exists() and gp.exists():
+            continue
+        r = tonemap8(render_equirect(make_scene(k), height, 2 * height, supersample=1))
+        g = np.roll(r, int(rng.integers(0, 2 * height)), axis=1).astype(np.int16) + rng.integers(-12, 13, r.shape)
+        Image.fromarray(r).save(rp)
+        Image.fromarray(np.clip(g, 0, 255).astype(np.uint8)).save(gp)
+        made += 1
+    if made:
+        print(f"rendered {made} panorama pairs in {time.perf_counter() - t:.1f} s (cached in {root})")
+    return gen, ref
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--height", type=int, default=512)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from opama_tools.evaluate import EvalOptions, evaluate
+    from test_metrics_helpers import save_tiny_hf_clip, save_tiny_inception, save_tiny_open_clip, save_tiny_squeezenet
+
+    root = Path(tempfile.gettempdir()) / "opama-bench-eval" / f"{args.n}x{args.height}"
+    gen, ref = make_data(root, args.n, args.height)
+    nets = Path(tempfile.mkdtemp(prefix="opama-bench-nets-"))
+    learned = dict(
+        inception_weights=str(save_tiny_inception(nets / "tiny-inception.pt")),
+        fid_clip_weights=str(save_tiny_open_clip(nets / "tiny-open-clip")),
+        clip_weights=str(save_tiny_hf_clip(nets / "tiny-hf-clip")),
+        lpips_weights=str(save_tiny_squeezenet(nets / "tiny-squeeze.safetensors")),
+    )
+    caps = nets / "caps.jsonl"
+    caps.write_text("".join(f'{{"image": "p{k:04d}.png", "caption": "a room with a window"}}\n' for k in range(args.n)))
+
+    runs = {
+        "A weight-free (seam, pole, psnr, ssim)": EvalOptions(metrics=("seam", "pole", "psnr", "ssim"), device="cpu",
+                                                               set_bootstrap=0),
+        "B all metrics, tiny networks": EvalOptions(
+            metrics=("fid", "kid", "is", "omnifid", "fidh", "clip", "lpips", "psnr", "ssim", "seam", "pole"),
+            captions=str(caps), device="cpu", set_bootstrap=0, **learned),
+    }
+    print(machine())
+    print(f"{args.n} panoramas of {args.height}x{2 * args.height}, 4 cube faces of 299 px (+U, D, 4 diagonal views for OmniFID/FID-h)")
+    rates = {}
+    for name, opt in runs.items():
+        t = time.perf_counter()
+        res = evaluate(gen, ref, opt)
+        dt = time.perf_counter() - t
+        n = len(res.per_image)
+        rates[name] = n / dt
+        ok = sum(m.status == "ok" for m in res.metrics)
+        print(f"{name}: {n} pairs in {dt:.1f} s = {n / dt:.2f} images/s ({ok} metric rows ok)")
+    a, b = rates.values()
+    print(f"ratio A/B: {a / b:.2f}x (the cost of cutting views and running the learned-metric pipeline)")
+
+
+if __name__ == "__main__":
+    main()
