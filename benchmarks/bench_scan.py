@@ -9,9 +9,10 @@ per-step indexing that a CPU user gets) and its ``use_mambapy=True`` path.
 Every measurement runs in its own subprocess so that peak memory is clean: CPU = peak RSS minus RSS
 before the call (sampled every 0.5 ms), CUDA = ``max_memory_allocated`` minus the allocation before.
 Times are the best of ``--repeat`` runs, wall clock and (CPU) process CPU time; on a shared machine
-CPU time is the steadier number (ratios and the goal check use it; on CUDA both columns are wall time). Errors: max abs difference of the output and of every input
-gradient against ``ref`` (scan level) or against opama's ``Mamba`` with the ``ref`` backend (mixer
-level); "rel" divides by the reference's max abs value.
+CPU time is the steadier number (ratios and the goal check use it; on CUDA both columns are wall
+time). Errors: max abs difference of the output and of every input gradient against ``ref`` (scan
+level) or against opama's ``Mamba`` with the ``ref`` backend (mixer level); "rel" divides by the
+reference's max abs value. ``ref`` always runs (it is the reference for the error columns).
 
 Usage::
 
@@ -363,12 +364,14 @@ def main():
                 print(f"{method:18s} {D:4d} {L:6d} {ms('fwd_s')} {ms('fwd_cpu_s')} {ms('fwdbwd_s')} "
                       f"{ms('fwdbwd_cpu_s')} {peak} {dd} {ratio} {res.get('note', '')}", flush=True)
             # goal check at L >= 4096: chunked forward+backward faster than every alternative
-            for mine_key, alts in (("chunked", ("ref", "pscan")), ("mixer:opama", ("mixer:hf-slow", "mixer:hf-mambapy"))):
+            pairs = (("chunked", ("ref", "pscan")), ("mixer:opama", ("mixer:hf-slow", "mixer:hf-mambapy")))
+            for mine_key, alts in pairs:
                 mine = rows.get(mine_key, ({"skip": ""}, None))[0]
                 if L < 4096 or "skip" in mine:
                     continue
                 others = {m: rows[m][0] for m in alts if m in rows and "skip" not in rows[m][0]}
-                beaten = [m for m, r in others.items() if "fwdbwd_cpu_s" in r and r["fwdbwd_cpu_s"] <= mine["fwdbwd_cpu_s"]]
+                beaten = [m for m, r in others.items()
+                          if "fwdbwd_cpu_s" in r and r["fwdbwd_cpu_s"] <= mine["fwdbwd_cpu_s"]]
                 capped = [m for m, r in others.items() if "fwdbwd_cpu_s" not in r]
                 summary.append(f"D={D} L={L}: {mine_key} fwd+bwd {mine['fwdbwd_cpu_s'] * 1e3:.0f} ms CPU: "
                                + (f"faster than {', '.join(sorted(others))}" if not beaten
