@@ -84,20 +84,22 @@ def test_initial_state_gradient_matches_ref():
     assert got[0][1].abs().max() > 1e-3
 
 
-def test_ref_matches_independent_recurrence():
-    """The reference itself against mambapy's parallel scan (an independent implementation)."""
-    from mambapy.pscan import pscan
-
-    inp = make(2, 5, 3, 64, seed=3)
+def test_ref_matches_closed_form():
+    """The reference loop against the recurrence's closed form, summed directly in float64:
+    y[t] = sum_{s<=t} sum_n C[n,t] exp(A[n] * sum_{r=s+1..t} delta[r]) delta[s] B[n,s] u[s] + D u[t]."""
+    inp = make(2, 3, 4, 40, seed=3)
     with torch.no_grad():
-        u, dt, A, B, C = (inp[k] for k in ("u", "delta", "A", "B", "C"))
+        u, dt, A, B, C, D = (inp[k].double() for k in ("u", "delta", "A", "B", "C", "D"))
         dt = torch.nn.functional.softplus(dt)
-        deltaA = torch.exp(dt.transpose(1, 2)[..., None] * A)  # (b, l, d, n)
-        BX = (dt * u).transpose(1, 2)[..., None] * B.transpose(1, 2)[:, :, None, :]
-        hs = pscan(deltaA, BX)  # (b, l, d, n)
-        y = (hs @ C.transpose(1, 2)[..., None]).squeeze(-1).transpose(1, 2)
-        ours = selective_scan_ref(u, inp["delta"], A, B, C, delta_softplus=True)
-    assert torch.allclose(ours, y, rtol=1e-5, atol=1e-5)
+        cs = dt.cumsum(-1)  # (b, d, l)
+        seg = cs[..., :, None] - cs[..., None, :]  # (b, d, t, s): sum of dt over (s, t]
+        mask = torch.ones(40, 40, dtype=torch.bool).tril()
+        decay = torch.exp(seg[..., None] * A[None, :, None, None, :]) * mask[..., None]  # (b, d, t, s, n)
+        w = torch.einsum("bdtsn,bnt,bns->bdts", decay, C, B)
+        y = torch.einsum("bdts,bds->bdt", w, dt * u) + D[:, None] * u
+        ours = selective_scan_ref(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], D=inp["D"],
+                                  delta_softplus=True)
+    assert torch.allclose(ours.double(), y, rtol=1e-5, atol=1e-5)
 
 
 def test_stable_with_large_decays():
