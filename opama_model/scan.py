@@ -25,7 +25,9 @@ Backends (``backend=`` argument, else the ``OPAMA_SCAN`` environment variable, e
   chunk, and a second sweep produces the states. Only multiplications of decays ``exp(delta*A) <= 1``
   occur (no ``exp(-cumsum)`` factors), so it is as stable as the loop. Autograd is a hand-written
   backward (the adjoint recurrence, run backwards with the same chunking) that recomputes states
-  block by block, so memory is ``O(b*d*l)`` plus one block, not ``O(b*d*l*n)``.
+  block by block from saved chunk start states, so memory is ``O(b*d*l)`` (the start states are at
+  most 2x the size of ``u``) plus one block, not ``O(b*d*l*n)``. Grouped (``1 < g < d``) and constant
+  ``B``/``C`` are expanded to ``(b, d, n, l)`` first, which does cost ``O(b*d*l*n)``.
 - ``cuda``: mamba-ssm's fused kernel (``selective_scan_fn``); picked automatically for CUDA tensors
   when ``mamba_ssm`` is importable. Asking for it when it is not importable raises ``RuntimeError``.
 
