@@ -47,14 +47,6 @@ class ConditionerOutput(BaseOutput):
 class _ConditionerBase(ModelMixin, ConfigMixin):
     """Learned unconditional image embedding and loading shared by both conditioners."""
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' ``from_pretrained`` (safetensors), with ``low_cpu_mem_usage=False`` by default:
-        accelerate's empty-weight initialisation cannot re-create the Mamba parameters that carry a
-        ``_no_weight_decay`` attribute (``TypeError: Parameter.__new__() got an unexpected keyword``)."""
-        kwargs.setdefault("low_cpu_mem_usage", False)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-
     def _null_init(self, image_embed_dim: int) -> None:
         self.null_image_embeds = nn.Parameter(torch.randn(NUM_IMAGES, image_embed_dim) * 0.02)
 

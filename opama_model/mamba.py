@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .scan import resolve_backend, selective_scan
 
-__all__ = ["Mamba", "MambaBlock", "MAMBA_SSM_PARAM_NAMES", "fast_path_available"]
+__all__ = ["Mamba", "MambaBlock", "MAMBA_SSM_PARAM_NAMES", "fast_path_available", "no_weight_decay_names"]
 
 # named_parameters() of mamba_ssm.modules.mamba_simple.Mamba (mamba-ssm 1.x / 2.x), in order
 MAMBA_SSM_PARAM_NAMES = (
@@ -129,10 +129,11 @@ class Mamba(nn.Module):
     def _ssm_params(self, device):
         # S4D real init, kept in fp32
         A = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        # No ``_no_weight_decay`` attribute on the parameters (mamba-ssm's habit): accelerate's
+        # empty-weight init cannot re-create such parameters, which breaks diffusers'
+        # ``from_pretrained``. Use :func:`no_weight_decay_names` for optimiser groups instead.
         A_log = nn.Parameter(torch.log(A))
-        A_log._no_weight_decay = True
         D = nn.Parameter(torch.ones(self.d_inner, device=device))
-        D._no_weight_decay = True
         return A_log, D
 
     # ------------------------------------------------------------------------------------------
@@ -224,3 +225,15 @@ class MambaBlock(nn.Module):
         if self.residual_in_fp32:
             residual = residual.float()
         return hidden, residual
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Names of the parameters mamba-ssm excludes from weight decay (``A_log``, ``D`` and their
+    reverse-direction twins) in every :class:`Mamba` inside ``model``, for AdamW parameter groups."""
+    names = set()
+    for prefix, mod in model.named_modules():
+        if isinstance(mod, Mamba):
+            for p in ("A_log", "D", "A_b_log", "D_b"):
+                if hasattr(mod, p):
+                    names.add(f"{prefix}.{p}" if prefix else p)
+    return names

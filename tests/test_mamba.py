@@ -178,3 +178,14 @@ def test_stack_trains_on_long_sequence():
         opt.step()
         losses.append(loss.item())
     assert math.isfinite(losses[-1]) and losses[-1] < 0.85 * losses[0]
+
+
+def test_no_weight_decay_names_and_plain_parameters():
+    from opama_model.mamba import Mamba, MambaBlock, no_weight_decay_names
+
+    block = MambaBlock(16, d_state=4, bidirectional=True)
+    names = no_weight_decay_names(block)
+    assert {"mixer.A_log", "mixer.D", "mixer.A_b_log", "mixer.D_b"} <= names
+    assert all(name in dict(block.named_parameters()) for name in names)
+    # Plain parameters: accelerate's empty-weight init (diffusers' default from_pretrained) can rebuild them.
+    assert not any(hasattr(p, "_no_weight_decay") for p in block.parameters())
