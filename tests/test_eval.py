@@ -161,3 +161,19 @@ def test_bad_image_is_reported_and_does_not_stop(data, tmp_path, monkeypatch):
     assert "p1.png" in res.output and "3 done, 0 skipped, 1 failed" in res.output
     assert len(pd.read_csv(out / "per_image.csv")) == N - 1
     assert json.loads((out / "metrics.json").read_text())["failed"][0]["path"].endswith("p1.png")
+
+
+def test_sc_captions_generated_panoramas_with_a_local_blip(data, tmp_path, monkeypatch):
+    """Without --gen-captions, SC captions the generated panoramas with the BLIP `opama caption` loads."""
+    from test_caption import _blip_dir
+
+    no_weights_env(monkeypatch, tmp_path, keep_sentence=True)
+    blip = _blip_dir(tmp_path / "models")
+    out = tmp_path / "rep"
+    res = runner.invoke(app, ["eval", str(data / "gen"), str(data / "ref"), "--captions", str(data / "captions.jsonl"),
+                              "--captioner", str(blip), "--metrics", "sc", "--out", str(out)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    sc = _metrics(out)["SC[all-MiniLM-L6-v2]"]
+    assert sc["status"] == "ok" and sc["n"] == N
+    df = pd.read_csv(out / "per_image.csv")
+    assert df["gen_caption"].notna().all()

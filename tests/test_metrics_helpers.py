@@ -106,11 +106,11 @@ def save_tiny_squeezenet(path: Path, seed: int = 0) -> Path:
 
 
 def tonemap8(x: np.ndarray) -> np.ndarray:
-    """AOG-Net's EXR -> 8-bit tonemap (gamma 2.4, median to 0.5)."""
-    x = np.maximum(x, 0) ** (1 / 2.4)
-    nz = x[x > 0]
-    a = 0.5 / (np.percentile(nz, 50) + 1e-10) if nz.size else 1.0
-    return (np.clip(a * x, 0, 1) * 255).round().astype(np.uint8)
+    """AOG-Net's EXR -> 8-bit tonemap (gamma 2.4, median to 0.5), as ``opama prepare`` does it."""
+    from opama_tools.prepare import to_uint8
+    from opama_tools.tonemap import tonemap
+
+    return to_uint8(tonemap(np.ascontiguousarray(x, dtype=np.float32), "percentile")[0])
 
 
 def synthetic_pano8(seed: int, height: int = 64, supersample: int = 1) -> np.ndarray:

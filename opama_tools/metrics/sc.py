@@ -23,7 +23,7 @@ import torch
 from opama_tools.metrics.features import MetricUnavailable, resolve_weights
 from opama_tools.weights import component, locate
 
-__all__ = ["read_captions", "SentenceModel", "load_sentence_model", "BlipCaptioner", "load_captioner", "sc_scores"]
+__all__ = ["read_captions", "SentenceModel", "load_sentence_model", "load_captioner", "sc_scores"]
 
 
 def read_captions(path: str | os.PathLike) -> dict[str, str]:
@@ -118,32 +118,17 @@ def sc_scores(model: SentenceModel, gen_captions: list[str], ref_captions: list[
     return (e[:n] * e[n:]).sum(-1).numpy()
 
 
-class BlipCaptioner:
-    """A local BLIP captioning model (transformers), for SC when no ``--gen-captions`` is given."""
+def load_captioner(explicit: str | os.PathLike | None = None, device: str = "cpu"):
+    """BLIP or BLIP-2 (``opama caption``'s loader) from ``--captioner`` / ``$OPAMA_BLIP`` / the HF cache.
 
-    def __init__(self, model, processor, name: str, device: str = "cpu", max_new_tokens: int = 40):
-        self.model = model.eval().to(device)
-        self.processor = processor
-        self.name = name
-        self.device = device
-        self.max_new_tokens = max_new_tokens
+    Returns :class:`opama_tools.caption.Captioner` with a ``name`` for the report.
+    """
+    from opama_tools.caption import load_captioner as _load
 
-    @torch.no_grad()
-    def caption(self, images: np.ndarray) -> list[str]:
-        inputs = self.processor(images=list(np.asarray(images)), return_tensors="pt").to(self.device)
-        ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)
-        return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
-
-
-def load_captioner(explicit: str | os.PathLike | None = None, device: str = "cpu") -> BlipCaptioner:
-    """BLIP from ``--captioner`` / ``$OPAMA_BLIP`` / the HF cache."""
-    from transformers import BlipForConditionalGeneration, BlipProcessor
-
-    p = resolve_weights("blip", explicit, "--captioner")
     try:
-        model = BlipForConditionalGeneration.from_pretrained(str(p), local_files_only=True)
-        proc = BlipProcessor.from_pretrained(str(p), local_files_only=True)
-    except Exception as e:
-        raise MetricUnavailable(f"{p}: cannot load a BLIP captioner ({type(e).__name__}: {e})") from e
-    name = "blip-image-captioning-large" if "blip-image-captioning-large" in str(p) else f"custom:{p.name}"
-    return BlipCaptioner(model, proc, name, device)
+        cap = _load(explicit, device=device, max_new_tokens=40)
+    except Exception as e:  # missing weights or an unusable folder: the metric is unavailable
+        raise MetricUnavailable(f"no BLIP captioner ({str(e).splitlines()[0]}); pass --captioner PATH") from e
+    src = Path(cap.source)
+    cap.name = "blip-image-captioning-large" if "blip-image-captioning-large" in str(src) else f"custom:{src.name}"
+    return cap
