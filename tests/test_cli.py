@@ -111,6 +111,10 @@ def test_demo_runs_every_built_stage(tmp_path):
     line = json.loads((d / "captions.jsonl").read_text().splitlines()[0])
     assert line["caption"] and len(line["views"]) == 12
     assert (d / "views" / "views.csv").is_file()
+    # The input-only baseline is evaluated: weight-free metrics computed, the report written.
+    metrics = {m["label"]: m for m in json.loads((d / "report" / "metrics.json").read_text())["metrics"]}
+    assert metrics["seam"]["status"] == "ok" and (d / "report" / "report.html").is_file()
+    assert metrics["PSNR (input region, dB)"]["value"] > 30  # the known region is kept
     # A second run skips what is done and still succeeds.
     res = runner.invoke(app, ["demo", "--out", str(d), "-n", "1", "--height", "32"])
     assert res.exit_code == 0, res.output
