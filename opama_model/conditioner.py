@@ -45,7 +45,14 @@ class ConditionerOutput(BaseOutput):
 
 
 class _ConditionerBase(ModelMixin, ConfigMixin):
-    """Learned unconditional image embedding and loading shared by both conditioners."""
+    """Learned unconditional image embedding, loading and ``forward`` shared by both conditioners.
+
+    A subclass builds its two branches and names them in :meth:`_branches`.
+    """
+
+    def _branches(self) -> tuple[nn.Module, nn.Module]:
+        """``(global, local)``: tokens from ``(image_embeds, text_hidden_states)``; residuals from ``images``."""
+        raise NotImplementedError
 
     def _null_init(self, image_embed_dim: int) -> None:
         self.null_image_embeds = nn.Parameter(torch.randn(NUM_IMAGES, image_embed_dim) * 0.02)
@@ -62,6 +69,16 @@ class _ConditionerBase(ModelMixin, ConfigMixin):
     def _check(images, image_embeds, text_hidden_states):
         if images.shape[0] != image_embeds.shape[0] or images.shape[0] != text_hidden_states.shape[0]:
             raise ValueError("images, image_embeds and text_hidden_states must share the batch size")
+
+    def forward(self, images: torch.Tensor, image_embeds: torch.Tensor, text_hidden_states: torch.Tensor,
+                unconditional=None, return_dict: bool = True):
+        self._check(images, image_embeds, text_hidden_states)
+        global_branch, local_branch = self._branches()
+        tokens = global_branch(self._apply_uncond(image_embeds, unconditional), text_hidden_states)
+        res = local_branch(images)
+        if not return_dict:
+            return tokens, res
+        return ConditionerOutput(encoder_hidden_states=tokens, down_intrablock_additional_residuals=res)
 
 
 class OPaMaConditioner(_ConditionerBase):
@@ -108,14 +125,8 @@ class OPaMaConditioner(_ConditionerBase):
                        d_conv=gma_d_conv, expand=gma_expand, ring_scan=gma_ring_scan)
         self._null_init(image_embed_dim)
 
-    def forward(self, images: torch.Tensor, image_embeds: torch.Tensor, text_hidden_states: torch.Tensor,
-                unconditional=None, return_dict: bool = True):
-        self._check(images, image_embeds, text_hidden_states)
-        tokens = self.vcr(self._apply_uncond(image_embeds, unconditional), text_hidden_states)
-        res = self.gma(images)
-        if not return_dict:
-            return tokens, res
-        return ConditionerOutput(encoder_hidden_states=tokens, down_intrablock_additional_residuals=res)
+    def _branches(self) -> tuple[nn.Module, nn.Module]:
+        return self.vcr, self.gma
 
 
 class AOGConditioner(_ConditionerBase):
@@ -150,11 +161,5 @@ class AOGConditioner(_ConditionerBase):
                                             fusion_depth=fusion_depth, num_images=NUM_IMAGES)
         self._null_init(image_embed_dim)
 
-    def forward(self, images: torch.Tensor, image_embeds: torch.Tensor, text_hidden_states: torch.Tensor,
-                unconditional=None, return_dict: bool = True):
-        self._check(images, image_embeds, text_hidden_states)
-        tokens = self.global_branch(self._apply_uncond(image_embeds, unconditional), text_hidden_states)
-        res = self.local_branch(images)
-        if not return_dict:
-            return tokens, res
-        return ConditionerOutput(encoder_hidden_states=tokens, down_intrablock_additional_residuals=res)
+    def _branches(self) -> tuple[nn.Module, nn.Module]:
+        return self.global_branch, self.local_branch

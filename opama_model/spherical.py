@@ -473,10 +473,14 @@ CUBE_YAW_PITCH = ((0.0, 0.0), (90.0, 0.0), (180.0, 0.0), (-90.0, 0.0), (0.0, 90.
 """``(yaw, pitch)`` in degrees of each face of :data:`CUBE_FACES` (fov 90, roll 0)."""
 
 
+def _cube_yaws_pitches() -> tuple[list[float], list[float]]:
+    """Yaws and pitches (degrees) of the cube faces, :data:`CUBE_FACES` order, as two lists."""
+    return [yp[0] for yp in CUBE_YAW_PITCH], [yp[1] for yp in CUBE_YAW_PITCH]
+
+
 def equi_to_cube(equi: torch.Tensor, face_w: int, *, mode: str = "bilinear") -> torch.Tensor:
     """Six cube faces ``(B, 6, C, face_w, face_w)`` in :data:`CUBE_FACES` order (90° views)."""
-    yaws = [yp[0] for yp in CUBE_YAW_PITCH]
-    pitches = [yp[1] for yp in CUBE_YAW_PITCH]
+    yaws, pitches = _cube_yaws_pitches()
     return equi_to_pers(equi, yaws, pitches, 90.0, (face_w, face_w), mode=mode)
 
 
@@ -593,6 +597,5 @@ def view_lonlat_map(
 
 def cube_lonlat_map(face_w: int, *, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """``(6, 2, f, f)`` longitude / latitude (radians) of every cube-face pixel (:data:`CUBE_FACES` order)."""
-    yaws = [yp[0] for yp in CUBE_YAW_PITCH]
-    pitches = [yp[1] for yp in CUBE_YAW_PITCH]
+    yaws, pitches = _cube_yaws_pitches()
     return view_lonlat_map(yaws, pitches, 90.0, (face_w, face_w), dtype=dtype, device=device)

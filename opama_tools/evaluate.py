@@ -196,6 +196,18 @@ def _resolve_device(device: str) -> str:
     return device
 
 
+_NEEDS_CAPTIONS = "needs the reference captions: pass --captions CAPTIONS.jsonl"
+
+
+def _load_or_unavailable(unavailable: dict[str, str], key: str, load: Callable[[], object]):
+    """``load()``, or None with the reason recorded as ``unavailable[key]`` when its network is missing."""
+    try:
+        return load()
+    except MetricUnavailable as e:
+        unavailable[key] = str(e)
+        return None
+
+
 def _mean_ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float, float, int]:
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
@@ -268,45 +280,35 @@ def evaluate(
             ("fid-clip", load_fid_clip, opt.fid_clip_weights),
             ("inception", load_inception, opt.inception_weights),
         ):
-            try:
-                net = loader(explicit).to(device)
-                feat_nets.append(net)
-                if key == "inception":
-                    inception = net
-                say(f"{key}: {net.name} from {net.path}")
-            except MetricUnavailable as e:
-                unavailable[key] = str(e)
+            net = _load_or_unavailable(unavailable, key, lambda: loader(explicit).to(device))
+            if net is None:
+                continue
+            feat_nets.append(net)
+            if key == "inception":
+                inception = net
+            say(f"{key}: {net.name} from {net.path}")
     lpips_net = None
     if "lpips" in want:
         from opama_tools.metrics.lpips import load_lpips
 
-        try:
-            lpips_net = load_lpips(opt.lpips_weights).to(device)
-        except MetricUnavailable as e:
-            unavailable["lpips"] = str(e)
+        lpips_net = _load_or_unavailable(unavailable, "lpips", lambda: load_lpips(opt.lpips_weights).to(device))
     clip_scorer = None
     if "clip" in want:
         if not opt.captions:
-            unavailable["clip"] = "needs the reference captions: pass --captions CAPTIONS.jsonl"
+            unavailable["clip"] = _NEEDS_CAPTIONS
         else:
             from opama_tools.metrics.clip_score import load_clip_scorer
 
-            try:
-                clip_scorer = load_clip_scorer(opt.clip_weights, device)
-            except MetricUnavailable as e:
-                unavailable["clip"] = str(e)
+            clip_scorer = _load_or_unavailable(unavailable, "clip", lambda: load_clip_scorer(opt.clip_weights, device))
     sent_model = None
     captioner = None
     if "sc" in want:
         from opama_tools.metrics.sc import load_captioner, load_sentence_model
 
         if not opt.captions:
-            unavailable["sc"] = "needs the reference captions: pass --captions CAPTIONS.jsonl"
+            unavailable["sc"] = _NEEDS_CAPTIONS
         else:
-            try:
-                sent_model = load_sentence_model(opt.sentence_model, device)
-            except MetricUnavailable as e:
-                unavailable["sc"] = str(e)
+            sent_model = _load_or_unavailable(unavailable, "sc", lambda: load_sentence_model(opt.sentence_model, device))
             if sent_model is not None and not opt.gen_captions:
                 try:
                     captioner = load_captioner(opt.captioner, device)
