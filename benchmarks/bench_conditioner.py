@@ -31,28 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"CPU: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), GPU: {gpu}")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- models
@@ -195,7 +183,7 @@ def main() -> None:
         print(json.dumps(worker(json.loads(a.worker))))
         return
     scale = a.published_scale or (1 if a.device == "cuda" else 16)
-    print(machine())
+    print(machine_info())
     print("scan backend:", os.environ.get("OPAMA_SCAN", "auto"), "| batch", a.batch, "| repeats", a.repeats)
     base = dict(device=a.device, batch=a.batch, repeats=a.repeats)
     if not a.skip_scaling:

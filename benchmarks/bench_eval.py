@@ -14,29 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return f"CPU {cpu}; {os.cpu_count()} cores; torch {torch.__version__}; torch threads {torch.get_num_threads()}; GPU {gpu}"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info  # noqa: E402
 
 
 def make_data(root: Path, n: int, height: int) -> tuple[Path, Path]:
@@ -93,7 +80,7 @@ def main() -> None:
             metrics=("fid", "kid", "is", "omnifid", "fidh", "clip", "lpips", "psnr", "ssim", "seam", "pole"),
             captions=str(caps), device="cpu", set_bootstrap=0, **learned),
     }
-    print(machine())
+    print(machine_info())
     print(f"{args.n} panoramas of {args.height}x{2 * args.height}, 4 cube faces of 299 px (+U, D, 4 diagonal views for OmniFID/FID-h)")
     rates = {}
     for name, opt in runs.items():

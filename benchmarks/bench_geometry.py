@@ -15,22 +15,15 @@ Usage: python benchmarks/bench_geometry.py [--device cuda] [--views 21] [--size 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_model, machine_info  # noqa: E402
 
 
 def make_panorama(height: int) -> np.ndarray:
@@ -70,9 +63,7 @@ def main() -> None:
     pano = make_panorama(args.height)
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), py360convert {p3.__version__ if hasattr(p3, '__version__') else '?'}, "
-          f"numpy {np.__version__}")
+    print("machine:", machine_info(("py360convert", "numpy"), gpu=False))
     print(f"torch device: {device} ({dev_name})")
     print(f"task: {len(views)} views of {hw[0]}x{hw[1]}, fov 90, from a {args.height}x{2 * args.height} RGB float32 panorama")
 

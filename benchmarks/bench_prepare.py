@@ -22,34 +22,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def machine() -> str:
-    import OpenEXR
-    import PIL
-    import scipy
-    import torch
-
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cpu}, {cores} cores usable; python {platform.python_version()}, numpy {np.__version__}, "
-            f"scipy {scipy.__version__}, Pillow {PIL.__version__}, OpenEXR {OpenEXR.__version__}, "
-            f"torch {torch.__version__} (not used by either side)")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info  # noqa: E402
 
 
 def make_data(folder: Path, n: int, compression: str) -> list[Path]:
@@ -127,7 +109,8 @@ def main() -> None:
 
     from opama_tools.prepare import PrepareConfig, process_file
 
-    print("machine:", machine())
+    print("machine:", machine_info(("numpy", "scipy", "PIL", "OpenEXR"), gpu=False,
+                                   torch_note="not used by either side"))
     srcs = make_data(args.data, args.n, args.compression)
     out = args.data / "out"
     out.mkdir(exist_ok=True)

@@ -26,13 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info  # noqa: E402
 
 SCAN_METHODS = ("chunked", "cuda", "ref", "pscan")
 MIXER_METHODS = ("mixer:opama", "mixer:hf-slow", "mixer:hf-mambapy")
@@ -220,31 +222,6 @@ def worker(spec: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def machine(device: str) -> str:
-    import torch
-
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    s = (f"CPU: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}; python {platform.python_version()}; "
-         f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    if device == "cuda" and torch.cuda.is_available():
-        s += f"; GPU: {torch.cuda.get_device_name()}"
-    try:
-        import mambapy
-        import transformers
-
-        s += f"; transformers {transformers.__version__}; mambapy {getattr(mambapy, '__version__', '1.x')}"
-    except ImportError:
-        pass
-    return s
-
-
 def run_one(spec, timeout):
     with tempfile.TemporaryDirectory() as td:
         spec = dict(spec, save=str(Path(td) / "out.safetensors"))
@@ -299,7 +276,7 @@ def main():
     Ds = a.D or ([64] if a.quick else [64, 256])
     Ls = a.L or ([1024, 4096] if a.quick else [1024, 4096, 16384])
     b, n = 2, 16
-    print(machine(a.device))
+    print(machine_info(("transformers", "mambapy"), gpu=a.device == "cuda"))
     if a.device == "cpu" and os.getloadavg()[0] > (os.cpu_count() or 1) and threads > 1:
         print(f"note: the machine is busy (load {os.getloadavg()[0]:.1f}); --threads 1 gives steadier numbers")
     print(f"device {a.device}, torch threads {threads}, B={b}, N={n}, best of {a.repeat}; "

@@ -550,44 +550,6 @@ def _in_frustum(points: np.ndarray, yaw: float, pitch: float, fov: float) -> np.
         return (z > 1e-9) & (np.abs(cam[:, 0]) <= t * z) & (np.abs(cam[:, 1]) <= t * z)
 
 
-def _outdoor_labels(scene, d: np.ndarray) -> np.ndarray:
-    """Per direction: -2 sky, -1 ground, k >= 0 building k (nearest hit, as the renderer)."""
-    n = d.shape[0]
-    lab = np.full(n, -2)
-    t_best = np.full(n, np.inf)
-    down = d[:, 1] < -1e-6
-    t_g = np.where(down, scene.camera_height / np.maximum(-d[:, 1], 1e-12), np.inf)
-    hit_g = np.isfinite(t_g)
-    lab[hit_g] = -1
-    t_best[hit_g] = t_g[hit_g]
-    for k, b in enumerate(scene.buildings):
-        lo, hi = np.array(b.lo), np.array(b.hi)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv = 1.0 / d
-            t1, t2 = lo * inv, hi * inv
-        tmin = np.nanmax(np.minimum(t1, t2), axis=1)
-        tmax = np.nanmin(np.maximum(t1, t2), axis=1)
-        hit = (tmax >= tmin) & (tmin > 0) & (tmin < t_best)
-        lab[hit] = k
-        t_best[hit] = tmin[hit]
-    return lab
-
-
-def _indoor_surfaces(scene, d: np.ndarray) -> np.ndarray:
-    """Per direction: surface id 0 floor, 1 ceiling, 2 wall +z, 3 wall -z, 4 wall +x, 5 wall -x."""
-    lo, hi = np.array(scene.room_lo), np.array(scene.room_hi)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_axes = np.where(d > 0, hi / d, np.where(d < 0, lo / d, np.inf))
-    axis = np.argmin(t_axes, axis=1)
-    positive = d[np.arange(len(d)), axis] > 0
-    return np.select(
-        [(axis == 1) & ~positive, (axis == 1) & positive, (axis == 2) & positive,
-         (axis == 2) & ~positive, (axis == 0) & positive],
-        [0, 1, 2, 3, 4],
-        5,
-    )
-
-
 def visible_objects(scene, yaw: float, pitch: float, fov: float, samples: int = 32) -> dict:
     """What a square view at ``yaw``/``pitch``/``fov`` (degrees) of a synthetic scene shows.
 
@@ -606,14 +568,13 @@ def visible_objects(scene, yaw: float, pitch: float, fov: float, samples: int = 
     d = perspective_directions(yaw, pitch, fov, (samples, samples), dtype=torch.float64)[0]
     d = d.reshape(-1, 3).numpy()
     n = d.shape[0]
+    _, lab = scene.nearest_hits(d)  # outdoor: -2 sky, -1 ground, k building k; indoor: surface id
     if scene.kind == "outdoor":
-        lab = _outdoor_labels(scene, d)
         b = {k: float((lab == k).sum()) / n for k in range(len(scene.buildings)) if (lab == k).any()}
         sun_dir = scene._sun_dir()[None]
-        sun = bool(_in_frustum(sun_dir, yaw, pitch, fov)[0] and _outdoor_labels(scene, sun_dir)[0] == -2)
+        sun = bool(_in_frustum(sun_dir, yaw, pitch, fov)[0] and scene.nearest_hits(sun_dir)[1][0] == -2)
         return {"sky": float((lab == -2).sum()) / n, "ground": float((lab == -1).sum()) / n, "buildings": b, "sun": sun}
-    sid = _indoor_surfaces(scene, d)
-    walls = {w: float((sid == w).sum()) / n for w in (2, 3, 4, 5) if (sid == w).any()}
+    walls = {w: float((lab == w).sum()) / n for w in (2, 3, 4, 5) if (lab == w).any()}
     windows = []
     for k, w in enumerate(scene.windows):
         c = np.array(w["centre"], dtype=np.float64)
@@ -629,7 +590,7 @@ def visible_objects(scene, yaw: float, pitch: float, fov: float, samples: int = 
     if scene.lamps:
         inside = _in_frustum(np.array(scene.lamps, dtype=np.float64), yaw, pitch, fov)
         lamps = [k for k in range(len(scene.lamps)) if inside[k]]
-    return {"floor": float((sid == 0).sum()) / n, "ceiling": float((sid == 1).sum()) / n, "walls": walls,
+    return {"floor": float((lab == 0).sum()) / n, "ceiling": float((lab == 1).sum()) / n, "walls": walls,
             "windows": windows, "lamps": lamps}
 
 

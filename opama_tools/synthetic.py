@@ -26,7 +26,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable, Iterator, Literal
 
 import numpy as np
 
@@ -114,6 +114,25 @@ class Scene:
         out = self._outdoor(d) if self.kind == "outdoor" else self._indoor(d)
         return out.reshape(*shape, 3).astype(np.float32)
 
+    def nearest_hits(self, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What each unit direction ``(..., 3)`` hits first, as the renderer sees it: ``(t, label)``.
+
+        ``t``: the hit distance in metres (``inf`` where nothing is hit). ``label``: outdoor
+        -2 sky, -1 ground, ``k >= 0`` building ``k``; indoor the room surface id 0 floor,
+        1 ceiling, 2 wall +z, 3 wall -z, 4 wall +x, 5 wall -x.
+        """
+        shape = dirs.shape[:-1]
+        d = np.asarray(dirs, dtype=np.float64).reshape(-1, 3)
+        if self.kind == "outdoor":
+            t = np.full(d.shape[0], np.inf)
+            label = np.full(d.shape[0], -2)
+            for k, hit, t_k in self._outdoor_hits(d):
+                label[hit] = k
+                t[hit] = t_k[hit]
+        else:
+            t, _, _, label = self._room_hits(d)
+        return t.reshape(shape), label.reshape(shape)
+
     # ---------------------------------------------------------- internals
     def _texture(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Smooth band-limited texture in [-1, 1] from a sum of seeded sinusoids."""
@@ -147,25 +166,22 @@ class Scene:
         sun_up = max(math.sin(math.radians(self.sun_pitch)), 0.0)
         return albedo * (3.0 * ndl * (0.3 + 0.7 * sun_up) + 0.6 * np.array(self.sky_zenith) + 0.25)
 
-    def _outdoor(self, d: np.ndarray) -> np.ndarray:
-        n = d.shape[0]
-        out = self._sky(d)
-        t_best = np.full(n, np.inf)
+    def _outdoor_hits(self, d: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Ray-cast ``d`` ``(N, 3)`` against the ground, then each building in order.
+
+        Yields ``(label, hit, t)``: label -1 ground, ``k`` building ``k``; ``t`` the object's
+        distance along every direction; ``hit`` where it is the nearest so far (a later
+        yield overrides an earlier one).
+        """
+        t_best = np.full(d.shape[0], np.inf)
         # Ground plane y = -camera_height.
         down = d[:, 1] < -1e-6
         t_g = np.where(down, self.camera_height / np.maximum(-d[:, 1], 1e-12), np.inf)
         hit_g = np.isfinite(t_g)
-        if hit_g.any():
-            p = d[hit_g] * t_g[hit_g, None]
-            tex = self._texture(p[:, 0], p[:, 2])
-            albedo = np.array(_GROUNDS.get(self.ground, _GROUNDS["grassy"])) * (1.0 + 0.35 * tex[:, None])
-            col = self._lit(albedo, np.tile([0.0, 1.0, 0.0], (p.shape[0], 1)))
-            haze = np.exp(-t_g[hit_g] / 250.0)[:, None]
-            col = haze * col + (1 - haze) * np.array(self.sky_horizon) * 1.2
-            out[hit_g] = col
-            t_best[hit_g] = t_g[hit_g]
+        yield -1, hit_g, t_g
+        t_best[hit_g] = t_g[hit_g]
         # Buildings (slab test, camera outside every box).
-        for b in self.buildings:
+        for k, b in enumerate(self.buildings):
             lo, hi = np.array(b.lo), np.array(b.hi)
             with np.errstate(divide="ignore", invalid="ignore"):
                 inv = 1.0 / d
@@ -173,34 +189,52 @@ class Scene:
             tmin = np.nanmax(np.minimum(t1, t2), axis=1)
             tmax = np.nanmin(np.maximum(t1, t2), axis=1)
             hit = (tmax >= tmin) & (tmin > 0) & (tmin < t_best)
+            yield k, hit, tmin
+            t_best[hit] = tmin[hit]
+
+    def _outdoor(self, d: np.ndarray) -> np.ndarray:
+        out = self._sky(d)
+        for k, hit, t in self._outdoor_hits(d):
             if not hit.any():
                 continue
-            p = d[hit] * tmin[hit, None]
-            axis = np.argmin(
-                np.stack([np.minimum(np.abs(p[:, k] - lo[k]), np.abs(p[:, k] - hi[k])) for k in range(3)], 1), 1
-            )
-            normal = np.zeros_like(p)
-            centre = (lo + hi) / 2
-            normal[np.arange(len(p)), axis] = np.sign(p[np.arange(len(p)), axis] - centre[axis])
-            # Smooth floors-and-windows pattern on the facade.
-            fac_u = np.where(axis == 0, p[:, 2], p[:, 0])
-            rows = 0.5 + 0.5 * np.cos(2 * math.pi * p[:, 1] / 3.0)
-            cols = 0.5 + 0.5 * np.cos(2 * math.pi * fac_u / 2.5)
-            pattern = 1.0 - 0.45 * (rows * cols) ** 2
-            albedo = np.array(_COLOURS.get(b.colour, _COLOURS["grey"])) * pattern[:, None]
-            col = self._lit(albedo, normal)
-            haze = np.exp(-tmin[hit] / 250.0)[:, None]
-            out[hit] = haze * col + (1 - haze) * np.array(self.sky_horizon) * 1.2
-            t_best[hit] = tmin[hit]
+            if k < 0:
+                out[hit] = self._shade_ground(d[hit] * t[hit, None], t[hit])
+            else:
+                out[hit] = self._shade_building(self.buildings[k], d[hit] * t[hit, None], t[hit])
         return out
 
-    def _indoor(self, d: np.ndarray) -> np.ndarray:
+    def _shade_ground(self, p: np.ndarray, t: np.ndarray) -> np.ndarray:
+        tex = self._texture(p[:, 0], p[:, 2])
+        albedo = np.array(_GROUNDS.get(self.ground, _GROUNDS["grassy"])) * (1.0 + 0.35 * tex[:, None])
+        col = self._lit(albedo, np.tile([0.0, 1.0, 0.0], (p.shape[0], 1)))
+        haze = np.exp(-t / 250.0)[:, None]
+        return haze * col + (1 - haze) * np.array(self.sky_horizon) * 1.2
+
+    def _shade_building(self, b: Box, p: np.ndarray, t: np.ndarray) -> np.ndarray:
+        lo, hi = np.array(b.lo), np.array(b.hi)
+        axis = np.argmin(
+            np.stack([np.minimum(np.abs(p[:, k] - lo[k]), np.abs(p[:, k] - hi[k])) for k in range(3)], 1), 1
+        )
+        normal = np.zeros_like(p)
+        centre = (lo + hi) / 2
+        normal[np.arange(len(p)), axis] = np.sign(p[np.arange(len(p)), axis] - centre[axis])
+        # Smooth floors-and-windows pattern on the facade.
+        fac_u = np.where(axis == 0, p[:, 2], p[:, 0])
+        rows = 0.5 + 0.5 * np.cos(2 * math.pi * p[:, 1] / 3.0)
+        cols = 0.5 + 0.5 * np.cos(2 * math.pi * fac_u / 2.5)
+        pattern = 1.0 - 0.45 * (rows * cols) ** 2
+        albedo = np.array(_COLOURS.get(b.colour, _COLOURS["grey"])) * pattern[:, None]
+        col = self._lit(albedo, normal)
+        haze = np.exp(-t / 250.0)[:, None]
+        return haze * col + (1 - haze) * np.array(self.sky_horizon) * 1.2
+
+    def _room_hits(self, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Where ``d`` ``(N, 3)`` leaves the room: distance, axis of the face, its side (+), surface id."""
         lo, hi = np.array(self.room_lo), np.array(self.room_hi)
         with np.errstate(divide="ignore", invalid="ignore"):
             t_axes = np.where(d > 0, hi / d, np.where(d < 0, lo / d, np.inf))
         axis = np.argmin(t_axes, axis=1)
         t = t_axes[np.arange(len(d)), axis]
-        p = d * t[:, None]
         positive = d[np.arange(len(d)), axis] > 0
         # Surface id: 0 floor, 1 ceiling, 2 wall +z, 3 wall -z, 4 wall +x, 5 wall -x.
         sid = np.select(
@@ -209,6 +243,11 @@ class Scene:
             [0, 1, 2, 3, 4],
             5,
         )
+        return t, axis, positive, sid
+
+    def _indoor(self, d: np.ndarray) -> np.ndarray:
+        t, axis, positive, sid = self._room_hits(d)
+        p = d * t[:, None]
         albedo = np.empty_like(p)
         tex = self._texture(p[:, 0] * 4, p[:, 2] * 0.7)
         floor = sid == 0
