@@ -436,6 +436,21 @@ def _err_text(e: BaseException) -> str:
 # --------------------------------------------------------------------------- BLIP job
 
 
+
+def _open_job(root: Path, out_jsonl, overwrite: bool) -> tuple["_JsonlOut", CaptionSummary, list[tuple[str, Path]]]:
+    """Open the resumable output and list the panoramas under ``root`` not captioned yet
+    (``(relative posix path, path)``); already-done ones are counted as skipped."""
+    out = _JsonlOut(Path(out_jsonl), overwrite)
+    summary = CaptionSummary(out=Path(out_jsonl))
+    todo = []
+    for p in find_panoramas(root):
+        rel = p.relative_to(root).as_posix()
+        if rel in out.done:
+            summary.skipped += 1
+        else:
+            todo.append((rel, p))
+    return out, summary, todo
+
 def run_caption_job(
     pano_dir: str | os.PathLike,
     out_jsonl: str | os.PathLike,
@@ -451,16 +466,7 @@ def run_caption_job(
     in total (1 + number of views per panorama), there are ``ceil(n / batch_size)`` calls.
     """
     root = Path(pano_dir)
-    out = _JsonlOut(Path(out_jsonl), overwrite)
-    summary = CaptionSummary(out=Path(out_jsonl))
-    paths = find_panoramas(root)
-    todo = []
-    for p in paths:
-        rel = p.relative_to(root).as_posix()
-        if rel in out.done:
-            summary.skipped += 1
-        else:
-            todo.append((rel, p))
+    out, summary, todo = _open_job(root, out_jsonl, overwrite)
     yaws = settings.yaws()
 
     def load(item):
@@ -700,15 +706,7 @@ def run_metadata_job(
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{scenes_jsonl}: line {i} is not a scene record ({e})") from e
     root = Path(pano_dir)
-    out = _JsonlOut(Path(out_jsonl), overwrite)
-    summary = CaptionSummary(out=Path(out_jsonl))
-    todo = []
-    for p in find_panoramas(root):
-        rel = p.relative_to(root).as_posix()
-        if rel in out.done:
-            summary.skipped += 1
-        else:
-            todo.append((rel, p))
+    out, summary, todo = _open_job(root, out_jsonl, overwrite)
     yaws = settings.yaws()
     try:
         with _progress(len(todo), "captions from metadata", progress) as advance:
