@@ -19,7 +19,6 @@ the others still run. Learned metrics carry the network's name: ``FID[clip_vit_b
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -566,7 +565,7 @@ def evaluate(
                              sent_model.name, src)
     if "psnr" in want:
         per_image_metric("psnr", "psnr", "PSNR (input region, dB)", "higher", None,
-                         f"masked to the input view; capped at 100 dB")
+                         "masked to the input view; capped at 100 dB")
     if "ssim" in want:
         per_image_metric("ssim", "ssim", "SSIM (input region)", "higher", None, "masked to the input view")
     if "seam" in want:

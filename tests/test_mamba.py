@@ -181,7 +181,7 @@ def test_stack_trains_on_long_sequence():
 
 
 def test_no_weight_decay_names_and_plain_parameters():
-    from opama_model.mamba import Mamba, MambaBlock, no_weight_decay_names
+    from opama_model.mamba import MambaBlock, no_weight_decay_names
 
     block = MambaBlock(16, d_state=4, bidirectional=True)
     names = no_weight_decay_names(block)
