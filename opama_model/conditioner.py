@@ -7,14 +7,19 @@ Both take, per sample,
 * ``image_embeds``: ``(B, 7, E_img)`` pooled, projected CLIP image embeddings, **the view
   first**, then the 6 cube faces (``spherical.CUBE_FACES`` order),
 * ``text_hidden_states``: ``(B, 77, E_txt)`` CLIP text hidden states of the caption,
-* ``unconditional``: optional ``(B,)`` bool; where True the 7 image embeddings are replaced by
-  the learned unconditional embedding (classifier-free guidance; pass the empty caption's
-  text states for those samples; the adapter residuals from ``images`` are kept, the masked
-  view is part of the UNet input in both passes anyway),
+* ``unconditional``: optional ``(B,)`` bool (or one bool for the whole batch). As in the
+  OPa-Ma reference, the null condition of classifier-free guidance is ``NUM_NULL_TOKENS`` (7)
+  learned tokens used as the *whole* ``encoder_hidden_states``: the global branch (VCR /
+  AOG transformer), the text and the image embeddings are bypassed for those samples. The
+  adapter residuals from ``images`` are computed for every sample (the reference feeds the
+  same adapter features to its conditional and unconditional UNet passes),
 
 and return :class:`ConditionerOutput`: ``encoder_hidden_states`` for the UNet's
-cross-attention and ``down_intrablock_additional_residuals`` (one tensor per UNet down block;
-pass a fresh list to every UNet call, diffusers pops from it). Both are
+cross-attention, ``encoder_attention_mask`` and ``down_intrablock_additional_residuals`` (one
+tensor per UNet down block; pass a fresh list to every UNet call, diffusers pops from it).
+When a batch mixes conditional (``T`` tokens) and null (7 tokens) samples, the null rows are
+zero-padded to ``T`` and ``encoder_attention_mask (B, T)`` (True = attend) masks the padding;
+for the UNet that is the same as 7 tokens alone. Otherwise the mask is None. Both are
 ``ModelMixin``/``ConfigMixin``: ``save_pretrained`` writes ``config.json`` and
 ``diffusion_pytorch_model.safetensors``; ``from_pretrained`` reads them back.
 """
@@ -32,20 +37,35 @@ from torch import nn
 from .aog import AOGGlobalTransformer, AOGLocalAdapter
 
 NUM_IMAGES = 7  # 6 cube faces + the view
+NUM_NULL_TOKENS = 7  # the reference reads rows 0-6 of its (77, dim) ``uncond_embed`` table
 
-__all__ = ["ConditionerOutput", "OPaMaConditioner", "AOGConditioner"]
+__all__ = ["ConditionerOutput", "OPaMaConditioner", "AOGConditioner", "NUM_NULL_TOKENS", "pad_tokens"]
 
 
 @dataclass
 class ConditionerOutput(BaseOutput):
-    """``encoder_hidden_states (B, T, cross_attention_dim)`` and the UNet adapter residuals."""
+    """``encoder_hidden_states (B, T, cross_attention_dim)``, the UNet adapter residuals and
+    ``encoder_attention_mask (B, T)`` bool (True = attend; None when no row is padded)."""
 
     encoder_hidden_states: torch.Tensor
     down_intrablock_additional_residuals: list
+    encoder_attention_mask: torch.Tensor | None = None
+
+
+def pad_tokens(tokens: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad ``tokens (B, T, D)`` to ``(B, length, D)``; returns it and the ``(B, length)``
+    bool mask that is True on the ``T`` real tokens (for ``encoder_attention_mask``)."""
+    b, t, d = tokens.shape
+    if t > length:
+        raise ValueError(f"cannot pad {t} tokens to {length}")
+    out = torch.cat((tokens, tokens.new_zeros(b, length - t, d)), dim=1)
+    mask = torch.zeros(b, length, dtype=torch.bool, device=tokens.device)
+    mask[:, :t] = True
+    return out, mask
 
 
 class _ConditionerBase(ModelMixin, ConfigMixin):
-    """Learned unconditional image embedding, loading and ``forward`` shared by both conditioners.
+    """Learned null condition, loading and ``forward`` shared by both conditioners.
 
     A subclass builds its two branches and names them in :meth:`_branches`.
     """
@@ -54,16 +74,13 @@ class _ConditionerBase(ModelMixin, ConfigMixin):
         """``(global, local)``: tokens from ``(image_embeds, text_hidden_states)``; residuals from ``images``."""
         raise NotImplementedError
 
-    def _null_init(self, image_embed_dim: int) -> None:
-        self.null_image_embeds = nn.Parameter(torch.randn(NUM_IMAGES, image_embed_dim) * 0.02)
+    def _null_init(self, dim: int) -> None:
+        # nn.Embedding's default initialisation, N(0, 1), as the reference's ``uncond_embed``.
+        self.null_tokens = nn.Parameter(torch.randn(NUM_NULL_TOKENS, dim))
 
-    def _apply_uncond(self, image_embeds: torch.Tensor, unconditional) -> torch.Tensor:
-        if unconditional is None:
-            return image_embeds
-        m = torch.as_tensor(unconditional, device=image_embeds.device, dtype=torch.bool)
-        m = m.reshape(-1, 1, 1).expand(image_embeds.shape[0], 1, 1)
-        null = self.null_image_embeds.to(image_embeds.dtype).unsqueeze(0)
-        return torch.where(m, null, image_embeds)
+    def null_condition(self, batch_size: int) -> torch.Tensor:
+        """The learned null condition ``(batch_size, 7, cross_attention_dim)`` (no inputs needed)."""
+        return self.null_tokens.unsqueeze(0).expand(batch_size, -1, -1)
 
     @staticmethod
     def _check(images, image_embeds, text_hidden_states):
@@ -72,13 +89,31 @@ class _ConditionerBase(ModelMixin, ConfigMixin):
 
     def forward(self, images: torch.Tensor, image_embeds: torch.Tensor, text_hidden_states: torch.Tensor,
                 unconditional=None, return_dict: bool = True):
+        """See the module docstring. ``return_dict=False`` gives ``(tokens, residuals, mask)``."""
         self._check(images, image_embeds, text_hidden_states)
         global_branch, local_branch = self._branches()
-        tokens = global_branch(self._apply_uncond(image_embeds, unconditional), text_hidden_states)
+        b = images.shape[0]
+        null = torch.zeros(b, dtype=torch.bool, device=images.device)
+        if unconditional is not None:
+            null = torch.as_tensor(unconditional, dtype=torch.bool, device=images.device).reshape(-1).expand(b)
+        mask = None
+        if bool(null.all()):
+            tokens = self.null_condition(b)
+        else:
+            keep = ~null
+            all_cond = bool(keep.all())
+            cond = global_branch(image_embeds if all_cond else image_embeds[keep],
+                                 text_hidden_states if all_cond else text_hidden_states[keep])
+            tokens = cond
+            if not all_cond:  # the global branch runs on the conditional rows only
+                tokens, mask = pad_tokens(self.null_condition(b).to(cond.dtype), cond.shape[1])
+                tokens = tokens.index_put((keep.nonzero()[:, 0],), cond)
+                mask = mask | keep[:, None]
         res = local_branch(images)
         if not return_dict:
-            return tokens, res
-        return ConditionerOutput(encoder_hidden_states=tokens, down_intrablock_additional_residuals=res)
+            return tokens, res, mask
+        return ConditionerOutput(encoder_hidden_states=tokens, down_intrablock_additional_residuals=res,
+                                 encoder_attention_mask=mask)
 
 
 class OPaMaConditioner(_ConditionerBase):
@@ -123,7 +158,7 @@ class OPaMaConditioner(_ConditionerBase):
         self.gma = GMA(unet_channels, gma_stem_channels, local_depth=gma_local_depth,
                        global_depth=gma_global_depth, global_stages=gma_global_stages, d_state=gma_d_state,
                        d_conv=gma_d_conv, expand=gma_expand, ring_scan=gma_ring_scan)
-        self._null_init(image_embed_dim)
+        self._null_init(cross_attention_dim)
 
     def _branches(self) -> tuple[nn.Module, nn.Module]:
         return self.vcr, self.gma
@@ -159,7 +194,7 @@ class AOGConditioner(_ConditionerBase):
         self.local_branch = AOGLocalAdapter(unet_channels, num_res_blocks=adapter_num_res_blocks,
                                             downscale_factor=downscale_factor, fusion_heads=fusion_heads,
                                             fusion_depth=fusion_depth, num_images=NUM_IMAGES)
-        self._null_init(image_embed_dim)
+        self._null_init(cross_attention_dim)
 
     def _branches(self) -> tuple[nn.Module, nn.Module]:
         return self.global_branch, self.local_branch

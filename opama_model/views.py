@@ -15,17 +15,25 @@ import math
 
 from opama_model.spherical import CUBE_YAW_PITCH
 
-__all__ = ["AOG21", "RING8", "CUBE", "VIEW_SETS", "parse_views", "format_views"]
+__all__ = ["AOG21", "AOG21_TRAIN_STEPS", "RING8", "CUBE", "VIEW_SETS", "parse_views", "format_views"]
 
 View = tuple[float, float]
 
 AOG21: tuple[View, ...] = (
-    (0.0, -25.0), (0.0, 25.0), (-45.0, 0.0), (45.0, 0.0), (-90.0, 0.0), (-90.0, -25.0),
-    (-90.0, 25.0), (90.0, 0.0), (90.0, -25.0), (90.0, 25.0), (-105.0, 0.0), (105.0, 0.0),
-    (180.0, 0.0), (180.0, 25.0), (180.0, -25.0), (0.0, -45.0), (90.0, -45.0), (-90.0, -45.0),
-    (0.0, 45.0), (-90.0, 45.0), (90.0, 45.0),
+    (0.0, 25.0), (0.0, -25.0), (45.0, 0.0), (-45.0, 0.0), (90.0, 0.0), (90.0, 25.0),
+    (90.0, -25.0), (-90.0, 0.0), (-90.0, 25.0), (-90.0, -25.0), (105.0, 0.0), (-105.0, 0.0),
+    (180.0, 0.0), (180.0, -25.0), (180.0, 25.0), (0.0, 45.0), (-90.0, 45.0), (90.0, 45.0),
+    (0.0, -45.0), (90.0, -45.0), (-90.0, -45.0),
 )
-"""AOG-Net's autoregressive order of the 21 generated views, ``(yaw, pitch)`` in degrees."""
+"""AOG-Net's / OPa-Ma's autoregressive order of the 21 generated views, ``(yaw, pitch)`` in
+degrees in *our* convention (yaw right, pitch up). The reference code lists the same views in
+equilib's convention (positive yaw turns left, positive pitch looks down), i.e. each pair here
+is ``(-yaw, -pitch)`` of the published numbers: the order fills upward views first and ends on
+the three views 45 degrees down (the tripod, "the stand" in the reference, which the reference's
+training never uses as a target: see :data:`AOG21_TRAIN_STEPS`)."""
+
+AOG21_TRAIN_STEPS = 18
+"""Training draws the step ``k`` from ``0 .. AOG21_TRAIN_STEPS - 1`` (the last three views are never targets)."""
 
 RING8: tuple[View, ...] = tuple((float(y if y <= 180 else y - 360), 0.0) for y in range(0, 360, 45))
 """Yaw 0, 45, 90, 135, 180, -135, -90, -45 at pitch 0."""

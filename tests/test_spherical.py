@@ -359,7 +359,7 @@ def test_lonlat_maps():
 
 # --------------------------------------------------------------------------- views
 def test_view_sets_and_parser():
-    assert len(AOG21) == 21 and AOG21[0] == (0.0, -25.0) and AOG21[12] == (180.0, 0.0) and AOG21[-1] == (90.0, 45.0)
+    assert len(AOG21) == 21 and AOG21[0] == (0.0, 25.0) and AOG21[12] == (180.0, 0.0) and AOG21[-1] == (-90.0, -45.0)
     assert len(set(AOG21)) == 21
     assert [y for y, _ in RING8] == [0, 45, 90, 135, 180, -135, -90, -45]
     assert list(CUBE) == [(0, 0), (90, 0), (180, 0), (-90, 0), (0, 90), (0, -90)]
