@@ -192,6 +192,8 @@ class EvalInputs:
     scored: dict
     fingerprint: str
     resized: list[str] = field(default_factory=list)
+    ref_caps: dict[str, str] = field(default_factory=dict)
+    gen_caps: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -319,9 +321,9 @@ def _stat_key(p: Path) -> list:
 
 
 def collect_inputs(gen_dir: str | Path, ref_dir: str | Path, opt: EvalOptions, method: str | None = None) -> EvalInputs:
-    """Stage 1: pair the folders, read every ``meta.json``, check sizes, key the run.
+    """Stage 1: pair the folders, read every ``meta.json`` and the caption files, check sizes, key the run.
 
-    Raises :class:`EvalInputError` when nothing pairs, a ``meta.json`` is broken, or a
+    Raises :class:`EvalInputError` when nothing pairs, a ``meta.json`` or caption line is broken, or a
     generated panorama and its reference differ in size (unless ``opt.resize``);
     unreadable images are left to stage 3, which reports them per pair. The fingerprint hashes every paired and unpaired file's path, size
     and mtime (ns), the caption files' and meta files' the same way, and the options
@@ -345,6 +347,7 @@ def collect_inputs(gen_dir: str | Path, ref_dir: str | Path, opt: EvalOptions, m
         meta = _read_meta(gp)
         pairs.append(Pair(rel, gp, rp, meta))
         stats.append([rel, *_stat_key(gp), *_stat_key(rp)] + (_stat_key(gp.parent / "meta.json") if meta else []))
+    caps = [_read_caption_file(opt.captions), _read_caption_file(opt.gen_captions)]
     scored = _summarise_scored([p.meta for p in pairs])
     if method:
         scored["method"] = method
@@ -354,7 +357,23 @@ def collect_inputs(gen_dir: str | Path, ref_dir: str | Path, opt: EvalOptions, m
     blob = json.dumps({"pairs": stats, "gen_only": gen_only, "ref_only": ref_only, "settings": settings,
                        "files": extra, "method": method, "gen_dir": str(gen_dir), "ref_dir": str(ref_dir)},
                       sort_keys=True, default=str)
-    return EvalInputs(pairs, gen_only, ref_only, scored, hashlib.sha256(blob.encode()).hexdigest(), resized)
+    return EvalInputs(pairs, gen_only, ref_only, scored, hashlib.sha256(blob.encode()).hexdigest(), resized, *caps)
+
+
+def _read_caption_file(path: str | None) -> dict[str, str]:
+    """``read_captions(path)`` (or {}), errors as :class:`EvalInputError` naming the file (and line)."""
+    if not path:
+        return {}
+    from opama_tools.metrics.sc import read_captions
+
+    try:
+        return read_captions(path)
+    except ValueError as e:  # read_captions names the file and line
+        if isinstance(e, UnicodeDecodeError):
+            raise EvalInputError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        raise EvalInputError(_one_line(str(e))) from None
+    except OSError as e:
+        raise EvalInputError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -946,8 +965,6 @@ def evaluate(
     """
     import pandas as pd
 
-    from opama_tools.metrics.sc import read_captions
-
     opt = options or EvalOptions()
     opt.validate()
     say = log or (lambda m: None)
@@ -956,14 +973,7 @@ def evaluate(
 
     # 1. pairing and loading
     inputs = inputs or collect_inputs(gen_dir, ref_dir, opt)
-    ref_caps, gen_caps = {}, {}
-    for path, dest in ((opt.captions, ref_caps), (opt.gen_captions, gen_caps)):
-        if path:
-            try:
-                dest.update(read_captions(path))
-            except (OSError, UnicodeDecodeError, ValueError) as e:
-                raise EvalInputError(_one_line(str(e) if isinstance(e, ValueError) and str(path) in str(e)
-                                               else f"{path}: {e}")) from None
+    ref_caps, gen_caps = inputs.ref_caps, inputs.gen_caps
     # 2. networks
     nets = load_networks(opt, device, say)
     # 3. per-image metrics (and the features of the set metrics)

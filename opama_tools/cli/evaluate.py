@@ -91,18 +91,23 @@ def evaluate(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    prog = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.description}"), console=err_console, transient=True)
+    task = prog.add_task("", total=len(inputs.pairs))
+
+    def on_progress(done: int, total: int, name: str) -> None:
+        if not prog.live.is_started:  # started on the first pair: an early error prints alone
+            prog.start()
+        prog.update(task, completed=done, total=total, description=name)
+
     try:
-        with Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      TextColumn("{task.description}"), console=err_console, transient=True) as prog:
-            task = prog.add_task("", total=len(inputs.pairs))
-
-            def on_progress(done: int, total: int, name: str) -> None:
-                prog.update(task, completed=done, total=total, description=name)
-
-            res = run_eval(gen_dir, ref_dir, opts, progress=on_progress, inputs=inputs,
-                           log=lambda m: err_console.print(f"note: {m}", highlight=False, markup=False))
+        res = run_eval(gen_dir, ref_dir, opts, progress=on_progress, inputs=inputs,
+                       log=lambda m: err_console.print(f"note: {m}", highlight=False, markup=False))
     except EvalInputError as e:
         raise fail(str(e), 2)
+    finally:
+        if prog.live.is_started:
+            prog.stop()
     try:
         write_report(res, out_dir)
     except OSError as e:
