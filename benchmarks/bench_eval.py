@@ -1,9 +1,11 @@
 """Throughput of the `opama eval` metric pass: images/s over 200 synthetic 512x1024 panoramas.
 
-Side A: the weight-free metrics (seam, pole, masked PSNR/SSIM).
+Side A: the weight-free metrics of the input region (seam, pole, masked PSNR/SSIM).
+Side A+: the same plus DS and the generated-region group (PSNR/SSIM outside the input view,
+colour / gradient histogram distances per latitude band): what the new groups cost.
 Side B: every metric, with tiny randomly initialised stand-ins for the networks (saved in
 the real formats and loaded through the real loaders): cube/NFoV cutting, clean-fid
-preprocessing, FID/KID/IS/OmniFID/FID-h/LPIPS/CLIP score. With the real Inception/CLIP
+preprocessing, FID/KID/IS/OmniFID/FID-h/FAED/LPIPS/CLIP score. With the real Inception/CLIP
 networks side B is slower by their forward cost; this measures everything around them.
 
 Panoramas are rendered once (opama_tools.synthetic) and cached under the system temp
@@ -59,7 +61,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from opama_tools.evaluate import EvalOptions, evaluate
-    from test_metrics_helpers import save_tiny_hf_clip, save_tiny_inception, save_tiny_open_clip, save_tiny_squeezenet
+    from test_metrics_helpers import (
+        save_tiny_faed, save_tiny_hf_clip, save_tiny_inception, save_tiny_open_clip, save_tiny_squeezenet,
+    )
 
     root = Path(tempfile.gettempdir()) / "opama-bench-eval" / f"{args.n}x{args.height}"
     gen, ref = make_data(root, args.n, args.height)
@@ -69,6 +73,7 @@ def main() -> None:
         fid_clip_weights=str(save_tiny_open_clip(nets / "tiny-open-clip")),
         clip_weights=str(save_tiny_hf_clip(nets / "tiny-hf-clip")),
         lpips_weights=str(save_tiny_squeezenet(nets / "tiny-squeeze.safetensors")),
+        faed_weights=str(save_tiny_faed(nets / "faed.ckpt")),  # the real architecture, random weights
     )
     caps = nets / "caps.jsonl"
     caps.write_text("".join(f'{{"image": "p{k:04d}.png", "caption": "a room with a window"}}\n' for k in range(args.n)))
@@ -76,9 +81,12 @@ def main() -> None:
     runs = {
         "A weight-free (seam, pole, psnr, ssim)": EvalOptions(metrics=("seam", "pole", "psnr", "ssim"), device="cpu",
                                                                set_bootstrap=0),
+        "A+ weight-free + DS + generated region": EvalOptions(
+            metrics=("seam", "pole", "psnr", "ssim", "ds", "region"), device="cpu", set_bootstrap=0),
         "B all metrics, tiny networks": EvalOptions(
-            metrics=("fid", "kid", "is", "omnifid", "fidh", "clip", "lpips", "psnr", "ssim", "seam", "pole"),
-            captions=str(caps), device="cpu", set_bootstrap=0, **learned),
+            metrics=("fid", "kid", "is", "omnifid", "fidh", "faed", "clip", "lpips", "psnr", "ssim", "region", "seam",
+                     "ds", "pole"),
+            captions=str(caps), device="cpu", set_bootstrap=0, faed_height=min(512, args.height), **learned),
     }
     print(machine_info())
     print(f"{args.n} panoramas of {args.height}x{2 * args.height}, 4 cube faces of 299 px (+U, D, 4 diagonal views for OmniFID/FID-h)")
@@ -91,7 +99,8 @@ def main() -> None:
         rates[name] = n / dt
         ok = sum(m.status == "ok" for m in res.metrics)
         print(f"{name}: {n} pairs in {dt:.1f} s = {n / dt:.2f} images/s ({ok} metric rows ok)")
-    a, b = rates.values()
+    a, a_plus, b = rates.values()
+    print(f"ratio A/A+: {a / a_plus:.2f}x (the cost of DS and the generated-region group)")
     print(f"ratio A/B: {a / b:.2f}x (the cost of cutting views and running the learned-metric pipeline)")
 
 

@@ -2,23 +2,37 @@
 
 Protocol (AOG-Net / OPa-Ma evaluation, see the facts file):
 
-* panoramas are 8-bit PNG equirects, paired by relative path under GEN_DIR and REF_DIR;
-* cube faces of ``face_size`` px (299) are cut with :func:`opama_model.spherical.equi_to_cube`
+* panoramas are PNG/JPEG equirects (8-bit; 16-bit PNGs are reduced to 8 bit, grey ones
+  expanded to RGB), paired by relative path: ``GEN_DIR/a/b.png`` with ``REF_DIR/a/b.png``,
+  or, in the layout ``opama outpaint`` writes, ``GEN_DIR/a/b/pano.png`` (+ ``meta.json``)
+  with ``REF_DIR/a/b.png``. Generated and reference sizes must match unless ``resize``
+  is set (references are then resampled to the generated size, and the report says so);
+* cube faces of ``face_size`` px (299) are cut with :func:`opama_model.spherical.equi_to_pers`
   and quantised to 8 bit (as the reference code saves them); the 4 side faces F R B L
   (``faces=6`` adds U D) form the image sets of FID / KID / IS and the pairs of LPIPS;
-* OmniFID uses the U, D and side faces; FID-h the 8 horizontal 90° views;
+* OmniFID uses the U, D and side faces (side faces pooled per face, and, as a second row,
+  averaged per panorama); FID-h the 8 horizontal 90° views; FAED PanFusion's autoencoder;
 * the CLIP score compares the panorama (and the mean over 8 horizontal NFoV views) with
   its reference caption; SC compares a caption of the generated panorama with it;
-* weight-free: ``seam`` and ``pole`` of each generated (and reference) panorama, and
+* weight-free: ``seam``, ``DS`` and ``pole`` of each generated (and reference) panorama;
   PSNR / SSIM on the equirect pixels covered by the input view (yaw 0, pitch 0, fov 90,
-  512x512 unless told otherwise) against the reference.
+  512x512 unless told otherwise) against the reference; and the **generated region**
+  (every pixel outside that footprint): PSNR, SSIM, LPIPS (on the cube faces the input
+  view does not touch) and colour / gradient histogram distances per latitude band.
 
 A metric whose network is missing is reported ``unavailable`` with what to place where;
 the others still run. Learned metrics carry the network's name: ``FID[clip_vit_b_32]``.
+
+:func:`evaluate` reads top to bottom as its stages: :func:`collect_inputs` (pairing,
+sizes, what was scored, the cache key), :func:`load_networks`, :func:`score_pairs`
+(per-image metrics and the features of the set metrics), :func:`set_metrics`,
+:func:`text_metrics`, :func:`summarise_per_image`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -33,22 +47,34 @@ from opama_tools.metrics.features import MetricUnavailable
 __all__ = [
     "ALL_METRICS",
     "EvalOptions",
+    "EvalInputError",
     "MetricResult",
     "EvalResult",
+    "EvalInputs",
+    "Pair",
     "IMAGE_SUFFIXES",
     "pair_images",
+    "collect_inputs",
     "load_image",
+    "resolve_device",
     "evaluate",
     "parse_metrics",
 ]
 
-ALL_METRICS = ("fid", "kid", "is", "omnifid", "fidh", "clip", "lpips", "sc", "psnr", "ssim", "seam", "pole")
+ALL_METRICS = ("fid", "kid", "is", "omnifid", "fidh", "faed", "clip", "lpips", "sc", "psnr", "ssim", "region",
+               "seam", "ds", "pole")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+LEARNED = {"fid", "kid", "is", "omnifid", "fidh", "faed", "clip", "lpips", "sc"}
 
 # view index -> (yaw, pitch): 0-5 cube faces F R B L U D, 6-9 the diagonal horizontal views
 _VIEWS = ((0, 0), (90, 0), (180, 0), (-90, 0), (0, 90), (0, -90), (45, 0), (135, 0), (-135, 0), (-45, 0))
 _SIDES = (0, 1, 2, 3)
 _HORIZONTAL8 = (0, 6, 1, 7, 2, 8, 3, 9)
+_NEEDS_CAPTIONS = "needs the reference captions: pass --captions CAPTIONS.jsonl"
+
+
+class EvalInputError(ValueError):
+    """A user's mistake in the inputs or options; the message names the file or option."""
 
 
 def parse_metrics(spec: str | None) -> tuple[str, ...]:
@@ -58,11 +84,11 @@ def parse_metrics(spec: str | None) -> tuple[str, ...]:
     names = []
     for raw in spec.split(","):
         n = raw.strip().lower().replace("-", "")
-        n = {"fidh": "fidh", "clipscore": "clip", "inception": "is"}.get(n, n)
+        n = {"clipscore": "clip", "inception": "is", "generated": "region"}.get(n, n)
         if not n:
             continue
         if n not in ALL_METRICS:
-            raise ValueError(f"unknown metric {raw.strip()!r}; known: {', '.join(ALL_METRICS)}")
+            raise ValueError(f"--metrics: unknown metric {raw.strip()!r}; known: {', '.join(ALL_METRICS)}")
         if n not in names:
             names.append(n)
     return tuple(names)
@@ -81,6 +107,7 @@ class EvalOptions:
     fid_clip_weights: str | None = None
     clip_weights: str | None = None
     lpips_weights: str | None = None
+    faed_weights: str | None = None
     sentence_model: str | None = None
     captioner: str | None = None
     device: str = "auto"
@@ -88,12 +115,43 @@ class EvalOptions:
     input_pitch: float = 0.0
     input_fov: float = 90.0
     input_size: int = 512
+    resize: bool = False
+    faed_height: int = 512
     clip_views: int = 8
     kid_subsets: int = 100
     is_splits: int = 10
     bootstrap: int = 1000
     set_bootstrap: int = 50
     seed: int = 0
+
+    def validate(self) -> None:
+        """Raise :class:`EvalInputError` naming the flag of the first invalid value."""
+        import math
+
+        def bad(flag: str, rule: str, value) -> EvalInputError:
+            return EvalInputError(f"{flag} must be {rule}, got {value}")
+
+        if self.faces not in (4, 6):
+            raise bad("--faces", "4 or 6", self.faces)
+        if self.face_size < 16:
+            raise bad("--face-size", "at least 16 pixels", self.face_size)
+        if not (math.isfinite(self.input_fov) and 0 < self.input_fov < 180):
+            raise bad("--input-fov", "between 0 and 180 degrees (exclusive)", self.input_fov)
+        if self.input_size < 1:
+            raise bad("--input-size", "a positive number of pixels", self.input_size)
+        for flag, v in (("--input-yaw", self.input_yaw), ("--input-pitch", self.input_pitch)):
+            if not math.isfinite(v):
+                raise bad(flag, "finite", v)
+        if abs(self.input_pitch) > 90:
+            raise bad("--input-pitch", "within [-90, 90] degrees", self.input_pitch)
+        if self.faed_height < 64 or self.faed_height % 32:
+            raise bad("--faed-height", "a multiple of 32, at least 64", self.faed_height)
+        for flag, v, lo in (("--clip-views", self.clip_views, 1), ("--kid-subsets", self.kid_subsets, 1),
+                            ("--is-splits", self.is_splits, 1), ("--bootstrap", self.bootstrap, 0),
+                            ("--set-bootstrap", self.set_bootstrap, 0)):
+            if v < lo:
+                raise bad(flag, f">= {lo}", v)
+        resolve_device(self.device)
 
 
 @dataclass
@@ -111,6 +169,31 @@ class MetricResult:
     network: str | None = None
     n: int = 0
     detail: str = ""
+    group: str = ""  # input | generated | whole | seam | text
+
+
+@dataclass
+class Pair:
+    """One generated panorama and its reference; ``meta`` is the outpainting ``meta.json`` (or {})."""
+
+    rel: str
+    gen: Path
+    ref: Path
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvalInputs:
+    """Stage 1 (:func:`collect_inputs`): the pairs, what is unpaired, what was scored, the cache key."""
+
+    pairs: list[Pair]
+    gen_only: list[str]
+    ref_only: list[str]
+    scored: dict
+    fingerprint: str
+    resized: list[str] = field(default_factory=list)
+    ref_caps: dict[str, str] = field(default_factory=dict)
+    gen_caps: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,7 +206,8 @@ class EvalResult:
     failed: list[tuple[str, str]]
     config: dict
     seconds: float = 0.0
-    samples: list[str] = field(default_factory=list)
+    samples: list[tuple[str, str, str]] = field(default_factory=list)  # (name, generated path, reference path)
+    scored: dict = field(default_factory=dict)
 
     @property
     def ran_any(self) -> bool:
@@ -131,6 +215,7 @@ class EvalResult:
 
     def to_json(self) -> dict:
         return {
+            "scored": self.scored,
             "metrics": [asdict(m) for m in self.metrics],
             "pairs": len(self.pairs),
             "gen_only": self.gen_only,
@@ -141,28 +226,176 @@ class EvalResult:
         }
 
 
-def _list_images(root: Path) -> dict[str, Path]:
-    out = {}
+# ---- stage 1: pairing and loading ------------------------------------------------------------
+
+
+def _list_images(root: Path, generated: bool = False) -> dict[str, Path]:
+    """``{pairing key: path}`` of the images under ``root`` (hidden files skipped).
+
+    With ``generated``, ``a/b/pano.png`` counts as ``a/b.png`` (the outpaint layout); a
+    flat ``a/b.png`` wins if both exist.
+    """
+    out: dict[str, Path] = {}
+    nested: dict[str, Path] = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
-            out[p.relative_to(root).as_posix()] = p
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+            continue
+        if generated and p.stem == "pano" and len(rel.parts) > 1:
+            nested[rel.parent.as_posix() + p.suffix.lower()] = p
+        else:
+            out[rel.as_posix()] = p
+    for k, p in nested.items():
+        out.setdefault(k, p)
     return out
 
 
-def pair_images(gen_dir: str | Path, ref_dir: str | Path) -> tuple[list[str], list[str], list[str]]:
-    """Relative paths present in both folders, only in GEN_DIR, only in REF_DIR (sorted)."""
-    g, r = _list_images(Path(gen_dir)), _list_images(Path(ref_dir))
-    both = sorted(set(g) & set(r))
-    return both, sorted(set(g) - set(r)), sorted(set(r) - set(g))
+def _ref_lookup(refs: dict[str, Path], key: str) -> str | None:
+    """Reference key for generated ``key``: the same path, or the same path with another image suffix."""
+    if key in refs:
+        return key
+    stem = key.rsplit(".", 1)[0]
+    for suf in IMAGE_SUFFIXES:
+        if f"{stem}{suf}" in refs:
+            return f"{stem}{suf}"
+    return None
+
+
+def pair_images(gen_dir: str | Path, ref_dir: str | Path) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
+    """``([(key, generated path, reference path)], only in GEN_DIR, only in REF_DIR)``, sorted by key."""
+    g = _list_images(Path(gen_dir), generated=True)
+    r = _list_images(Path(ref_dir))
+    pairs, used = [], set()
+    for key in sorted(g):
+        rk = _ref_lookup(r, key)
+        if rk is None or rk in used:
+            continue
+        used.add(rk)
+        pairs.append((rk, g[key], r[rk]))
+    paired_gen = {str(gp) for _, gp, _ in pairs}
+    gen_only = sorted(k for k, p in g.items() if str(p) not in paired_gen)
+    return pairs, gen_only, sorted(set(r) - used)
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the file header, or None if unreadable (stage 3 reports it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:
+        return None
+
+
+def _read_meta(gen_path: Path) -> dict:
+    """The outpainting ``meta.json`` beside ``…/name/pano.png`` (or ``{}``)."""
+    if gen_path.stem != "pano":
+        return {}
+    p = gen_path.parent / "meta.json"
+    if not p.is_file():
+        return {}
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EvalInputError(f"{p}: not valid JSON ({e})") from e
+    return d if isinstance(d, dict) else {}
+
+
+def _summarise_scored(metas: list[dict]) -> dict:
+    """``{"method": ..., "model_id": ..., "procedure": ...}`` over the panoramas' meta.json (mixed values listed)."""
+    out = {}
+    for key in ("method", "model_id", "procedure"):
+        vals = sorted({json.dumps(m[key], sort_keys=True) if not isinstance(m[key], str) else m[key]
+                       for m in metas if m.get(key) not in (None, "")})
+        if vals:
+            out[key] = vals[0] if len(vals) == 1 else "mixed: " + ", ".join(vals)
+    if metas:
+        out["with_meta"] = sum(1 for m in metas if m)
+    return out
+
+
+def _stat_key(p: Path) -> list:
+    st = p.stat()
+    return [str(p), st.st_size, st.st_mtime_ns]
+
+
+def collect_inputs(gen_dir: str | Path, ref_dir: str | Path, opt: EvalOptions, method: str | None = None) -> EvalInputs:
+    """Stage 1: pair the folders, read every ``meta.json`` and the caption files, check sizes, key the run.
+
+    Raises :class:`EvalInputError` when nothing pairs, a ``meta.json`` or caption line is broken, or a
+    generated panorama and its reference differ in size (unless ``opt.resize``);
+    unreadable images are left to stage 3, which reports them per pair. The fingerprint hashes every paired and unpaired file's path, size
+    and mtime (ns), the caption files' and meta files' the same way, and the options
+    (except the device): a re-run with the same fingerprint computes the same report.
+    """
+    gen_dir, ref_dir = Path(gen_dir), Path(ref_dir)
+    raw, gen_only, ref_only = pair_images(gen_dir, ref_dir)
+    if not raw:
+        n_gen = len(gen_only)
+        what = "no images" if not n_gen and not ref_only else f"{n_gen} generated and {len(ref_only)} reference images, none with the same name"
+        raise EvalInputError(f"{gen_dir} and {ref_dir}: nothing to evaluate ({what})")
+    pairs, resized, stats = [], [], []
+    for rel, gp, rp in raw:
+        gs, rs = _image_size(gp), _image_size(rp)
+        if gs is not None and rs is not None and gs != rs:
+            if not opt.resize:
+                raise EvalInputError(
+                    f"{gp}: {gs[0]}x{gs[1]} but its reference {rp} is {rs[0]}x{rs[1]}; pass --resize to resample "
+                    "the references to the generated size (the report says so)")
+            resized.append(rel)
+        meta = _read_meta(gp)
+        pairs.append(Pair(rel, gp, rp, meta))
+        stats.append([rel, *_stat_key(gp), *_stat_key(rp)] + (_stat_key(gp.parent / "meta.json") if meta else []))
+    caps = [_read_caption_file(opt.captions), _read_caption_file(opt.gen_captions)]
+    scored = _summarise_scored([p.meta for p in pairs])
+    if method:
+        scored["method"] = method
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opt).items() if k != "device"}
+    extra = {f: _stat_key(Path(getattr(opt, f))) for f in ("captions", "gen_captions")
+             if getattr(opt, f) and Path(getattr(opt, f)).is_file()}
+    blob = json.dumps({"pairs": stats, "gen_only": gen_only, "ref_only": ref_only, "settings": settings,
+                       "files": extra, "method": method, "gen_dir": str(gen_dir), "ref_dir": str(ref_dir)},
+                      sort_keys=True, default=str)
+    return EvalInputs(pairs, gen_only, ref_only, scored, hashlib.sha256(blob.encode()).hexdigest(), resized, *caps)
+
+
+def _read_caption_file(path: str | None) -> dict[str, str]:
+    """``read_captions(path)`` (or {}), errors as :class:`EvalInputError` naming the file (and line)."""
+    if not path:
+        return {}
+    from opama_tools.metrics.sc import read_captions
+
+    try:
+        return read_captions(path)
+    except ValueError as e:  # read_captions names the file and line
+        if isinstance(e, UnicodeDecodeError):
+            raise EvalInputError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        raise EvalInputError(_one_line(str(e))) from None
+    except OSError as e:
+        raise EvalInputError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """8-bit RGB ``(H, W, 3)`` of an equirect image; ``ValueError`` unless W == 2 H."""
+    """8-bit RGB ``(H, W, 3)`` of an equirect image; ``ValueError`` unless W == 2 H.
+
+    Grey images are expanded to RGB, alpha dropped; 16-bit grey PNGs are scaled by
+    255/65535 (rounded); 16-bit RGB PNGs come from Pillow with their high byte (at most
+    one 8-bit level from that scaling).
+    """
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
-        a = np.array(im.convert("RGB"), dtype=np.uint8)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            v = np.asarray(im, dtype=np.float64)
+            if v.max() > 65535 or v.min() < 0:
+                raise ValueError(f"{im.mode} values outside 0..65535")
+            a = np.repeat(np.round(v * (255.0 / 65535.0)).astype(np.uint8)[..., None], 3, axis=-1)
+        elif im.mode == "F":
+            raise ValueError("floating-point image (convert it to 8- or 16-bit PNG first)")
+        else:
+            a = np.array(im.convert("RGB"), dtype=np.uint8)
     h, w = a.shape[:2]
     if w != 2 * h:
         raise ValueError(f"not a 2:1 equirect panorama ({w}x{h})")
@@ -189,22 +422,28 @@ def _cut_views(x: torch.Tensor, idx: list[int], size: int) -> np.ndarray:
     return _to_uint8_views(v)
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` if available else ``cpu``; otherwise a torch device string that exists here.
+
+    Raises :class:`EvalInputError` for an unknown name or an absent accelerator.
+    """
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-_NEEDS_CAPTIONS = "needs the reference captions: pass --captions CAPTIONS.jsonl"
-
-
-def _load_or_unavailable(unavailable: dict[str, str], key: str, load: Callable[[], object]):
-    """``load()``, or None with the reason recorded as ``unavailable[key]`` when its network is missing."""
     try:
-        return load()
-    except MetricUnavailable as e:
-        unavailable[key] = str(e)
-        return None
+        d = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise EvalInputError(f"--device {device!r}: unknown device (auto, cpu, cuda, cuda:N, mps)") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EvalInputError(f"--device {device}: CUDA is not available on this machine")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise EvalInputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif d.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise EvalInputError(f"--device {device}: MPS is not available on this machine")
+    elif d.type != "cpu":
+        raise EvalInputError(f"--device {device!r}: unsupported device (auto, cpu, cuda, cuda:N, mps)")
+    return device
 
 
 def _mean_ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float, float, int]:
@@ -222,361 +461,538 @@ def _mean_ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float, fl
     return mean, float(lo), float(hi), int(v.size)
 
 
+# ---- stage 2: networks (each may be unavailable) ----------------------------------------------
+
+
+@dataclass
+class Networks:
+    """The loaded metric networks; ``unavailable[key]`` says why one is missing."""
+
+    feat_nets: list = field(default_factory=list)
+    inception: object = None
+    lpips: object = None
+    clip: object = None
+    sentence: object = None
+    captioner: object = None
+    faed: object = None
+    unavailable: dict = field(default_factory=dict)
+
+
+def _one_line(msg: str, limit: int = 400) -> str:
+    s = " ".join(str(msg).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _load(nets: Networks, key: str, load: Callable[[], object], explicit: str | None, flag: str):
+    """``load()``, or None with the reason in ``nets.unavailable[key]``.
+
+    A path the user passed explicitly (``flag``) that cannot be loaded is a user error:
+    :class:`EvalInputError` naming the flag and the file.
+    """
+    try:
+        return load()
+    except MetricUnavailable as e:
+        if explicit:
+            raise EvalInputError(_one_line(f"{flag} {explicit}: {e}")) from None
+        nets.unavailable[key] = _one_line(str(e), 1000)
+        return None
+
+
+def load_networks(opt: EvalOptions, device: str, log: Callable[[str], None]) -> Networks:
+    """Stage 2: load what the requested metrics need, from local files only."""
+    want = set(opt.metrics)
+    nets = Networks()
+    if want & {"fid", "kid", "is", "omnifid", "fidh"}:
+        from opama_tools.metrics.features import load_fid_clip, load_inception
+
+        for key, loader, explicit, flag in (
+            ("fid-clip", load_fid_clip, opt.fid_clip_weights, "--fid-clip-weights"),
+            ("inception", load_inception, opt.inception_weights, "--inception-weights"),
+        ):
+            net = _load(nets, key, lambda: loader(explicit).to(device), explicit, flag)
+            if net is None:
+                continue
+            nets.feat_nets.append(net)
+            if key == "inception":
+                nets.inception = net
+            log(f"{key}: {net.name} from {net.path}")
+    if want & {"lpips", "region"}:
+        from opama_tools.metrics.lpips import load_lpips
+
+        nets.lpips = _load(nets, "lpips", lambda: load_lpips(opt.lpips_weights).to(device), opt.lpips_weights,
+                           "--lpips-weights")
+    if "faed" in want:
+        from opama_tools.metrics.faed import load_faed
+
+        nets.faed = _load(nets, "faed", lambda: load_faed(opt.faed_weights, opt.faed_height).to(device),
+                          opt.faed_weights, "--faed-weights")
+    if "clip" in want:
+        if not opt.captions:
+            nets.unavailable["clip"] = _NEEDS_CAPTIONS
+        else:
+            from opama_tools.metrics.clip_score import load_clip_scorer
+
+            nets.clip = _load(nets, "clip", lambda: load_clip_scorer(opt.clip_weights, device), opt.clip_weights,
+                              "--clip-weights")
+    if "sc" in want:
+        from opama_tools.metrics.sc import load_captioner, load_sentence_model
+
+        if not opt.captions:
+            nets.unavailable["sc"] = _NEEDS_CAPTIONS
+        else:
+            nets.sentence = _load(nets, "sc", lambda: load_sentence_model(opt.sentence_model, device),
+                                  opt.sentence_model, "--sentence-model")
+            if nets.sentence is not None and not opt.gen_captions:
+                try:
+                    nets.captioner = load_captioner(opt.captioner, device)
+                except MetricUnavailable as e:
+                    if opt.captioner:
+                        raise EvalInputError(_one_line(f"--captioner {opt.captioner}: {e}")) from None
+                    nets.sentence = None
+                    nets.unavailable["sc"] = (
+                        "needs captions of the generated panoramas: pass --gen-captions GEN_CAPTIONS.jsonl "
+                        f"(`opama caption GEN_DIR GEN_CAPTIONS.jsonl`), or a BLIP captioner: {_one_line(str(e))}"
+                    )
+    return nets
+
+
+# ---- stage 3: per-image metrics and the features of the set metrics ---------------------------
+
+
+@dataclass
+class Scores:
+    """What :func:`score_pairs` gathers: one row per evaluated pair and per-network features."""
+
+    rows: list[dict] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    sel_faces: list[int] = field(default_factory=list)
+    feat_views: list[int] = field(default_factory=list)
+    feats: dict = field(default_factory=dict)  # id(net) -> {"gen"|"ref": {view: [features]}}
+    is_logits: list = field(default_factory=list)
+    clip_img: list = field(default_factory=list)
+    clip_views: list = field(default_factory=list)
+    faed: dict = field(default_factory=lambda: {"gen": [], "ref": []})
+    lpips_faces: list[int] = field(default_factory=list)
+    lpips_gen_faces: list[int] = field(default_factory=list)
+
+
+def _face_coverage(mask: torch.Tensor, faces: list[int], size: int = 64) -> list[float]:
+    """Fraction of each cube face's pixels inside the equirect ``mask`` (nearest sampling)."""
+    from opama_model.spherical import equi_to_pers
+
+    m = mask.float()[None, None].expand(1, 1, *mask.shape)
+    v = equi_to_pers(m, [_VIEWS[i][0] for i in faces], [_VIEWS[i][1] for i in faces], 90.0, (size, size))[0]
+    return [float((v[j] > 0.5).float().mean()) for j in range(len(faces))]
+
+
+def score_pairs(inputs: EvalInputs, nets: Networks, opt: EvalOptions, device: str,
+                ref_caps: dict[str, str], gen_caps: dict[str, str],
+                progress: Callable[[int, int, str], None] | None = None) -> Scores:
+    """Stage 3: load each pair once; per-image metrics into ``rows``, set-metric features aside."""
+    from opama_tools.metrics.ds import discontinuity_score
+    from opama_tools.metrics.panorama import (
+        input_coverage_mask, masked_psnr, masked_ssim, pole_variance, resize_like, seam_score,
+    )
+    from opama_tools.metrics.region import colour_distance, gradient_distance
+
+    want = set(opt.metrics)
+    sc = Scores(sel_faces=list(range(6)) if opt.faces == 6 else list(_SIDES))
+    views: set[int] = set()
+    if nets.feat_nets and want & {"fid", "kid", "is"}:
+        views |= set(sc.sel_faces)
+    if nets.feat_nets and "omnifid" in want:
+        views |= {0, 1, 2, 3, 4, 5}
+    if nets.feat_nets and "fidh" in want:
+        views |= set(_HORIZONTAL8)
+    sc.feat_views = sorted(views)
+    if nets.lpips is not None and "lpips" in want:
+        sc.lpips_faces = list(sc.sel_faces)
+    cut = sorted(views | set(sc.sel_faces if nets.lpips is not None else []))
+    sc.feats = {id(n): {"gen": {i: [] for i in sc.feat_views}, "ref": {i: [] for i in sc.feat_views}}
+                for n in nets.feat_nets}
+    masks: dict[tuple[int, int], torch.Tensor] = {}
+    clip_yaws = [k * 360.0 / opt.clip_views for k in range(opt.clip_views)]
+    need_masks = want & {"psnr", "ssim", "region"}
+
+    for k, pair in enumerate(inputs.pairs):
+        g8 = r8 = None
+        try:
+            g8 = load_image(pair.gen)
+        except Exception as e:
+            sc.failed.append((str(pair.gen), f"{type(e).__name__}: {e}"))
+        try:
+            r8 = load_image(pair.ref) if g8 is not None else None
+        except Exception as e:
+            sc.failed.append((str(pair.ref), f"{type(e).__name__}: {e}"))
+        if g8 is None or r8 is None:
+            if progress:
+                progress(k + 1, len(inputs.pairs), pair.rel)
+            continue
+        g = _to_tensor(g8)
+        r = _to_tensor(r8)
+        if g.shape != r.shape:  # only with --resize (collect_inputs refuses otherwise)
+            r = resize_like(r, tuple(g.shape[-2:]))
+            r8 = _to_uint8_views(r)[0]
+        row: dict = {"image": pair.rel}
+        if "seam" in want:
+            row["seam"] = float(seam_score(g)[0])
+            row["seam_ref"] = float(seam_score(r)[0])
+        if "ds" in want:
+            row["ds"] = float(discontinuity_score(g)[0])
+            row["ds_ref"] = float(discontinuity_score(r)[0])
+        if "pole" in want:
+            row["pole"] = float(pole_variance(g)[0])
+            row["pole_ref"] = float(pole_variance(r)[0])
+        if need_masks:
+            hw = tuple(g.shape[-2:])
+            if hw not in masks:
+                masks[hw] = input_coverage_mask(
+                    hw[0], hw[1], opt.input_yaw, opt.input_pitch, opt.input_fov, (opt.input_size, opt.input_size)
+                )
+                if nets.lpips is not None and "region" in want and not sc.lpips_gen_faces:
+                    cov = _face_coverage(masks[hw], sc.sel_faces)
+                    sc.lpips_gen_faces = [f for f, c in zip(sc.sel_faces, cov) if c < 0.01]
+            m_in = masks[hw]
+            if "psnr" in want:
+                row["psnr"] = float(masked_psnr(g, r, m_in)[0])
+            if "ssim" in want:
+                row["ssim"] = float(masked_ssim(g, r, m_in)[0])
+            if "region" in want and bool((~m_in).any()):
+                m_gen = ~m_in
+                row["gen_psnr"] = float(masked_psnr(g, r, m_gen)[0])
+                row["gen_ssim"] = float(masked_ssim(g, r, m_gen)[0])
+                row["gen_colour"] = float(colour_distance(g, r, m_gen)[0])
+                row["gen_gradient"] = float(gradient_distance(g, r, m_gen)[0])
+        lp_cut = sorted(set(cut) | set(sc.lpips_gen_faces))
+        if lp_cut:
+            gv = _cut_views(g, lp_cut, opt.face_size)
+            rv = _cut_views(r, lp_cut, opt.face_size)
+            pos = {i: j for j, i in enumerate(lp_cut)}
+            vi = sc.feat_views
+            for net in nets.feat_nets if vi else []:
+                fg = net.features(gv[[pos[i] for i in vi]])
+                fr = net.features(rv[[pos[i] for i in vi]])
+                for j, i in enumerate(vi):
+                    sc.feats[id(net)]["gen"][i].append(fg[j])
+                    sc.feats[id(net)]["ref"][i].append(fr[j])
+            if nets.inception is not None and "is" in want:
+                sc.is_logits.append(nets.inception.is_logits(gv[[pos[i] for i in sc.sel_faces]]))
+
+            def lp(faces: list[int]) -> float:
+                a = torch.from_numpy(gv[[pos[i] for i in faces]]).permute(0, 3, 1, 2).float() / 255
+                b = torch.from_numpy(rv[[pos[i] for i in faces]]).permute(0, 3, 1, 2).float() / 255
+                return float(nets.lpips(a.to(device), b.to(device)).mean())
+
+            if sc.lpips_faces:
+                row[f"lpips[{nets.lpips.name}]"] = lp(sc.lpips_faces)
+            if sc.lpips_gen_faces:
+                row[f"gen_lpips[{nets.lpips.name}]"] = lp(sc.lpips_gen_faces)
+        if nets.faed is not None:
+            sc.faed["gen"].append(nets.faed.features(g8[None])[0])
+            sc.faed["ref"].append(nets.faed.features(r8[None])[0])
+        if nets.clip is not None:
+            from opama_model.spherical import equi_to_pers
+
+            sc.clip_img.append(nets.clip.image_embeds(g8[None]))
+            cv = _to_uint8_views(equi_to_pers(g, clip_yaws, 0.0, 90.0, (224, 224))[0])
+            sc.clip_views.append(nets.clip.image_embeds(cv))
+        if nets.captioner is not None:
+            row["gen_caption"] = nets.captioner.caption(g8[None])[0]
+        elif gen_caps:
+            row["gen_caption"] = gen_caps.get(pair.rel)
+        if ref_caps:
+            row["ref_caption"] = ref_caps.get(pair.rel)
+        sc.rows.append(row)
+        if progress:
+            progress(k + 1, len(inputs.pairs), pair.rel)
+    return sc
+
+
+# ---- stage 4: set metrics (FID family, IS, FAED) ----------------------------------------------
+
+
+def _canon(net_key: str) -> str:
+    return {"fid-clip": "clip_vit_b_32", "inception": "inception"}[net_key]
+
+
+def set_metrics(sc: Scores, nets: Networks, opt: EvalOptions) -> list[MetricResult]:
+    """Stage 4: distribution metrics over the whole set, with bootstrap intervals over panoramas."""
+    from opama_tools.metrics import fid as F
+
+    want = set(opt.metrics)
+    n_ok = len(sc.rows)
+    out: list[MetricResult] = []
+    families = (
+        ("fid", "FID", "cube faces"),
+        ("kid", "KID", "cube faces"),
+        ("omnifid", "OmniFID", "U, D and side faces; side faces pooled per face"),
+        ("omnifid", "OmniFID-pano", "U, D and side faces; side-face features averaged per panorama"),
+        ("fidh", "FID-h", "8 horizontal 90° views"),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key, fam, note in families:
+            if key not in want:
+                continue
+            mkey = "omnifid_pano" if fam == "OmniFID-pano" else key
+            for net_key in ("fid-clip", "inception"):
+                net = next((n for n in nets.feat_nets if (n is nets.inception) == (net_key == "inception")), None)
+                if net is None:
+                    canon = _canon(net_key)
+                    out.append(MetricResult(f"{mkey}[{canon}]", f"{fam}[{canon}]", "unavailable", better="lower",
+                                            detail=nets.unavailable.get(net_key, "network not loaded"), group="whole"))
+                    continue
+                out.append(_one_set_metric(mkey, fam, note, net, sc, opt, F))
+        if "is" in want:
+            inc = nets.inception
+            if inc is None:
+                out.append(MetricResult("is[inception]", "IS[inception]", "unavailable", better="higher",
+                                        detail=nets.unavailable.get("inception", "network not loaded"), group="whole"))
+            elif not sc.is_logits:
+                out.append(MetricResult(f"is[{inc.name}]", f"IS[{inc.name}]", "failed", better="higher",
+                                        detail="no image evaluated", group="whole"))
+            else:
+                m, s = F.inception_score(torch.cat(sc.is_logits), opt.is_splits, opt.seed)
+                out.append(MetricResult(f"is[{inc.name}]", f"IS[{inc.name}]", "ok", m, m - s, m + s,
+                                        f"± std over {opt.is_splits} splits", "higher", inc.name, n_ok, group="whole"))
+        if "faed" in want:
+            out.append(_faed_metric(sc, nets, opt, F))
+    return out
+
+
+def _one_set_metric(key: str, fam: str, note: str, net, sc: Scores, opt: EvalOptions, F) -> MetricResult:
+    n_ok = len(sc.rows)
+    st = sc.feats[id(net)]
+    label, mk = f"{fam}[{net.name}]", f"{key}[{net.name}]"
+    if n_ok < 2:
+        return MetricResult(mk, label, "failed", better="lower", network=net.name, n=n_ok,
+                            detail="needs at least 2 evaluated pairs", group="whole")
+
+    def stack(side: str, idx: list[int], sel: np.ndarray | None = None, per_pano: bool = False) -> np.ndarray:
+        arr = np.stack([np.stack(st[side][i]) for i in idx], axis=1)  # (P, V, D)
+        if sel is not None:
+            arr = arr[sel]
+        return arr.mean(axis=1) if per_pano else arr.reshape(-1, arr.shape[-1])
+
+    sel, h8, sides = sc.sel_faces, list(_HORIZONTAL8), list(_SIDES)
+
+    def omni(s=None, per_pano=False):
+        return float(np.mean([
+            F.fid_fast(stack("gen", [4], s), stack("ref", [4], s)),
+            F.fid_fast(stack("gen", [5], s), stack("ref", [5], s)),
+            F.fid_fast(stack("gen", sides, s, per_pano), stack("ref", sides, s, per_pano)),
+        ]))
+
+    fns = {
+        "fid": lambda s=None: F.fid_fast(stack("gen", sel, s), stack("ref", sel, s)),
+        "fidh": lambda s=None: F.fid_fast(stack("gen", h8, s), stack("ref", h8, s)),
+        "omnifid": lambda s=None: omni(s),
+        "omnifid_pano": lambda s=None: omni(s, per_pano=True),
+    }
+    try:
+        if key == "kid":
+            sub = F.kid_subsets(stack("gen", sel), stack("ref", sel), opt.kid_subsets, 1000, opt.seed)
+            val, sd = float(sub.mean()), float(sub.std())
+            return MetricResult(mk, label, "ok", val, val - sd, val + sd, f"± std over {opt.kid_subsets} subsets",
+                                "lower", net.name, n_ok, note, group="whole")
+        fn = fns[key]
+        val = fn()
+        lo, hi = F.bootstrap_set_metric(fn, n_ok, opt.set_bootstrap, opt.seed)
+        return MetricResult(mk, label, "ok", val, lo, hi, "bootstrap over panoramas", "lower", net.name, n_ok, note,
+                            group="whole")
+    except Exception as e:  # numerical failure: report, keep going
+        return MetricResult(mk, label, "failed", better="lower", network=net.name, n=n_ok,
+                            detail=f"{type(e).__name__}: {e}", group="whole")
+
+
+def _faed_metric(sc: Scores, nets: Networks, opt: EvalOptions, F) -> MetricResult:
+    n_ok = len(sc.rows)
+    if nets.faed is None:
+        return MetricResult("faed[panfusion_faed]", "FAED[panfusion_faed]", "unavailable", better="lower",
+                            detail=nets.unavailable.get("faed", "network not loaded"), group="whole")
+    name = nets.faed.name
+    if n_ok < 2:
+        return MetricResult(f"faed[{name}]", f"FAED[{name}]", "failed", better="lower", network=name, n=n_ok,
+                            detail="needs at least 2 evaluated pairs", group="whole")
+    g, r = np.stack(sc.faed["gen"]), np.stack(sc.faed["ref"])
+    try:
+        val = F.fid_fast(g, r)
+        lo, hi = F.bootstrap_set_metric(lambda s: F.fid_fast(g[s], r[s]), n_ok, opt.set_bootstrap, opt.seed)
+    except Exception as e:
+        return MetricResult(f"faed[{name}]", f"FAED[{name}]", "failed", better="lower", network=name, n=n_ok,
+                            detail=f"{type(e).__name__}: {e}", group="whole")
+    return MetricResult(f"faed[{name}]", f"FAED[{name}]", "ok", val, lo, hi, "bootstrap over panoramas", "lower",
+                        name, n_ok, f"whole panoramas at {opt.faed_height}x{2 * opt.faed_height}", group="whole")
+
+
+# ---- stage 5: text metrics (CLIP score, SC) -> per-image columns -----------------------------
+
+
+def text_metrics(per_image, sc: Scores, nets: Networks, opt: EvalOptions, ref_caps: dict[str, str],
+                 log: Callable[[str], None]) -> None:
+    """Stage 5: add the CLIP-score and SC columns to ``per_image`` (in place)."""
+    n_ok = len(sc.rows)
+    if nets.clip is not None and n_ok:
+        caps = [ref_caps.get(r["image"]) for r in sc.rows]
+        have = [i for i, c in enumerate(caps) if c]
+        whole, nfov = np.full(n_ok, np.nan), np.full(n_ok, np.nan)
+        if have:
+            from opama_tools.metrics.clip_score import clip_score_from_embeds
+
+            txt = nets.clip.text_embeds([caps[i] for i in have])
+            img = torch.cat([sc.clip_img[i] for i in have])
+            whole[have] = clip_score_from_embeds(img, txt).numpy()
+            for j, i in enumerate(have):
+                v = sc.clip_views[i]
+                nfov[i] = float(clip_score_from_embeds(v, txt[j : j + 1].expand(v.shape[0], -1)).mean())
+        per_image[f"clip[{nets.clip.name}]"] = whole
+        per_image[f"clip_nfov[{nets.clip.name}]"] = nfov
+        if len(have) < n_ok:
+            log(f"clip: {n_ok - len(have)} panoramas have no caption in {opt.captions}")
+    if nets.sentence is not None and n_ok:
+        ok = [(i, r.get("gen_caption"), r.get("ref_caption")) for i, r in enumerate(sc.rows)]
+        ok = [(i, gc, rc) for i, gc, rc in ok if gc and rc]
+        vals = np.full(n_ok, np.nan)
+        if ok:
+            from opama_tools.metrics.sc import sc_scores
+
+            vals[[i for i, _, _ in ok]] = sc_scores(nets.sentence, [g for _, g, _ in ok], [r for _, _, r in ok])
+        per_image[f"sc[{nets.sentence.name}]"] = vals
+        if len(ok) < n_ok:
+            log(f"sc: {n_ok - len(ok)} panoramas lack a generated or reference caption")
+
+
+# ---- stage 6: per-image columns -> table rows ------------------------------------------------
+
+
+def summarise_per_image(per_image, sc: Scores, nets: Networks, opt: EvalOptions) -> list[MetricResult]:
+    """Stage 6: mean and bootstrap interval of every per-image column, in the report's order."""
+    want = set(opt.metrics)
+    out: list[MetricResult] = []
+
+    def row(key: str, col: str, label: str, better: str, group: str, network: str | None = None, note: str = "") -> None:
+        if col not in per_image.columns:
+            out.append(MetricResult(key, label, "failed", better=better, network=network,
+                                    detail="no image evaluated", group=group))
+            return
+        m, lo, hi, n = _mean_ci(per_image[col].to_numpy(dtype=float), opt.bootstrap, opt.seed)
+        if n == 0:
+            out.append(MetricResult(key, label, "failed", better=better, network=network,
+                                    detail="no value (missing captions?)", group=group))
+            return
+        out.append(MetricResult(key, label, "ok", m, lo, hi, "bootstrap of the mean", better, network, n, note, group))
+
+    def unavailable(key: str, label: str, reason: str, better: str, group: str) -> None:
+        out.append(MetricResult(key, label, "unavailable", better=better, detail=reason, group=group))
+
+    lp = nets.lpips
+    if "psnr" in want:
+        row("psnr", "psnr", "PSNR (input region, dB)", "higher", "input", note="masked to the input view; capped at 100 dB")
+    if "ssim" in want:
+        row("ssim", "ssim", "SSIM (input region)", "higher", "input", note="masked to the input view")
+    if "lpips" in want:
+        if lp is None:
+            unavailable("lpips[squeezenet1_1]", "LPIPS[squeezenet1_1]", nets.unavailable.get("lpips", ""), "lower", "whole")
+        else:
+            row(f"lpips[{lp.name}]", f"lpips[{lp.name}]", f"LPIPS[{lp.name}]", "lower", "whole", lp.name,
+                f"{len(sc.lpips_faces)} cube faces of {opt.face_size} px")
+    if "region" in want:
+        row("gen_psnr", "gen_psnr", "PSNR (generated, dB)", "higher", "generated",
+            note="pixels outside the input view; capped at 100 dB")
+        row("gen_ssim", "gen_ssim", "SSIM (generated)", "higher", "generated", note="pixels outside the input view")
+        if lp is None:
+            unavailable("gen_lpips[squeezenet1_1]", "LPIPS (generated)[squeezenet1_1]",
+                        nets.unavailable.get("lpips", ""), "lower", "generated")
+        elif not sc.lpips_gen_faces:
+            out.append(MetricResult(f"gen_lpips[{lp.name}]", f"LPIPS (generated)[{lp.name}]", "failed",
+                                    better="lower", network=lp.name, group="generated",
+                                    detail="every cube face overlaps the input view"))
+        else:
+            faces = "".join("FRBLUD"[i] for i in sc.lpips_gen_faces)
+            row(f"gen_lpips[{lp.name}]", f"gen_lpips[{lp.name}]", f"LPIPS (generated)[{lp.name}]", "lower",
+                "generated", lp.name, f"cube faces {faces} (outside the input view)")
+        row("gen_colour", "gen_colour", "colour distance (generated)", "lower", "generated",
+            note="W1 of cos-weighted RGB histograms per 30° latitude band; 0 = same")
+        row("gen_gradient", "gen_gradient", "gradient distance (generated)", "lower", "generated",
+            note="W1 of gradient-magnitude histograms per 30° latitude band; 0 = same")
+    if "clip" in want:
+        if nets.clip is None:
+            for k, lab in (("clip", "CLIP"), ("clip_nfov", "CLIP-NFoV")):
+                unavailable(f"{k}[clip-vit-base-patch16]", f"{lab}[clip-vit-base-patch16]",
+                            nets.unavailable.get("clip", ""), "higher", "text")
+        else:
+            nm = nets.clip.name
+            row(f"clip[{nm}]", f"clip[{nm}]", f"CLIP[{nm}]", "higher", "text", nm, "whole panorama (processor centre crop)")
+            row(f"clip_nfov[{nm}]", f"clip_nfov[{nm}]", f"CLIP-NFoV[{nm}]", "higher", "text", nm,
+                f"mean over {opt.clip_views} horizontal 90° views")
+    if "sc" in want:
+        if nets.sentence is None:
+            unavailable("sc", "SC", nets.unavailable.get("sc", ""), "higher", "text")
+        else:
+            nm = nets.sentence.name
+            src = f"captioner {nets.captioner.name}" if nets.captioner is not None else f"gen captions {opt.gen_captions}"
+            row(f"sc[{nm}]", f"sc[{nm}]", f"SC[{nm}]", "higher", "text", nm, src)
+    if "seam" in want:
+        row("seam", "seam", "seam", "1.0", "seam", note="|col 0 - col W-1| / interior; 1.0 = seamless")
+        row("seam_ref", "seam_ref", "seam (reference)", "1.0", "seam", note="same, on the reference panoramas")
+    if "ds" in want:
+        row("ds", "ds", "DS", "1.0", "seam", note="Discontinuity Score (arXiv 2407.18207) at ±180°; ≈1 seamless, ≫1 seam")
+        row("ds_ref", "ds_ref", "DS (reference)", "1.0", "seam", note="same, on the reference panoramas")
+    if "pole" in want:
+        row("pole", "pole", "pole variance", "lower", "seam", note="variance along the top/bottom rows")
+        row("pole_ref", "pole_ref", "pole variance (reference)", "lower", "seam", note="same, on the references")
+    return out
+
+
+# ---- the pipeline ----------------------------------------------------------------------------
+
+
 def evaluate(
     gen_dir: str | Path,
     ref_dir: str | Path,
     options: EvalOptions | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     log: Callable[[str], None] | None = None,
+    inputs: EvalInputs | None = None,
 ) -> EvalResult:
     """Run the requested metrics over the paired panoramas of ``gen_dir`` and ``ref_dir``.
 
-    ``progress(done, total, name)`` is called after each pair; ``log(msg)`` for notes.
-    Returns an :class:`EvalResult`; never raises for a missing network or a bad image
-    (they are reported in the result).
+    ``progress(done, total, name)`` is called after each pair; ``log(msg)`` for notes;
+    ``inputs`` is a :func:`collect_inputs` result already computed for these folders.
+    Raises :class:`EvalInputError` for a user's mistake (bad option, unreadable caption
+    file, mismatched sizes, nothing to pair, an explicitly given network that does not
+    load); a missing network or an unreadable panorama is reported in the result.
     """
     import pandas as pd
 
-    from opama_tools.metrics import fid as F
-    from opama_tools.metrics.panorama import (
-        input_coverage_mask,
-        masked_psnr,
-        masked_ssim,
-        pole_variance,
-        resize_like,
-        seam_score,
-    )
-
     opt = options or EvalOptions()
-    if opt.faces not in (4, 6):
-        raise ValueError(f"faces must be 4 or 6, got {opt.faces}")
+    opt.validate()
     say = log or (lambda m: None)
     t0 = time.perf_counter()
-    device = _resolve_device(opt.device)
-    want = set(opt.metrics)
-    results: list[MetricResult] = []
-    unavailable: dict[str, str] = {}
+    device = resolve_device(opt.device)
 
-    pairs, gen_only, ref_only = pair_images(gen_dir, ref_dir)
-
-    # ---- captions -------------------------------------------------------------
-    from opama_tools.metrics.sc import read_captions
-
-    ref_caps: dict[str, str] = {}
-    gen_caps: dict[str, str] = {}
-    if opt.captions:
-        ref_caps = read_captions(opt.captions)
-    if opt.gen_captions:
-        gen_caps = read_captions(opt.gen_captions)
-
-    # ---- networks (each may be unavailable) -----------------------------------
-    feat_nets: list = []
-    inception = None
-    if want & {"fid", "kid", "is", "omnifid", "fidh"}:
-        from opama_tools.metrics.features import load_fid_clip, load_inception
-
-        for key, loader, explicit in (
-            ("fid-clip", load_fid_clip, opt.fid_clip_weights),
-            ("inception", load_inception, opt.inception_weights),
-        ):
-            net = _load_or_unavailable(unavailable, key, lambda: loader(explicit).to(device))
-            if net is None:
-                continue
-            feat_nets.append(net)
-            if key == "inception":
-                inception = net
-            say(f"{key}: {net.name} from {net.path}")
-    lpips_net = None
-    if "lpips" in want:
-        from opama_tools.metrics.lpips import load_lpips
-
-        lpips_net = _load_or_unavailable(unavailable, "lpips", lambda: load_lpips(opt.lpips_weights).to(device))
-    clip_scorer = None
-    if "clip" in want:
-        if not opt.captions:
-            unavailable["clip"] = _NEEDS_CAPTIONS
-        else:
-            from opama_tools.metrics.clip_score import load_clip_scorer
-
-            clip_scorer = _load_or_unavailable(unavailable, "clip", lambda: load_clip_scorer(opt.clip_weights, device))
-    sent_model = None
-    captioner = None
-    if "sc" in want:
-        from opama_tools.metrics.sc import load_captioner, load_sentence_model
-
-        if not opt.captions:
-            unavailable["sc"] = _NEEDS_CAPTIONS
-        else:
-            sent_model = _load_or_unavailable(unavailable, "sc", lambda: load_sentence_model(opt.sentence_model, device))
-            if sent_model is not None and not opt.gen_captions:
-                try:
-                    captioner = load_captioner(opt.captioner, device)
-                except MetricUnavailable as e:
-                    sent_model = None
-                    unavailable["sc"] = (
-                        "needs captions of the generated panoramas: pass --gen-captions GEN_CAPTIONS.jsonl "
-                        f"(`opama caption GEN_DIR GEN_CAPTIONS.jsonl`), or a BLIP captioner: {e}"
-                    )
-
-    # ---- which views to cut -----------------------------------------------------
-    sel_faces = list(range(6)) if opt.faces == 6 else list(_SIDES)
-    views_needed: set[int] = set()
-    if feat_nets and want & {"fid", "kid", "is"}:
-        views_needed |= set(sel_faces)
-    if feat_nets and "omnifid" in want:
-        views_needed |= {0, 1, 2, 3, 4, 5}
-    if feat_nets and "fidh" in want:
-        views_needed |= set(_HORIZONTAL8)
-    lpips_faces = sel_faces if lpips_net is not None else []
-    cut = sorted(views_needed | set(lpips_faces))
-
-    feats: dict[str, dict[str, dict[int, list[np.ndarray]]]] = {
-        id(n): {"gen": {i: [] for i in cut}, "ref": {i: [] for i in cut}} for n in feat_nets
-    }
-    is_logits: list[torch.Tensor] = []
-    clip_img: list[torch.Tensor] = []
-    clip_views: list[torch.Tensor] = []
-    rows: list[dict] = []
-    failed: list[tuple[str, str]] = []
-    masks: dict[tuple[int, int], torch.Tensor] = {}
-    gdir, rdir = Path(gen_dir), Path(ref_dir)
-    clip_yaws = [k * 360.0 / opt.clip_views for k in range(opt.clip_views)]
-
-    for k, rel in enumerate(pairs):
-        try:
-            g8 = load_image(gdir / rel)
-        except Exception as e:
-            failed.append((str(gdir / rel), f"{type(e).__name__}: {e}"))
-            if progress:
-                progress(k + 1, len(pairs), rel)
-            continue
-        try:
-            r8 = load_image(rdir / rel)
-        except Exception as e:
-            failed.append((str(rdir / rel), f"{type(e).__name__}: {e}"))
-            if progress:
-                progress(k + 1, len(pairs), rel)
-            continue
-        g = _to_tensor(g8)
-        r = _to_tensor(r8)
-        row: dict = {"image": rel}
-        if "seam" in want:
-            row["seam"] = float(seam_score(g)[0])
-            row["seam_ref"] = float(seam_score(r)[0])
-        if "pole" in want:
-            row["pole"] = float(pole_variance(g)[0])
-            row["pole_ref"] = float(pole_variance(r)[0])
-        if want & {"psnr", "ssim"}:
-            hw = tuple(g.shape[-2:])
-            if hw not in masks:
-                masks[hw] = input_coverage_mask(
-                    hw[0], hw[1], opt.input_yaw, opt.input_pitch, opt.input_fov, (opt.input_size, opt.input_size)
-                )
-            rr = resize_like(r, hw)
-            if "psnr" in want:
-                row["psnr"] = float(masked_psnr(g, rr, masks[hw])[0])
-            if "ssim" in want:
-                row["ssim"] = float(masked_ssim(g, rr, masks[hw])[0])
-        if cut:
-            gv = _cut_views(g, cut, opt.face_size)
-            rv = _cut_views(r, cut, opt.face_size)
-            pos = {i: j for j, i in enumerate(cut)}
-            for net in feat_nets:
-                if not views_needed:
-                    break
-                vi = sorted(views_needed)
-                fg = net.features(gv[[pos[i] for i in vi]])
-                fr = net.features(rv[[pos[i] for i in vi]])
-                for j, i in enumerate(vi):
-                    feats[id(net)]["gen"][i].append(fg[j])
-                    feats[id(net)]["ref"][i].append(fr[j])
-            if inception is not None and "is" in want:
-                is_logits.append(inception.is_logits(gv[[pos[i] for i in sel_faces]]))
-            if lpips_net is not None:
-                a = torch.from_numpy(gv[[pos[i] for i in lpips_faces]]).permute(0, 3, 1, 2).float() / 255
-                b = torch.from_numpy(rv[[pos[i] for i in lpips_faces]]).permute(0, 3, 1, 2).float() / 255
-                row[f"lpips[{lpips_net.name}]"] = float(lpips_net(a.to(device), b.to(device)).mean())
-        if clip_scorer is not None:
-            from opama_model.spherical import equi_to_pers
-
-            clip_img.append(clip_scorer.image_embeds(g8[None]))
-            views = _to_uint8_views(equi_to_pers(g, clip_yaws, 0.0, 90.0, (224, 224))[0])
-            clip_views.append(clip_scorer.image_embeds(views))
-        if captioner is not None:
-            row["gen_caption"] = captioner.caption(g8[None])[0]
-        elif gen_caps:
-            row["gen_caption"] = gen_caps.get(rel)
-        if ref_caps:
-            row["ref_caption"] = ref_caps.get(rel)
-        rows.append(row)
-        if progress:
-            progress(k + 1, len(pairs), rel)
-
-    per_image = pd.DataFrame(rows)
-    n_ok = len(rows)
-
-    def add_unavailable(key: str, label: str, reason: str, better: str) -> None:
-        results.append(MetricResult(key=key, label=label, status="unavailable", better=better, detail=reason))
-
-    # ---- set metrics ------------------------------------------------------------
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for key, fam_label, better in (
-            ("fid", "FID", "lower"),
-            ("kid", "KID", "lower"),
-            ("omnifid", "OmniFID", "lower"),
-            ("fidh", "FID-h", "lower"),
-        ):
-            if key not in want:
-                continue
-            for net_key, canon in (("fid-clip", "clip_vit_b_32"), ("inception", "inception")):
-                net = next((n for n in feat_nets if (n is inception) == (net_key == "inception")), None)
-                if net is None:
-                    add_unavailable(
-                        f"{key}[{canon}]", f"{fam_label}[{canon}]", unavailable.get(net_key, "network not loaded"), better
-                    )
-                    continue
-                st = feats[id(net)]
-                label = f"{fam_label}[{net.name}]"
-                mk = f"{key}[{net.name}]"
-                if n_ok < 2:
-                    results.append(MetricResult(mk, label, "failed", better=better, network=net.name, n=n_ok,
-                                                detail="needs at least 2 evaluated pairs"))
-                    continue
-
-                def stack(side: str, idx: list[int], sel: np.ndarray | None = None) -> np.ndarray:
-                    arr = np.stack([np.stack(st[side][i]) for i in idx], axis=1)  # (P, V, D)
-                    if sel is not None:
-                        arr = arr[sel]
-                    return arr.reshape(-1, arr.shape[-1])
-
-                try:
-                    if key == "fid":
-                        val = F.fid_fast(stack("gen", sel_faces), stack("ref", sel_faces))
-                        lo, hi = F.bootstrap_set_metric(
-                            lambda s: F.fid_fast(stack("gen", sel_faces, s), stack("ref", sel_faces, s)),
-                            n_ok, opt.set_bootstrap, opt.seed)
-                        ci = "bootstrap over panoramas"
-                    elif key == "fidh":
-                        h8 = list(_HORIZONTAL8)
-                        val = F.fid_fast(stack("gen", h8), stack("ref", h8))
-                        lo, hi = F.bootstrap_set_metric(
-                            lambda s: F.fid_fast(stack("gen", h8, s), stack("ref", h8, s)), n_ok, opt.set_bootstrap, opt.seed)
-                        ci = "bootstrap over panoramas"
-                    elif key == "omnifid":
-                        sides = list(_SIDES)
-
-                        def omni(s=None):
-                            fn = F.fid_fast
-                            return float(np.mean([
-                                fn(stack("gen", [4], s), stack("ref", [4], s)),
-                                fn(stack("gen", [5], s), stack("ref", [5], s)),
-                                fn(stack("gen", sides, s), stack("ref", sides, s)),
-                            ]))
-
-                        val = omni()
-                        lo, hi = F.bootstrap_set_metric(omni, n_ok, opt.set_bootstrap, opt.seed)
-                        ci = "bootstrap over panoramas"
-                    else:  # kid
-                        sub = F.kid_subsets(stack("gen", sel_faces), stack("ref", sel_faces), opt.kid_subsets, 1000, opt.seed)
-                        val = float(sub.mean())
-                        sd = float(sub.std())
-                        lo, hi = val - sd, val + sd
-                        ci = f"± std over {opt.kid_subsets} subsets"
-                    results.append(MetricResult(mk, label, "ok", val, lo, hi, ci, better, net.name, n_ok))
-                except Exception as e:  # numerical failure: report, keep going
-                    results.append(MetricResult(mk, label, "failed", better=better, network=net.name, n=n_ok,
-                                                detail=f"{type(e).__name__}: {e}"))
-        if "is" in want:
-            if inception is None:
-                add_unavailable("is[inception]", "IS[inception]", unavailable.get("inception", "network not loaded"), "higher")
-            elif not is_logits:
-                results.append(MetricResult(f"is[{inception.name}]", f"IS[{inception.name}]", "failed",
-                                            better="higher", detail="no image evaluated"))
-            else:
-                m, s = F.inception_score(torch.cat(is_logits), opt.is_splits, opt.seed)
-                results.append(MetricResult(f"is[{inception.name}]", f"IS[{inception.name}]", "ok", m, m - s, m + s,
-                                            f"± std over {opt.is_splits} splits", "higher", inception.name, n_ok))
-
-    # ---- CLIP score, SC (text side) --------------------------------------------------
-    if clip_scorer is not None and n_ok:
-        caps = [ref_caps.get(r["image"]) for r in rows]
-        have = [i for i, c in enumerate(caps) if c]
-        whole = np.full(n_ok, np.nan)
-        nfov = np.full(n_ok, np.nan)
-        if have:
-            from opama_tools.metrics.clip_score import clip_score_from_embeds
-
-            txt = clip_scorer.text_embeds([caps[i] for i in have])
-            img = torch.cat([clip_img[i] for i in have])
-            whole[have] = clip_score_from_embeds(img, txt).numpy()
-            for j, i in enumerate(have):
-                v = clip_views[i]
-                nfov[i] = float(clip_score_from_embeds(v, txt[j : j + 1].expand(v.shape[0], -1)).mean())
-        per_image[f"clip[{clip_scorer.name}]"] = whole
-        per_image[f"clip_nfov[{clip_scorer.name}]"] = nfov
-        if len(have) < n_ok:
-            say(f"clip: {n_ok - len(have)} panoramas have no caption in {opt.captions}")
-    if sent_model is not None and n_ok:
-        pairs_sc = [(i, r.get("gen_caption"), r.get("ref_caption")) for i, r in enumerate(rows)]
-        ok = [(i, gc, rc) for i, gc, rc in pairs_sc if gc and rc]
-        sc = np.full(n_ok, np.nan)
-        if ok:
-            from opama_tools.metrics.sc import sc_scores
-
-            sc[[i for i, _, _ in ok]] = sc_scores(sent_model, [g for _, g, _ in ok], [r for _, _, r in ok])
-        per_image[f"sc[{sent_model.name}]"] = sc
-        if len(ok) < n_ok:
-            say(f"sc: {n_ok - len(ok)} panoramas lack a generated or reference caption")
-
-    # ---- per-image metrics -> table rows -----------------------------------------
-    def per_image_metric(key: str, col: str, label: str, better: str, network: str | None, note: str = "") -> None:
-        if col not in per_image.columns:
-            results.append(MetricResult(key, label, "failed", better=better, network=network, detail="no image evaluated"))
-            return
-        m, lo, hi, n = _mean_ci(per_image[col].to_numpy(dtype=float), opt.bootstrap, opt.seed)
-        if n == 0:
-            results.append(MetricResult(key, label, "failed", better=better, network=network,
-                                        detail="no value (missing captions?)"))
-            return
-        results.append(MetricResult(key, label, "ok", m, lo, hi, "bootstrap of the mean", better, network, n, note))
-
-    if "lpips" in want:
-        if lpips_net is None:
-            add_unavailable("lpips[squeezenet1_1]", "LPIPS[squeezenet1_1]", unavailable.get("lpips", ""), "lower")
-        else:
-            per_image_metric(f"lpips[{lpips_net.name}]", f"lpips[{lpips_net.name}]", f"LPIPS[{lpips_net.name}]", "lower",
-                             lpips_net.name, f"{len(lpips_faces)} cube faces of {opt.face_size} px")
-    if "clip" in want:
-        if clip_scorer is None:
-            add_unavailable("clip[clip-vit-base-patch16]", "CLIP[clip-vit-base-patch16]", unavailable.get("clip", ""), "higher")
-            add_unavailable("clip_nfov[clip-vit-base-patch16]", "CLIP-NFoV[clip-vit-base-patch16]", unavailable.get("clip", ""), "higher")
-        else:
-            nm = clip_scorer.name
-            per_image_metric(f"clip[{nm}]", f"clip[{nm}]", f"CLIP[{nm}]", "higher", nm, "whole panorama (processor centre crop)")
-            per_image_metric(f"clip_nfov[{nm}]", f"clip_nfov[{nm}]", f"CLIP-NFoV[{nm}]", "higher", nm,
-                             f"mean over {opt.clip_views} horizontal 90° views")
-    if "sc" in want:
-        if sent_model is None:
-            add_unavailable("sc", "SC", unavailable.get("sc", ""), "higher")
-        else:
-            src = f"captioner {captioner.name}" if captioner is not None else f"gen captions {opt.gen_captions}"
-            per_image_metric(f"sc[{sent_model.name}]", f"sc[{sent_model.name}]", f"SC[{sent_model.name}]", "higher",
-                             sent_model.name, src)
-    if "psnr" in want:
-        per_image_metric("psnr", "psnr", "PSNR (input region, dB)", "higher", None,
-                         "masked to the input view; capped at 100 dB")
-    if "ssim" in want:
-        per_image_metric("ssim", "ssim", "SSIM (input region)", "higher", None, "masked to the input view")
-    if "seam" in want:
-        per_image_metric("seam", "seam", "seam", "1.0", None, "|col 0 - col W-1| / interior; 1.0 = seamless")
-        per_image_metric("seam_ref", "seam_ref", "seam (reference)", "1.0", None, "same, on the reference panoramas")
-    if "pole" in want:
-        per_image_metric("pole", "pole", "pole variance", "lower", None, "variance along the top/bottom rows")
-        per_image_metric("pole_ref", "pole_ref", "pole variance (reference)", "lower", None, "same, on the references")
+    # 1. pairing and loading
+    inputs = inputs or collect_inputs(gen_dir, ref_dir, opt)
+    ref_caps, gen_caps = inputs.ref_caps, inputs.gen_caps
+    # 2. networks
+    nets = load_networks(opt, device, say)
+    # 3. per-image metrics (and the features of the set metrics)
+    sc = score_pairs(inputs, nets, opt, device, ref_caps, gen_caps, progress)
+    per_image = pd.DataFrame(sc.rows)
+    # 4. set metrics
+    results = set_metrics(sc, nets, opt)
+    # 5. text metrics, 6. per-image summaries
+    text_metrics(per_image, sc, nets, opt, ref_caps, say)
+    results += summarise_per_image(per_image, sc, nets, opt)
 
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opt).items()}
-    config.update({"gen_dir": str(gen_dir), "ref_dir": str(ref_dir), "device": device})
-    res = EvalResult(results, per_image, pairs, gen_only, ref_only, failed, config, time.perf_counter() - t0)
-    res.samples = [r["image"] for r in rows[: min(4, len(rows))]]
+    config.update({"gen_dir": str(gen_dir), "ref_dir": str(ref_dir), "device": device,
+                   "fingerprint": inputs.fingerprint, "resized": inputs.resized})
+    order = {"input": 0, "generated": 1, "whole": 2, "text": 3, "seam": 4}
+    results.sort(key=lambda m: order.get(m.group, 5))
+    evaluated = {r["image"] for r in sc.rows}
+    pairs = [p.rel for p in inputs.pairs]
+    res = EvalResult(results, per_image, pairs, inputs.gen_only, inputs.ref_only, sc.failed, config,
+                     time.perf_counter() - t0, scored=inputs.scored)
+    res.samples = [(p.rel, str(p.gen), str(p.ref)) for p in inputs.pairs if p.rel in evaluated][:4]
     return res

@@ -2,16 +2,19 @@
 
 ``write_report(result, out_dir)`` writes, each atomically:
 
-* ``metrics.json``: the table (value, 95% interval, method, network, status, what is
-  missing), the pairing (unpaired and failed files) and the options;
+* ``metrics.json``: what was scored (method, model id, procedure from the outpainting
+  ``meta.json``), the table (value, 95% interval, method, network, status, what is
+  missing), the pairing (unpaired and failed files) and the options with the inputs'
+  fingerprint (the "already done" key);
 * ``per_image.csv``: one row per evaluated pair (pandas);
-* ``report.md`` and ``report.html``: the table, notes on unavailable metrics, the
-  sample grid and the plots;
+* ``report.md`` and ``report.html``: what was scored, the table of the metrics that ran
+  (grouped: input region, generated region, whole panorama, text, seam and poles), one
+  line for the metrics whose networks are missing, the sample grid and the plots;
 * ``samples.png``: input (reference masked to the input view) / generated / reference;
 * ``per_image.png``: histograms of the per-image metrics (matplotlib).
 
-``compare_reports([...])`` reads several ``metrics.json`` and builds the paper-style
-side-by-side table (one row per method, one column per metric).
+``compare_reports([...])`` reads several ``metrics.json`` and builds the side-by-side
+table: one row per metric, one column per method, the best value of each row marked.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import numpy as np
 
 from opama_tools.io import atomic_path, atomic_write_text
 
-__all__ = ["REPORT_FILES", "write_report", "fmt", "load_report", "compare_reports", "write_compare"]
+__all__ = ["REPORT_FILES", "write_report", "fmt", "load_report", "compare_reports", "write_compare", "missing_lines",
+           "scored_line", "best_mask", "GROUP_TITLES", "check_out_dir"]
 
 REPORT_FILES = ("metrics.json", "per_image.csv", "report.md", "report.html")
 
@@ -50,17 +54,42 @@ def _ci(m: dict) -> str:
     return f"[{fmt(lo)}, {fmt(hi)}]"
 
 
+GROUP_TITLES = {"input": "input region", "generated": "generated region", "whole": "whole panorama",
+                "text": "text", "seam": "seam and poles", "": ""}
+
+
 def _table_rows(metrics: list[dict]) -> list[list[str]]:
-    rows = []
-    for m in metrics:
-        if m["status"] == "ok":
-            rows.append([m["label"], fmt(m["value"]), _ci(m), m["ci_method"], m["better"], str(m["n"]), m.get("detail", "")])
-        else:
-            rows.append([m["label"], m["status"], "", "", m["better"], "", m.get("detail", "")])
-    return rows
+    """Rows of the metrics that ran (status ``ok``), in the result's (grouped) order."""
+    return [[GROUP_TITLES.get(m.get("group", ""), ""), m["label"], fmt(m["value"]), _ci(m), m["better"], str(m["n"]),
+             m.get("detail", "")] for m in metrics if m["status"] == "ok"]
 
 
-HEAD = ["metric", "value", "95% interval", "interval", "better", "n", "notes"]
+HEAD = ["group", "metric", "value", "95% interval", "better", "n", "notes"]
+
+_NEEDS_CAPTIONS_HINT = "--captions"
+
+
+def missing_lines(metrics: list[dict]) -> list[str]:
+    """One line for the metrics whose networks are missing, one for those that need captions,
+    one per metric that failed."""
+    weights = [m for m in metrics if m["status"] == "unavailable" and _NEEDS_CAPTIONS_HINT not in m.get("detail", "")]
+    caps = [m for m in metrics if m["status"] == "unavailable" and _NEEDS_CAPTIONS_HINT in m.get("detail", "")]
+    out = []
+    if weights:
+        out.append(f"{len(weights)} learned metric{'s' if len(weights) != 1 else ''} need weights: `opama doctor`")
+    if caps:
+        out.append(f"{', '.join(m['label'] for m in caps)}: need the reference captions (--captions CAPTIONS.jsonl)")
+    out += [f"{m['label']} failed: {m.get('detail', '')}" for m in metrics if m["status"] == "failed"]
+    return out
+
+
+def scored_line(scored: dict, fallback: str) -> str:
+    """``method X; model id Y; procedure Z`` from the outpainting meta.json summary."""
+    parts = [f"{k.replace('_', ' ')} {scored[k]}" for k in ("method", "model_id", "procedure") if scored.get(k)]
+    if not parts:
+        return f"{fallback} (no meta.json beside the generated panoramas)"
+    n = scored.get("with_meta")
+    return "; ".join(parts) + (f" (from {n} meta.json)" if n else "")
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -96,12 +125,16 @@ def _sample_grid(result, out: Path) -> bool:
     cfg = result.config
     n = len(result.samples)
     fig, axes = plt.subplots(n, 3, figsize=(12, 2.2 * n), squeeze=False)
-    for i, rel in enumerate(result.samples):
+    for i, (rel, gen_path, ref_path) in enumerate(result.samples):
         try:
-            g = load_image(Path(cfg["gen_dir"]) / rel)
-            r = load_image(Path(cfg["ref_dir"]) / rel)
+            g = load_image(gen_path)
+            r = load_image(ref_path)
         except Exception:
             continue
+        if r.shape != g.shape:  # --resize: show the reference at the generated size
+            from PIL import Image
+
+            r = np.asarray(Image.fromarray(r).resize((g.shape[1], g.shape[0]), Image.BILINEAR))
         m = input_coverage_mask(r.shape[0], r.shape[1], cfg["input_yaw"], cfg["input_pitch"], cfg["input_fov"],
                                 (cfg["input_size"], cfg["input_size"])).numpy()
         inp = np.where(m[..., None], r, np.uint8(40))
@@ -144,6 +177,22 @@ def _plots(result, out: Path) -> bool:
     return True
 
 
+def check_out_dir(path: str | Path) -> None:
+    """``ValueError`` naming ``path`` unless it is (or can become) a writable folder."""
+    import os
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {p}: exists and is not a folder")
+    q = p
+    while not q.exists():
+        q = q.parent
+    if not q.is_dir():
+        raise ValueError(f"--out {p}: {q} is a file, not a folder")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {p}: {q} is not writable")
+
+
 def write_report(result, out_dir: str | Path) -> list[Path]:
     """Write every report file into ``out_dir``; returns the paths written."""
     out = Path(out_dir)
@@ -157,30 +206,45 @@ def write_report(result, out_dir: str | Path) -> list[Path]:
     written.append(out / "per_image.csv")
     has_grid = _sample_grid(result, out)
     has_plot = _plots(result, out)
-    written += [out / p for p, ok in (("samples.png", has_grid), ("per_image.png", has_plot)) if ok]
+    for name, ok in (("samples.png", has_grid), ("per_image.png", has_plot)):
+        if ok:
+            written.append(out / name)
+        elif (out / name).is_file():  # from an earlier run: would be stale
+            (out / name).unlink()
 
     rows = _table_rows(data["metrics"])
+    missing = missing_lines(data["metrics"])
     unavailable = [m for m in data["metrics"] if m["status"] == "unavailable"]
+    cfg = result.config
     pairing = (
         f"{data['pairs']} pairs; {len(result.gen_only)} only in GEN_DIR; {len(result.ref_only)} only in REF_DIR; "
         f"{len(result.failed)} failed to load"
     )
+    scored = scored_line(result.scored, Path(cfg["gen_dir"]).name)
+    resized = cfg.get("resized") or []
     md = [
         "# opama eval report",
         "",
-        f"- generated: `{result.config['gen_dir']}`",
-        f"- reference: `{result.config['ref_dir']}`",
+        f"- scored: {scored}",
+        f"- generated: `{cfg['gen_dir']}`",
+        f"- reference: `{cfg['ref_dir']}`",
         f"- {pairing}",
-        f"- cube faces: {result.config['faces']} x {result.config['face_size']} px; device {result.config['device']}; "
+        f"- input view: yaw {cfg['input_yaw']}°, pitch {cfg['input_pitch']}°, fov {cfg['input_fov']}°, "
+        f"{cfg['input_size']} px; cube faces: {cfg['faces']} x {cfg['face_size']} px; device {cfg['device']}; "
         f"{result.seconds:.1f} s",
-        "",
-        _md_table(HEAD, rows),
+    ]
+    if resized:
+        md.append(f"- **--resize**: {len(resized)} references resampled to the generated size")
+    md += ["", _md_table(HEAD, rows) if rows else "_no metric ran_", ""]
+    md += [f"- {line}" for line in missing]
+    md += [
         "",
         "Learned metrics carry their network in brackets; the papers' FID is `FID[clip_vit_b_32]` and "
-        "their SC uses all-mpnet-base-v2, so other networks give different metrics.",
+        "their SC uses all-mpnet-base-v2, so other networks give different metrics. OmniFID pools the side "
+        "faces per face (each face one sample); OmniFID-pano averages the 4 side-face features per panorama.",
     ]
     if unavailable:
-        md += ["", "## Unavailable metrics", ""]
+        md += ["", "## What the missing metrics need", ""]
         md += [f"- **{m['label']}**: {m['detail']}" for m in unavailable]
     if result.gen_only or result.ref_only or result.failed:
         md += ["", "## Unpaired / failed files", ""]
@@ -199,12 +263,15 @@ def write_report(result, out_dir: str | Path) -> list[Path]:
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}</style></head><body>",
         "<h1>opama eval report</h1>",
-        f"<p>generated: <code>{html.escape(result.config['gen_dir'])}</code><br>reference: "
-        f"<code>{html.escape(result.config['ref_dir'])}</code><br>{html.escape(pairing)}</p>",
+        f"<p>scored: {html.escape(scored)}<br>generated: <code>{html.escape(cfg['gen_dir'])}</code><br>reference: "
+        f"<code>{html.escape(cfg['ref_dir'])}</code><br>{html.escape(pairing)}"
+        + (f"<br><b>--resize</b>: {len(resized)} references resampled to the generated size" if resized else "")
+        + "</p>",
         _html_table(HEAD, rows),
+        "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in missing) + "</ul>" if missing else "",
     ]
     if unavailable:
-        parts.append("<h2>Unavailable metrics</h2><ul>" + "".join(
+        parts.append("<h2>What the missing metrics need</h2><ul>" + "".join(
             f"<li><b>{html.escape(m['label'])}</b>: {html.escape(m['detail'])}</li>" for m in unavailable) + "</ul>")
     if result.gen_only or result.ref_only or result.failed:
         items = [f"only in GEN_DIR: {p}" for p in result.gen_only] + [f"only in REF_DIR: {p}" for p in result.ref_only]
@@ -231,47 +298,89 @@ def load_report(path: str | Path) -> dict:
     return data
 
 
-def compare_reports(paths: list[str | Path], names: list[str] | None = None):
-    """Side-by-side table: one row per report, one column per metric label (``value`` or status).
+def _better_of(metrics_by_label: list[dict[str, dict]], label: str) -> str:
+    for d in metrics_by_label:
+        if label in d and d[label].get("better"):
+            return d[label]["better"]
+    return ""
 
-    Returns ``(pandas.DataFrame of display strings, pandas.DataFrame of floats)``; the
-    column order follows the first report, then metrics only later reports have.
+
+def best_mask(values: list[float], better: str) -> list[bool]:
+    """Which of ``values`` are best for the direction ``better`` (lower | higher | 1.0); NaN never.
+
+    Ties are all marked; nothing is marked with fewer than two finite values or an unknown direction.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    if ok.sum() < 2 or better not in ("lower", "higher", "1.0"):
+        return [False] * len(values)
+    score = {"lower": v, "higher": -v, "1.0": np.abs(v - 1.0)}[better]
+    best = np.min(score[ok])
+    return [bool(o and np.isclose(s_, best, rtol=1e-12, atol=0.0)) for o, s_ in zip(ok, score)]
+
+
+def compare_reports(paths: list[str | Path], names: list[str] | None = None):
+    """Side-by-side table of several reports: one row per metric, one column per method.
+
+    ``names`` (one per report) default to the scored method of each report (from the
+    outpainting ``meta.json``) or the report folder's name. Returns ``(display, values,
+    better)``: a DataFrame of display strings with the best value per row marked ``*``,
+    a DataFrame of floats (NaN where a metric did not run), and a Series with each row's
+    direction (lower | higher | 1.0). Row order follows the first report, then metrics only
+    later reports have. ``ValueError`` when the names do not match the reports one for one.
     """
     import pandas as pd
 
+    if names is not None and len(names) != len(paths):
+        raise ValueError(f"--names has {len(names)} name{'s' if len(names) != 1 else ''} for {len(paths)} reports")
+    datas = [load_report(p) for p in paths]
+    if names is None:
+        names = []
+        for p, d in zip(paths, datas):
+            folder = Path(p).name if Path(p).is_dir() else Path(p).parent.name
+            names.append(str(d.get("scored", {}).get("method") or folder))
+        if len(set(names)) < len(names):
+            names = [Path(p).name if Path(p).is_dir() else Path(p).parent.name for p in paths]
+    if len(set(names)) < len(names):
+        raise ValueError(f"--names: method names must differ, got {', '.join(names)}")
+    by_label = [{m["label"]: m for m in d["metrics"]} for d in datas]
     labels: list[str] = []
-    disp, vals, idx = [], [], []
-    for i, p in enumerate(paths):
-        d = load_report(p)
-        name = names[i] if names and i < len(names) else Path(p).name if Path(p).is_dir() else Path(p).parent.name
-        idx.append(name)
-        drow, vrow = {}, {}
+    for d in datas:
         for m in d["metrics"]:
-            if m["label"] not in labels:
+            if m["status"] == "ok" and m["label"] not in labels:
                 labels.append(m["label"])
-            if m["status"] == "ok":
-                ci = _ci(m)
-                drow[m["label"]] = fmt(m["value"]) + ("" if ci == "—" else f" {ci}")
-                vrow[m["label"]] = m["value"]
-            else:
-                drow[m["label"]] = m["status"]
-                vrow[m["label"]] = float("nan")
-        disp.append(drow)
-        vals.append(vrow)
-    d_df = pd.DataFrame(disp, index=idx).reindex(columns=labels).fillna("—")
-    v_df = pd.DataFrame(vals, index=idx).reindex(columns=labels)
-    d_df.index.name = v_df.index.name = "method"
-    return d_df, v_df
+    vals = pd.DataFrame(
+        [[by_label[j][lab]["value"] if lab in by_label[j] and by_label[j][lab]["status"] == "ok" else np.nan
+          for j in range(len(paths))] for lab in labels],
+        index=pd.Index(labels, name="metric"), columns=names, dtype=float,
+    )
+    better = pd.Series([_better_of(by_label, lab) for lab in labels], index=vals.index, name="better")
+    disp = vals.copy().astype(object)
+    for lab in labels:
+        marks = best_mask(list(vals.loc[lab]), better[lab])
+        for j, name in enumerate(names):
+            v = vals.loc[lab, name]
+            disp.loc[lab, name] = "—" if not np.isfinite(v) else fmt(float(v)) + ("*" if marks[j] else "")
+    return disp, vals, better
 
 
-def write_compare(display, values, out: str | Path) -> list[Path]:
-    """``out`` + ``.md`` (display table) and ``.csv`` (numbers); returns the paths."""
+def write_compare(display, values, better, out: str | Path) -> list[Path]:
+    """``out.md`` (display table, best in bold) and ``out.csv`` (numbers + direction + best method)."""
     base = Path(out)
     if base.suffix in (".md", ".csv"):
         base = base.with_suffix("")
-    base.parent.mkdir(parents=True, exist_ok=True)
-    md = _md_table(["method"] + list(display.columns), [[i] + list(r) for i, r in zip(display.index, display.values)])
-    atomic_write_text(base.with_suffix(".md"), md + "\n")
+    head = ["metric", "better"] + [str(c) for c in display.columns]
+    rows = []
+    for lab in display.index:
+        cells = [str(x) for x in display.loc[lab]]
+        cells = [f"**{c[:-1]}**" if c.endswith("*") else c for c in cells]
+        rows.append([lab, better[lab]] + cells)
+    md = _md_table(head, rows) + "\n\nBest value per row in bold (`better`: lower, higher, or 1.0 = closest to 1).\n"
+    csv = values.copy()
+    csv.insert(0, "better", better)
+    csv["best"] = [";".join(str(c) for c, b in zip(display.columns, display.loc[lab]) if str(b).endswith("*"))
+                   for lab in display.index]
+    atomic_write_text(base.with_suffix(".md"), md)
     with atomic_path(base.with_suffix(".csv")) as tmp:
-        values.to_csv(tmp)
+        csv.to_csv(tmp)
     return [base.with_suffix(".md"), base.with_suffix(".csv")]

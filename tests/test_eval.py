@@ -67,12 +67,18 @@ def test_all_weights_missing_weight_free_metrics_run(data, tmp_path, monkeypatch
                         ("CLIP[clip-vit-base-patch16]", "openai/clip-vit-base-patch16"), ("SC", "sentence")):
         assert m[label]["status"] == "unavailable", label
         assert hint in m[label]["detail"], (label, m[label]["detail"])
-        assert label in res.output
-    assert "ViT-B-32.pt" in res.output and "--lpips-weights" in res.output  # instructions printed
+        assert label not in res.output  # the table shows what ran; one line counts the rest
+        assert label in (out / "report.md").read_text().split("## What the missing metrics need")[1]
+    n_missing = sum(1 for v in m.values() if v["status"] == "unavailable" and "--captions" not in v["detail"])
+    assert f"{n_missing} learned metrics need weights: `opama doctor`" in res.output
+    assert n_missing == 17  # LPIPS x2, FID/KID/OmniFID/OmniFID-pano/FID-h x 2 networks, IS, FAED, CLIP x2, SC
+    assert "ViT-B-32.pt" not in res.output
     assert "extra_only_in_gen.png" in res.output and "extra_only_in_gen.png" in (out / "report.md").read_text()
     df = pd.read_csv(out / "per_image.csv")
     assert len(df) == N and {"seam", "pole", "psnr", "ssim"} <= set(df.columns)
     assert "summary: 4 done, 0 skipped, 0 failed" in res.output
+    for label in ("DS", "DS (reference)", "PSNR (generated, dB)", "colour distance (generated)"):
+        assert m[label]["status"] == "ok" and label in res.output
     # same run again: skipped
     again = runner.invoke(app, ["eval", str(data / "gen"), str(data / "ref"), "--captions", str(data / "captions.jsonl"),
                                 "--out", str(out), "--bootstrap", "200", "--set-bootstrap", "0"])
@@ -114,11 +120,12 @@ def test_tiny_networks_identical_and_different_sets(data, tmp_path):
         clip_weights=str(save_tiny_hf_clip(nets / "tiny-hf-clip")),
         lpips_weights=str(save_tiny_squeezenet(tmp_path / "tiny-squeeze.safetensors")),
         captions=str(data / "captions.jsonl"), face_size=64, bootstrap=100, set_bootstrap=5, kid_subsets=5,
-        metrics=("fid", "kid", "is", "omnifid", "fidh", "clip", "lpips", "psnr", "seam"), device="cpu",
+        metrics=("fid", "kid", "is", "omnifid", "fidh", "clip", "lpips", "psnr", "seam", "region"), device="cpu",
     )
     same = evaluate(data / "ref", data / "ref", EvalOptions(**opts))
     m = {r.label: r for r in same.metrics}
-    for fam in ("FID", "OmniFID", "FID-h"):
+    assert m["LPIPS (generated)[custom:tiny-squeeze]"].value == pytest.approx(0.0, abs=1e-7)
+    for fam in ("FID", "OmniFID", "OmniFID-pano", "FID-h"):
         for net in ("custom:tiny-open-clip", "custom:tiny-inception"):
             r = m[f"{fam}[{net}]"]
             assert r.status == "ok" and abs(r.value) < 1e-6, (fam, net, r)
@@ -144,8 +151,12 @@ def test_tiny_networks_identical_and_different_sets(data, tmp_path):
     md = (tmp_path / "table.md").read_text()
     assert "identical" in md and "FID[custom:tiny-inception]" in md
     csv = pd.read_csv(tmp_path / "table.csv", index_col=0)
-    assert csv.loc["identical", "PSNR (input region, dB)"] == 100.0
-    assert csv.loc["different", "FID[custom:tiny-inception]"] > 0
+    assert csv.loc["PSNR (input region, dB)", "identical"] == 100.0
+    assert csv.loc["FID[custom:tiny-inception]", "different"] > 0
+    assert csv.loc["FID[custom:tiny-inception]", "best"] == "identical"
+    assert csv.loc["PSNR (input region, dB)", "best"] == "identical"
+    # OmniFID pooled per face vs features averaged per panorama: different numbers
+    assert d["OmniFID[custom:tiny-inception]"].value != pytest.approx(d["OmniFID-pano[custom:tiny-inception]"].value)
 
 
 def test_bad_image_is_reported_and_does_not_stop(data, tmp_path, monkeypatch):

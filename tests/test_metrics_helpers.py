@@ -141,7 +141,34 @@ def no_weights_env(monkeypatch, tmp_path: Path, keep_sentence: bool = False) -> 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     for var in ("OPAMA_INCEPTION", "OPAMA_FID_CLIP", "OPAMA_CLIPSCORE", "OPAMA_LPIPS", "OPAMA_SENTENCE",
-                "OPAMA_SENTENCE_MINILM", "OPAMA_BLIP"):
+                "OPAMA_SENTENCE_MINILM", "OPAMA_BLIP", "OPAMA_FAED", "XDG_CACHE_HOME"):
         monkeypatch.delenv(var, raising=False)
     if not keep_sentence:
         monkeypatch.setattr("opama_tools.weights._sentence_pkg_dir", lambda: tmp_path / "no-sentence-model")
+
+
+def save_tiny_faed(path: Path, seed: int = 0) -> Path:
+    """A randomly initialised FAED encoder saved like PanFusion's ``faed.ckpt``: a Lightning
+    checkpoint dict whose ``state_dict`` holds ``net.encoder.*`` and ``net.decoder.*`` tensors
+    (BatchNorm running statistics randomised too, so eval-mode BN is not the identity)."""
+    from opama_tools.metrics.faed import FaedEncoder
+
+    torch.manual_seed(seed)
+    enc = FaedEncoder()
+    with torch.no_grad():
+        for name, buf in enc.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+        for name, q in enc.named_parameters():
+            if "batchnorm" in name:
+                q.uniform_(0.5, 1.5) if name.endswith("weight") else q.normal_(0, 0.1)
+    sd = {f"net.encoder.{k}": v.clone() for k, v in enc.state_dict().items()}
+    sd["net.decoder.outconv_rgb.conv2d.weight"] = torch.randn(3, 32, 9, 9)
+    sd["net.decoder.outconv_rgb.conv2d.bias"] = torch.zeros(3)
+    ckpt = {"epoch": 3, "global_step": 1200, "pytorch-lightning_version": "2.1.0", "state_dict": sd,
+            "hyper_parameters": {"lr": 1e-4, "lr_decay": 0.99}, "optimizer_states": [], "lr_schedulers": []}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, str(path))
+    return path
