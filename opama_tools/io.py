@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 __all__ = [
     "TEMP_PATTERN",
     "OutputPathError",
+    "atomic_dir",
     "atomic_path",
     "ensure_output_dir",
     "ensure_output_file",
@@ -108,22 +109,67 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> N
 
 
 def remove_stale_temps(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Remove temp files of :func:`atomic_path` (:data:`TEMP_PATTERN`) left in ``folder`` by a
-    killed run; returns what was removed. Only names of that exact pattern are touched."""
+    """Remove temp files (and temp folders, see :func:`atomic_dir`) of :func:`atomic_path` that a
+    killed run left in ``folder`` (:data:`TEMP_PATTERN`); returns what was removed. Only names of
+    that exact pattern are touched."""
+    import shutil
+
     root = Path(folder)
     removed: list[Path] = []
     if not root.is_dir():
         return removed
-    walker = os.walk(root) if recursive else [(str(root), [], os.listdir(root))]
-    for dirpath, _, names in walker:
+    for dirpath, dirnames, names in os.walk(root):
+        d = Path(dirpath)
         for name in names:
-            if TEMP_PATTERN.match(name):
-                p = Path(dirpath) / name
+            p = d / name
+            if TEMP_PATTERN.match(name) and not p.is_symlink():
                 with contextlib.suppress(OSError):
-                    if p.is_file() and not p.is_symlink():
-                        p.unlink()
-                        removed.append(p)
+                    p.unlink()
+                    removed.append(p)
+        for name in list(dirnames):
+            p = d / name
+            if TEMP_PATTERN.match(name) and not p.is_symlink():
+                dirnames.remove(name)
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        if not recursive:
+            break
     return removed
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside ``path``; on success it replaces ``path`` as a whole.
+
+    Everything written into the folder appears at once under ``path`` (an existing ``path`` is
+    moved aside, the new folder renamed in, the old one deleted, with SIGTERM/SIGINT held);
+    on any exception the temporary folder is deleted and ``path`` is untouched. Folder mode
+    ``0o777 & ~umask``. Names follow :data:`TEMP_PATTERN`, so a SIGKILL leftover is removed by
+    :func:`remove_stale_temps`.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    old: Path | None = None
+    try:
+        yield tmp
+        with signals_held():
+            if path.exists() or path.is_symlink():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+                os.replace(path, old / "old")
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / "old").exists() and not path.exists():
+            with contextlib.suppress(OSError):
+                os.replace(old / "old", path)  # the swap failed half-way: put the old folder back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def printable_path(path: str | Path) -> str:

@@ -19,9 +19,13 @@ import threading
 import time
 from typing import Iterator
 
-__all__ = ["Terminated", "stop_raises", "stop_exit_code", "die_with_parent", "RESUME_HINT"]
+__all__ = ["NoInputsError", "Terminated", "stop_raises", "stop_exit_code", "die_with_parent", "RESUME_HINT"]
 
 RESUME_HINT = "re-run the same command to finish (finished outputs are kept)"
+
+
+class NoInputsError(ValueError):
+    """The input folder holds nothing the command can work on (every batch command: exit 2)."""
 
 
 class Terminated(BaseException):
