@@ -170,7 +170,7 @@ def test_read_panorama_errors(tmp_path, pano_src):
     with pytest.raises(ValueError, match="cannot decode|not a readable"):
         read_panorama(pano_src / "broken.png")
     (tmp_path / "text.jpg").write_text("hello")
-    with pytest.raises(ValueError, match="not a readable image"):
+    with pytest.raises(ValueError, match="not a readable PNG/JPEG image"):
         read_panorama(tmp_path / "text.jpg")
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "sq.png")
     with pytest.raises(ValueError, match="2:1"):
