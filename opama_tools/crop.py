@@ -273,6 +273,23 @@ def crop_one(path: Path, out_dir: Path, settings: CropSettings, key: str | None 
         (folder / "crop.json").write_text(json.dumps(meta) + "\n", encoding="utf-8")
 
 
+def _remove_stale(out_dir: Path, path: Path, pano_dir: Path, seen: dict[str, Path]) -> None:
+    """Remove the output folder an earlier run made from ``path`` (it has our ``crop.json`` naming
+    this image) now that ``path`` failed: old views of a changed source must not pass for results."""
+    import shutil
+
+    try:
+        key = path.relative_to(pano_dir).with_suffix("").as_posix()
+        if seen.get(os.path.normcase(key)) not in (None, path):
+            return  # another panorama owns that folder
+        folder = out_dir / key
+        meta = json.loads((folder / "crop.json").read_text(encoding="utf-8"))
+        if isinstance(meta, dict) and meta.get("image") == path.name:
+            shutil.rmtree(folder)
+    except (OSError, ValueError):
+        pass
+
+
 def run_crop(
     pano_dir: str | Path,
     out_dir: str | Path,
@@ -332,6 +349,7 @@ def run_crop(
                     reason = str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
                     reason = reason.splitlines()[0] if reason else type(e).__name__
                     result.failed.append((path, reason))
+                    _remove_stale(out_dir, path, pano_dir, seen)
                     if on_failure is not None:
                         on_failure(path, reason)
                 if on_progress is not None:

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from opama_tools.io import atomic_path, printable_path, remove_stale_temps, utf8_name_problem
-from opama_tools.jobs import Terminated, die_with_parent, stop_name, stop_raises
+from opama_tools.jobs import NoInputsError, Terminated, die_with_parent, stop_name, stop_raises
 
 __all__ = [
     "HDR_EXTS",
@@ -321,15 +321,20 @@ def process_file(src: str | Path, dst: str | Path, cfg: PrepareConfig, dst_rel: 
         row["updated"] = _now()
         _write_png(dst, u8, on_commit=(lambda: journal_append(journal, row)) if journal is not None else None)
     except MemoryError:
-        _failed(row, f"{printable_path(src)}: out of memory", journal)
+        _failed(row, f"{printable_path(src)}: out of memory", journal, dst)
     except Exception as e:  # noqa: BLE001 - a bad file must not stop the batch
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         name = printable_path(src)
-        _failed(row, msg if name in msg else f"{name}: {msg}", journal)
+        _failed(row, msg if name in msg else f"{name}: {msg}", journal, dst)
     return row
 
 
-def _failed(row: dict, error: str, journal: str | Path | None) -> None:
+def _failed(row: dict, error: str, journal: str | Path | None, dst: Path | None = None) -> None:
+    """Mark ``row`` failed (journaled); an output of an earlier run of this source is removed:
+    it no longer matches the source (or the settings) and must not pass for a result."""
+    if dst is not None:
+        with contextlib.suppress(OSError):
+            dst.unlink()
     for c in ("width", "height", "params", "nan_pixels", "posinf_pixels", "negative_pixels", "repaired_pixels"):
         row[c] = None
     row.update(status="failed", error=error, updated=_now())
@@ -538,6 +543,9 @@ def prepare_dataset(
     src_root, out_root = Path(src_dir), Path(out_dir)
     if not src_root.is_dir():
         raise FileNotFoundError(f"{printable_path(src_root)}: source folder not found")
+    sources = find_sources(src_root, exclude=out_root)
+    if not sources:
+        raise NoInputsError(f"{printable_path(src_root)}: no panoramas (*.exr, *.png, *.jpg, *.jpeg) found")
     ensure_output_dir(out_root)
     manifest = out_root / MANIFEST_NAME
     journal = out_root / JOURNAL_NAME
@@ -546,7 +554,6 @@ def prepare_dataset(
         merge_manifest(manifest, read_journal(journal))
         journal.unlink()
     old = _load_old_rows(manifest)
-    sources = find_sources(src_root, exclude=out_root)
     if on_start:
         on_start(len(sources))
     summary = PrepareSummary(manifest=manifest)
