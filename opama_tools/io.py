@@ -48,21 +48,36 @@ def current_umask() -> int:
     return mask
 
 
-_HELD = (signal.SIGTERM, signal.SIGINT) if hasattr(signal, "pthread_sigmask") else ()
+_HELD = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGINT", None)) if s is not None)
 
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGTERM/SIGINT for the duration (delivered right after): a commit step such as
-    "rename, then journal the result" is never cut in half by a stop request."""
-    if not _HELD:
+    """Defer SIGTERM/SIGINT for the duration (their handlers run right after): a commit step
+    such as "rename, then journal the result" is never cut in half by a stop request.
+
+    Done at the Python level (the handlers are swapped for a recorder), because a
+    process-directed signal may be taken by any thread, so masking one thread is not enough.
+    Only in the main thread, where Python runs signal handlers; elsewhere a no-op.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    pending: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in _HELD}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, h in old.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(pending):
+            h = old[s]
+            if callable(h):
+                h(s, None)
+            elif h == signal.SIG_DFL:
+                signal.raise_signal(s)
 
 
 @contextlib.contextmanager
