@@ -417,7 +417,7 @@ def merge_manifest(path: str | Path, rows: list[dict]) -> "pd.DataFrame":  # noq
     import pandas as pd
 
     path = Path(path)
-    new = pd.DataFrame(rows, columns=MANIFEST_COLUMNS) if rows else pd.DataFrame(columns=MANIFEST_COLUMNS)
+    new = pd.DataFrame(rows, columns=MANIFEST_COLUMNS, dtype=object)  # object: ns times must not pass through float
     new = new.drop_duplicates("source", keep="last")  # a journal may hold a retried source twice
     if path.exists():
         old = read_manifest(path)
@@ -430,8 +430,8 @@ def merge_manifest(path: str | Path, rows: list[dict]) -> "pd.DataFrame":  # noq
         merged = new
     cols = MANIFEST_COLUMNS + [c for c in merged.columns if c not in MANIFEST_COLUMNS]
     merged = merged.reindex(columns=cols)
-    for c in _INT_COLUMNS:  # nullable integers: empty where unknown, never "64.0"
-        merged[c] = pd.to_numeric(merged[c].replace("", None), errors="coerce").astype("Int64")
+    for c in _INT_COLUMNS:  # nullable integers: empty where unknown, never "64.0"; exact (ns times exceed 2^53)
+        merged[c] = pd.array([_int_or_none(v) for v in merged[c]], dtype="Int64")
     merged = merged.sort_values("source", kind="stable").reset_index(drop=True)
     with atomic_path(path) as tmp:
         merged.to_csv(tmp, index=False)
@@ -477,9 +477,14 @@ def _worker_task(src: str, dst: str, cfg: PrepareConfig, dst_rel: str, journal: 
 
 
 def _int_or_none(v) -> int | None:
+    """An exact int from a manifest cell (int, numpy int, numeric str); None when empty / NaN / NA."""
+    if v is None:
+        return None
     try:
-        return None if v is None or v == "" or (isinstance(v, float) and math.isnan(v)) else int(v)
-    except (TypeError, ValueError):
+        if v != v:  # NaN
+            return None
+        return int(v)
+    except (TypeError, ValueError, OverflowError):  # pd.NA, "", junk
         return None
 
 
