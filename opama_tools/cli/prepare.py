@@ -10,8 +10,9 @@ from opama_tools.cli.app import app, console, err_console, fail
 @app.command(
     help="EXR HDR panoramas (Laval Indoor/Outdoor) → tonemapped PNG panoramas + manifest.csv.\n\n"
     "Reads every .exr (and .png/.jpg, resized only) under SRC_DIR recursively, mirrors the folder "
-    "structure under OUT_DIR, skips outputs that exist (unless --overwrite), and merges one row per "
-    "source into OUT_DIR/manifest.csv. Exit code 1 if any file failed.\n\n"
+    "structure under OUT_DIR, skips sources already done from the same content with the same settings "
+    "(unless --overwrite), and merges one row per source into OUT_DIR/manifest.csv. Exit code 1 if any "
+    "file failed, 2 for a usage error or an empty SRC_DIR, 143 if stopped (re-run to finish).\n\n"
     "Example: opama prepare data/laval_exr data/laval_png --size 1024x2048"
 )
 def prepare(
@@ -21,7 +22,7 @@ def prepare(
     operator: str = typer.Option(
         "percentile", "--operator", help="Tonemap: percentile (AOG-Net's, default), reinhard, aces or exposure."
     ),
-    exposure: float = typer.Option(0.0, "--exposure", help="Exposure in EV (x * 2^EV) applied before the operator."),
+    exposure: float = typer.Option(0.0, "--exposure", help="Exposure in EV (x * 2^EV) applied before the operator; finite, |EV| <= 64."),
     workers: int = typer.Option(0, "--workers", min=0, help="Worker processes (0 = all cores)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist."),
     force_aspect: bool = typer.Option(False, "--force-aspect", help="Resize non-2:1 sources instead of failing them."),
