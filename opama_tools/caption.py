@@ -5,7 +5,12 @@ squeezed 2:1 panorama captions poorly, also caption NFoV views taken every ``str
 degrees around the horizon. This module does both and writes one JSONL line per panorama::
 
     {"image": "<path relative to PANO_DIR>", "caption": "<global caption>",
-     "views": [{"yaw": 0, "pitch": 0, "caption": "..."}, {"yaw": 30, ...}, ...]}
+     "views": [{"yaw": 0, "pitch": 0, "caption": "..."}, {"yaw": 30, ...}, ...],
+     "source": {"bytes": ..., "mtime_ns": ...}, "settings": "<16 hex digits>"}
+
+(``source``: the image file when it was captioned; ``settings``: a hash of the options, the
+model and, for ``--from-metadata``, the scene record; a re-run redoes a panorama whose
+``source`` or ``settings`` no longer match.)
 
 Angles are degrees in the project's convention (yaw 0 = panorama centre column, positive
 yaw turns right, positive pitch looks up, ``fov`` horizontal; views are square). Views are
@@ -17,7 +22,8 @@ cut with :func:`opama_model.spherical.equi_to_pers` at ``yaw = k * stride`` for
   BLIP-2 is chosen from the checkpoint's ``config.json`` ``model_type``. fp16 on CUDA, fp32 on CPU.
 * Generation is batched across views *and* panoramas: exactly one ``generate`` call per
   ``batch_size`` images (the last call may be smaller).
-* The job is resumable: images already in ``OUT.jsonl`` (without an ``error``) are skipped;
+* The job is resumable: images already in ``OUT.jsonl`` (without an ``error``, same ``source``
+  and ``settings``) are skipped;
   each panorama's line is appended with one ``write`` and fsync'd; an unreadable image gives a
   line with an ``error`` field (retried on the next run) and does not stop the run. SIGTERM /
   Ctrl-C stop it cleanly (``summary.interrupted``; every line written is complete).
@@ -392,7 +398,7 @@ class _JsonlOut:
 
         self.path = path
         ensure_output_file(path, "captions file")
-        self.done: set[str] = set()
+        self.records: dict[str, dict] = {}  # image -> its caption record (without errors)
         keep: list[str] = []
         rewrite = overwrite and path.exists()
         if path.exists() and not overwrite:
@@ -419,13 +425,26 @@ class _JsonlOut:
                 if rec.get("error"):
                     rewrite = True  # failed before: retried now
                     continue
-                self.done.add(str(rec["image"]))
+                self.records[str(rec["image"])] = rec
                 keep.append(json.dumps(rec, ensure_ascii=False))
             if raw and not raw.endswith("\n"):
                 rewrite = True
         if rewrite:
             atomic_write_text(path, "".join(k + "\n" for k in keep))
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+    def drop(self, images: set[str]) -> None:
+        """Remove the records of ``images`` (stale: their source or settings changed) from the file."""
+        from opama_tools.io import atomic_write_text
+
+        if not images:
+            return
+        os.close(self._fd)
+        for im in images:
+            self.records.pop(im, None)
+        lines = [json.dumps(r, ensure_ascii=False) for r in self.records.values()]
+        atomic_write_text(self.path, "".join(k + "\n" for k in lines))
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def write(self, rec: dict) -> None:
         """Append one record as a line with a single ``write`` (never torn by a stop), then fsync."""
@@ -481,9 +500,27 @@ def _err_text(e: BaseException) -> str:
 
 
 
-def _open_job(root: Path, out_jsonl, overwrite: bool) -> tuple["_JsonlOut", CaptionSummary, list[tuple[str, Path]]]:
+def _source_signature(p: Path) -> dict:
+    """What "unchanged input" means for re-runs: size in bytes and mtime in ns."""
+    st = p.stat()
+    return {"bytes": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def settings_key(*parts) -> str:
+    """A short stable hash of everything that shapes a caption (settings, model, scene record)."""
+    import hashlib
+
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _open_job(
+    root: Path, out_jsonl, overwrite: bool, key_of: Callable[[Path], str] | None = None
+) -> tuple["_JsonlOut", CaptionSummary, list[tuple[str, Path]]]:
     """Open the resumable output and list the panoramas under ``root`` not captioned yet
-    (``(relative posix path, path)``); already-done ones are counted as skipped.
+    (``(relative posix path, path)``); already-done ones are counted as skipped. A record is
+    done only if its ``source`` (size, mtime) matches the file now and its ``settings`` key
+    equals ``key_of(path)``; stale records are removed from the file and redone.
 
     Raises :class:`opama_tools.jobs.NoInputsError` when ``root`` holds no panorama (nothing
     is written), ``ValueError`` for an unusable output file.
@@ -497,13 +534,32 @@ def _open_job(root: Path, out_jsonl, overwrite: bool) -> tuple["_JsonlOut", Capt
     out = _JsonlOut(Path(out_jsonl), overwrite)
     summary = CaptionSummary(out=Path(out_jsonl))
     todo = []
+    stale: set[str] = set()
     for p in found:
         rel = printable_path(p.relative_to(root).as_posix())
-        if rel in out.done:
-            summary.skipped += 1
-        else:
-            todo.append((rel, p))
+        rec = out.records.get(rel)
+        if rec is not None:
+            try:
+                fresh = rec.get("source") == _source_signature(p) and (
+                    key_of is None or rec.get("settings") == key_of(p))
+            except OSError:
+                fresh = False
+            if fresh:
+                summary.skipped += 1
+                continue
+            stale.add(rel)
+        todo.append((rel, p))
+    out.drop(stale)
     return out, summary, todo
+
+
+def _stamp(rec: dict, p: Path, key: str | None) -> dict:
+    """Add the ``source`` signature and the ``settings`` key that make a record checkable on resume."""
+    with contextlib.suppress(OSError):
+        rec["source"] = _source_signature(p)
+    if key is not None:
+        rec["settings"] = key
+    return rec
 
 
 def _fail_image(out: "_JsonlOut", summary: CaptionSummary, rel: str, reason: str) -> None:
@@ -526,8 +582,11 @@ def run_caption_job(
     in total (1 + number of views per panorama), there are ``ceil(n / batch_size)`` calls.
     """
     root = Path(pano_dir)
-    out, summary, todo = _open_job(root, out_jsonl, overwrite)
+    key = settings_key("blip", dataclasses.asdict(settings), captioner.kind, captioner.source, captioner.prompt,
+                       captioner.max_new_tokens, str(captioner.dtype))
+    out, summary, todo = _open_job(root, out_jsonl, overwrite, lambda p: key)
     yaws = settings.yaws()
+    paths = dict(todo)
 
     from opama_tools.io import utf8_name_problem
     from opama_tools.jobs import Terminated, stop_name, stop_raises
@@ -551,7 +610,7 @@ def run_caption_job(
             rec = {"image": rel, "caption": caps[0],
                    "views": [{"yaw": _num(y), "pitch": _num(settings.pitch), "caption": c}
                              for y, c in zip(yaws, caps[1:])]}
-            out.write(rec)
+            out.write(_stamp(rec, paths[rel], key))
             summary.done += 1
             advance()
 
@@ -780,7 +839,12 @@ def run_metadata_job(
 
     scenes = read_scenes(scenes_jsonl)
     root = Path(pano_dir)
-    out, summary, todo = _open_job(root, out_jsonl, overwrite)
+    base = dataclasses.asdict(settings)
+
+    def key_of(p: Path) -> str:  # the scene record is the input of a metadata caption
+        return settings_key("metadata", base, scenes.get(p.stem))
+
+    out, summary, todo = _open_job(root, out_jsonl, overwrite, key_of)
     yaws = settings.yaws()
     try:
         with stop_raises(), _progress(len(todo), "captions from metadata", progress) as advance:
@@ -799,7 +863,8 @@ def run_metadata_job(
                             raise ValueError(f"{scenes_jsonl}: the record of {rec['image']}: {e}") from None
                         views = [{"yaw": _num(y), "pitch": _num(settings.pitch),
                                   "caption": scene_view_caption(scene, y, settings.pitch, settings.fov)} for y in yaws]
-                    out.write({"image": rel, "caption": str(rec.get("caption", "")), "views": views})
+                    out.write(_stamp({"image": rel, "caption": str(rec.get("caption", "")), "views": views}, p,
+                                     key_of(p)))
                     summary.done += 1
                 except Exception as e:  # noqa: BLE001 - reported per image
                     _fail_image(out, summary, rel, _err_text(e))
