@@ -84,6 +84,8 @@ class CaptionSettings:
     view_size: int = 512
 
     def __post_init__(self) -> None:
+        for name, kind in (("augment", bool), ("stride", float), ("pitch", float), ("fov", float), ("view_size", int)):
+            object.__setattr__(self, name, kind(getattr(self, name)))  # 30 and 30.0 are the same settings
         if not 0 < self.stride <= 360:
             raise ValueError(f"stride must be in (0, 360] degrees, got {self.stride}")
         if not 0 < self.fov < 180:
