@@ -613,9 +613,14 @@ def prepare_dataset(
         except (Terminated, KeyboardInterrupt) as e:
             summary.interrupted = stop_name(e)
         finally:
-            merge_manifest(manifest, read_journal(journal) + skipped_rows)
+            finished = read_journal(journal)
+            merge_manifest(manifest, finished + skipped_rows)
             with contextlib.suppress(FileNotFoundError):
                 journal.unlink()
+            if summary.interrupted:  # workers may have finished files whose results never came back
+                last = {r["source"]: r["status"] for r in finished}
+                summary.done = sum(v == "done" for v in last.values())
+                summary.failed = sum(v == "failed" for v in last.values())
     return summary
 
 
