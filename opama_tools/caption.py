@@ -5,7 +5,12 @@ squeezed 2:1 panorama captions poorly, also caption NFoV views taken every ``str
 degrees around the horizon. This module does both and writes one JSONL line per panorama::
 
     {"image": "<path relative to PANO_DIR>", "caption": "<global caption>",
-     "views": [{"yaw": 0, "pitch": 0, "caption": "..."}, {"yaw": 30, ...}, ...]}
+     "views": [{"yaw": 0, "pitch": 0, "caption": "..."}, {"yaw": 30, ...}, ...],
+     "source": {"bytes": ..., "mtime_ns": ...}, "settings": "<16 hex digits>"}
+
+(``source``: the image file when it was captioned; ``settings``: a hash of the options, the
+model and, for ``--from-metadata``, the scene record; a re-run redoes a panorama whose
+``source`` or ``settings`` no longer match.)
 
 Angles are degrees in the project's convention (yaw 0 = panorama centre column, positive
 yaw turns right, positive pitch looks up, ``fov`` horizontal; views are square). Views are
@@ -17,9 +22,11 @@ cut with :func:`opama_model.spherical.equi_to_pers` at ``yaw = k * stride`` for
   BLIP-2 is chosen from the checkpoint's ``config.json`` ``model_type``. fp16 on CUDA, fp32 on CPU.
 * Generation is batched across views *and* panoramas: exactly one ``generate`` call per
   ``batch_size`` images (the last call may be smaller).
-* The job is resumable: images already in ``OUT.jsonl`` (without an ``error``) are skipped;
-  lines are appended and flushed one panorama at a time; an unreadable image gives a line
-  with an ``error`` field (retried on the next run) and does not stop the run.
+* The job is resumable: images already in ``OUT.jsonl`` (without an ``error``, same ``source``
+  and ``settings``) are skipped;
+  each panorama's line is appended with one ``write`` and fsync'd; an unreadable image gives a
+  line with an ``error`` field (retried on the next run) and does not stop the run. SIGTERM /
+  Ctrl-C stop it cleanly (``summary.interrupted``; every line written is complete).
 * :func:`scene_view_caption` derives per-view captions from the synthetic generator's scene
   description (what lies inside each view's frustum), so ``--from-metadata`` needs no weights.
 """
@@ -54,6 +61,7 @@ __all__ = [
     "visible_objects",
     "scene_view_caption",
     "scene_from_record",
+    "read_scenes",
     "run_caption_job",
     "run_metadata_job",
 ]
@@ -76,6 +84,8 @@ class CaptionSettings:
     view_size: int = 512
 
     def __post_init__(self) -> None:
+        for name, kind in (("augment", bool), ("stride", float), ("pitch", float), ("fov", float), ("view_size", int)):
+            object.__setattr__(self, name, kind(getattr(self, name)))  # 30 and 30.0 are the same settings
         if not 0 < self.stride <= 360:
             raise ValueError(f"stride must be in (0, 360] degrees, got {self.stride}")
         if not 0 < self.fov < 180:
@@ -112,9 +122,14 @@ class CaptionSummary:
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     out: Path | None = None
+    interrupted: str | None = None  # "SIGTERM" / "SIGINT" when the run was stopped
 
     @property
     def exit_code(self) -> int:
+        from opama_tools.jobs import stop_exit_code
+
+        if self.interrupted:
+            return stop_exit_code(self.interrupted)
         return 1 if self.failed else 0
 
 
@@ -229,9 +244,16 @@ def _pick_device(device: str | None):
 
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {device!r}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: not supported (use auto, cpu, cuda or cuda:N)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -252,9 +274,14 @@ def load_captioner(
     path = resolve_model_path(model)
     cfg_file = path / "config.json"
     try:
-        model_type = json.loads(cfg_file.read_text()).get("model_type", "")
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{cfg_file}: cannot read the model config ({e})") from e
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        model_type = cfg.get("model_type", "") if isinstance(cfg, dict) else ""
+    except UnicodeDecodeError:
+        raise ValueError(f"{cfg_file}: cannot read the model config (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_file}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    except OSError as e:
+        raise ValueError(f"{cfg_file}: cannot read the model config ({e.strerror or e})") from None
     dev = _pick_device(device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     if model_type == "blip":
@@ -274,8 +301,15 @@ def load_captioner(
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        proc = proc_cls.from_pretrained(path, local_files_only=True)
-        net = net_cls.from_pretrained(path, dtype=dtype, local_files_only=True)
+        try:
+            proc = proc_cls.from_pretrained(path, local_files_only=True)
+        except Exception as e:  # noqa: BLE001 - transformers raises OSError/ValueError/TypeError ...
+            raise ValueError(f"{path}: cannot load the {kind} processor (tokenizer / image processor files): "
+                             f"{_first_line(e)}") from None
+        try:
+            net = net_cls.from_pretrained(path, dtype=dtype, local_files_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{path}: cannot load the {kind} weights: {_first_line(e)}") from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -286,24 +320,24 @@ def load_captioner(
     )
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 # --------------------------------------------------------------------------- images and views
 
 
 def read_panorama(path: str | os.PathLike) -> np.ndarray:
-    """Decode an 8-bit PNG/JPG panorama to ``(H, W, 3)`` uint8 RGB; checks it is 2:1.
+    """Decode a PNG/JPG panorama to ``(H, W, 3)`` uint8 RGB; checks it is 2:1.
 
-    Raises ``ValueError``/``OSError`` with the reason for unreadable or non-2:1 images.
+    8- or 16-bit, grey or RGB(A) (:func:`opama_tools.images.read_ldr`: grey expanded, alpha
+    dropped, 16-bit rounded to 8-bit as ``round(v * 255 / 65535)``). Raises ``ValueError``
+    with the reason for unreadable or non-2:1 images.
     """
-    from PIL import Image, UnidentifiedImageError
+    from opama_tools.images import read_ldr, to_uint8_rgb
 
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.array(im.convert("RGB"))
-    except UnidentifiedImageError as e:
-        raise ValueError(f"not a readable image ({e})") from e
-    except (OSError, SyntaxError) as e:  # truncated / corrupt data
-        raise ValueError(f"cannot decode image ({e})") from e
+    arr = to_uint8_rgb(read_ldr(path))
     h, w = arr.shape[:2]
     if w != 2 * h:
         raise ValueError(f"not a 2:1 equirectangular panorama ({w}x{h})")
@@ -341,10 +375,13 @@ def find_panoramas(pano_dir: str | os.PathLike) -> list[Path]:
     """PNG/JPG files under ``pano_dir`` (recursive, hidden files skipped), sorted by relative path."""
     root = Path(pano_dir)
     out = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root)
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(s.startswith(".") for s in rel.parts):
-            out.append(p)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [n for n in dirnames if not n.startswith(".")]
+        d = Path(dirpath)
+        for name in filenames:
+            p = d / name
+            if not name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                out.append(p)
     return sorted(out, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -352,45 +389,73 @@ def find_panoramas(pano_dir: str | os.PathLike) -> list[Path]:
 
 
 class _JsonlOut:
-    """Append-only JSONL writer with resume: reads what is done, drops error/corrupt lines."""
+    """Append-only JSONL writer with resume: reads what is done, drops error lines and a torn last line.
+
+    Any other line that is not a caption record means ``path`` is not ours: ``ValueError``
+    naming the file and line (nothing is rewritten).
+    """
 
     def __init__(self, path: Path, overwrite: bool) -> None:
-        from opama_tools.io import atomic_write_text
+        from opama_tools.io import atomic_write_text, ensure_output_file
 
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: set[str] = set()
+        ensure_output_file(path, "captions file")
+        self.records: dict[str, dict] = {}  # image -> its caption record (without errors)
         keep: list[str] = []
         rewrite = overwrite and path.exists()
         if path.exists() and not overwrite:
-            raw = path.read_text(encoding="utf-8")
-            for line in raw.splitlines():
+            try:
+                raw = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"{path}: not a captions JSONL file (not UTF-8 text); pass --overwrite to "
+                                 "replace it or choose another file") from None
+            lines = raw.splitlines()
+            for i, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
                 try:
                     rec = json.loads(line)
-                except ValueError:
-                    rewrite = True  # a half-written last line from a killed run
-                    continue
-                if not isinstance(rec, dict) or "image" not in rec or rec.get("error"):
+                except ValueError as e:
+                    if i == len(lines) and not raw.endswith("\n"):
+                        rewrite = True  # a half-written last line from a killed run
+                        continue
+                    raise ValueError(f"{path}: line {i}: not valid JSON ({getattr(e, 'msg', e)}); pass --overwrite "
+                                     "to replace the file or fix the line") from None
+                if not isinstance(rec, dict) or "image" not in rec:
+                    raise ValueError(f"{path}: line {i}: not a caption record (no 'image' field); pass --overwrite "
+                                     "to replace the file or fix the line")
+                if rec.get("error"):
                     rewrite = True  # failed before: retried now
                     continue
-                self.done.add(str(rec["image"]))
+                self.records[str(rec["image"])] = rec
                 keep.append(json.dumps(rec, ensure_ascii=False))
             if raw and not raw.endswith("\n"):
                 rewrite = True
         if rewrite:
             atomic_write_text(path, "".join(k + "\n" for k in keep))
-        self._fh = open(path, "a", encoding="utf-8")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+    def drop(self, images: set[str]) -> None:
+        """Remove the records of ``images`` (stale: their source or settings changed) from the file."""
+        from opama_tools.io import atomic_write_text
+
+        if not images:
+            return
+        os.close(self._fd)
+        for im in images:
+            self.records.pop(im, None)
+        lines = [json.dumps(r, ensure_ascii=False) for r in self.records.values()]
+        atomic_write_text(self.path, "".join(k + "\n" for k in lines))
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def write(self, rec: dict) -> None:
-        self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self._fh.flush()
+        """Append one record as a line with a single ``write`` (never torn by a stop), then fsync."""
+        os.write(self._fd, (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
         with contextlib.suppress(OSError):
-            os.fsync(self._fh.fileno())
+            os.fsync(self._fd)
 
     def close(self) -> None:
-        self._fh.close()
+        os.close(self._fd)
 
 
 @contextlib.contextmanager
@@ -437,19 +502,72 @@ def _err_text(e: BaseException) -> str:
 
 
 
-def _open_job(root: Path, out_jsonl, overwrite: bool) -> tuple["_JsonlOut", CaptionSummary, list[tuple[str, Path]]]:
+def _source_signature(p: Path) -> dict:
+    """What "unchanged input" means for re-runs: size in bytes and mtime in ns."""
+    st = p.stat()
+    return {"bytes": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def settings_key(*parts) -> str:
+    """A short stable hash of everything that shapes a caption (settings, model, scene record)."""
+    import hashlib
+
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _open_job(
+    root: Path, out_jsonl, overwrite: bool, key_of: Callable[[Path], str] | None = None
+) -> tuple["_JsonlOut", CaptionSummary, list[tuple[str, Path]]]:
     """Open the resumable output and list the panoramas under ``root`` not captioned yet
-    (``(relative posix path, path)``); already-done ones are counted as skipped."""
+    (``(relative posix path, path)``); already-done ones are counted as skipped. A record is
+    done only if its ``source`` (size, mtime) matches the file now and its ``settings`` key
+    equals ``key_of(path)``; stale records are removed from the file and redone.
+
+    Raises :class:`opama_tools.jobs.NoInputsError` when ``root`` holds no panorama (nothing
+    is written), ``ValueError`` for an unusable output file.
+    """
+    from opama_tools.io import printable_path
+    from opama_tools.jobs import NoInputsError
+
+    found = find_panoramas(root)
+    if not found:
+        raise NoInputsError(f"{printable_path(root)}: no panoramas (*.png, *.jpg, *.jpeg) found")
     out = _JsonlOut(Path(out_jsonl), overwrite)
     summary = CaptionSummary(out=Path(out_jsonl))
     todo = []
-    for p in find_panoramas(root):
-        rel = p.relative_to(root).as_posix()
-        if rel in out.done:
-            summary.skipped += 1
-        else:
-            todo.append((rel, p))
+    stale: set[str] = set()
+    for p in found:
+        rel = printable_path(p.relative_to(root).as_posix())
+        rec = out.records.get(rel)
+        if rec is not None:
+            try:
+                fresh = rec.get("source") == _source_signature(p) and (
+                    key_of is None or rec.get("settings") == key_of(p))
+            except OSError:
+                fresh = False
+            if fresh:
+                summary.skipped += 1
+                continue
+            stale.add(rel)
+        todo.append((rel, p))
+    out.drop(stale)
     return out, summary, todo
+
+
+def _stamp(rec: dict, p: Path, key: str | None) -> dict:
+    """Add the ``source`` signature and the ``settings`` key that make a record checkable on resume."""
+    with contextlib.suppress(OSError):
+        rec["source"] = _source_signature(p)
+    if key is not None:
+        rec["settings"] = key
+    return rec
+
+
+def _fail_image(out: "_JsonlOut", summary: CaptionSummary, rel: str, reason: str) -> None:
+    out.write({"image": rel, "error": reason})
+    summary.failed += 1
+    summary.failures.append((rel, reason))
 
 def run_caption_job(
     pano_dir: str | os.PathLike,
@@ -466,11 +584,20 @@ def run_caption_job(
     in total (1 + number of views per panorama), there are ``ceil(n / batch_size)`` calls.
     """
     root = Path(pano_dir)
-    out, summary, todo = _open_job(root, out_jsonl, overwrite)
+    key = settings_key("blip", dataclasses.asdict(settings), captioner.kind, captioner.source, captioner.prompt,
+                       captioner.max_new_tokens, str(captioner.dtype))
+    out, summary, todo = _open_job(root, out_jsonl, overwrite, lambda p: key)
     yaws = settings.yaws()
+    paths = dict(todo)
+
+    from opama_tools.io import utf8_name_problem
+    from opama_tools.jobs import Terminated, stop_name, stop_raises
 
     def load(item):
         _, p = item
+        bad = utf8_name_problem(p)
+        if bad:
+            raise ValueError("file name is not valid UTF-8; rename the file")
         pano = read_panorama(p)
         views = cut_views(pano, yaws, settings.pitch, settings.fov, settings.view_size)
         return [pano] + views
@@ -485,7 +612,7 @@ def run_caption_job(
             rec = {"image": rel, "caption": caps[0],
                    "views": [{"yaw": _num(y), "pitch": _num(settings.pitch), "caption": c}
                              for y, c in zip(yaws, caps[1:])]}
-            out.write(rec)
+            out.write(_stamp(rec, paths[rel], key))
             summary.done += 1
             advance()
 
@@ -498,22 +625,22 @@ def run_caption_job(
         finish_ready(advance)
 
     try:
-        with _progress(len(todo), "captioning", progress) as advance:
-            for (rel, p), images, err in _prefetch(load, todo):
-                if err is not None:
-                    reason = _err_text(err)
-                    out.write({"image": rel, "error": reason})
-                    summary.failed += 1
-                    summary.failures.append((rel, reason))
-                    advance()
-                    continue
-                entry = [rel, len(images), []]
-                pending.append(entry)
-                queue.extend((entry, im) for im in images)
-                while len(queue) >= captioner.batch_size:
+        with stop_raises(), _progress(len(todo), "captioning", progress) as advance:
+            try:
+                for (rel, p), images, err in _prefetch(load, todo):
+                    if err is not None:
+                        _fail_image(out, summary, rel, _err_text(err))
+                        advance()
+                        continue
+                    entry = [rel, len(images), []]
+                    pending.append(entry)
+                    queue.extend((entry, im) for im in images)
+                    while len(queue) >= captioner.batch_size:
+                        run_batch(captioner.batch_size, advance)
+                while queue:
                     run_batch(captioner.batch_size, advance)
-            while queue:
-                run_batch(captioner.batch_size, advance)
+            except (Terminated, KeyboardInterrupt) as e:
+                summary.interrupted = stop_name(e)
     finally:
         out.close()
     return summary
@@ -531,16 +658,29 @@ def scene_from_record(rec: dict):
 
     d = rec.get("scene")
     if isinstance(d, dict):
-        names = {f.name for f in dataclasses.fields(Scene)}
+        fields = dataclasses.fields(Scene)
+        names = {f.name for f in fields}
+        required = [f.name for f in fields
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in d]
+        if missing:
+            raise ValueError(f"its 'scene' lacks the field(s) {', '.join(missing)}")
         kw = {k: v for k, v in d.items() if k in names}
-        kw["buildings"] = [Box(tuple(b["lo"]), tuple(b["hi"]), b.get("colour", "grey")) for b in kw.get("buildings", [])]
-        for k in ("room_lo", "room_hi", "wall_colours", "floor_colour", "sky_zenith", "sky_horizon"):
-            if k in kw:
-                kw[k] = tuple(kw[k])
-        kw["lamps"] = [tuple(lp) for lp in kw.get("lamps", [])]
-        return Scene(**kw)
+        try:
+            kw["buildings"] = [Box(tuple(b["lo"]), tuple(b["hi"]), b.get("colour", "grey"))
+                               for b in kw.get("buildings", [])]
+            for k in ("room_lo", "room_hi", "wall_colours", "floor_colour", "sky_zenith", "sky_horizon"):
+                if k in kw:
+                    kw[k] = tuple(kw[k])
+            kw["lamps"] = [tuple(lp) for lp in kw.get("lamps", [])]
+            return Scene(**kw)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"its 'scene' is malformed ({type(e).__name__}: {_first_line(e)})") from None
     if "seed" in rec:
-        return make_scene(int(rec["seed"]), rec.get("kind", "random"))
+        try:
+            return make_scene(int(rec["seed"]), rec.get("kind", "random"))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"its 'seed'/'kind' are unusable ({_first_line(e)})") from None
     raise ValueError("record has neither 'scene' nor 'seed'")
 
 
@@ -696,38 +836,73 @@ def run_metadata_job(
     view's caption is :func:`scene_view_caption`. No weights, no image decoding. A panorama
     without a scene record is recorded as failed.
     """
-    scenes: dict[str, dict] = {}
-    for i, line in enumerate(Path(scenes_jsonl).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            scenes[Path(str(rec["image"])).stem] = rec
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{scenes_jsonl}: line {i} is not a scene record ({e})") from e
+    from opama_tools.io import utf8_name_problem
+    from opama_tools.jobs import Terminated, stop_name, stop_raises
+
+    scenes = read_scenes(scenes_jsonl)
     root = Path(pano_dir)
-    out, summary, todo = _open_job(root, out_jsonl, overwrite)
+    base = dataclasses.asdict(settings)
+
+    def key_of(p: Path) -> str:  # the scene record is the input of a metadata caption
+        return settings_key("metadata", base, scenes.get(p.stem))
+
+    out, summary, todo = _open_job(root, out_jsonl, overwrite, key_of)
     yaws = settings.yaws()
     try:
-        with _progress(len(todo), "captions from metadata", progress) as advance:
+        with stop_raises(), _progress(len(todo), "captions from metadata", progress) as advance:
             for rel, p in todo:
                 try:
+                    if utf8_name_problem(p):
+                        raise ValueError("file name is not valid UTF-8; rename the file")
                     rec = scenes.get(p.stem)
                     if rec is None:
                         raise ValueError(f"no record with stem {p.stem!r} in {scenes_jsonl}")
                     views = []
                     if yaws:
-                        scene = scene_from_record(rec)
+                        try:
+                            scene = scene_from_record(rec)
+                        except ValueError as e:
+                            raise ValueError(f"{scenes_jsonl}: the record of {rec['image']}: {e}") from None
                         views = [{"yaw": _num(y), "pitch": _num(settings.pitch),
                                   "caption": scene_view_caption(scene, y, settings.pitch, settings.fov)} for y in yaws]
-                    out.write({"image": rel, "caption": str(rec.get("caption", "")), "views": views})
+                    out.write(_stamp({"image": rel, "caption": str(rec.get("caption", "")), "views": views}, p,
+                                     key_of(p)))
                     summary.done += 1
                 except Exception as e:  # noqa: BLE001 - reported per image
-                    reason = _err_text(e)
-                    out.write({"image": rel, "error": reason})
-                    summary.failed += 1
-                    summary.failures.append((rel, reason))
+                    _fail_image(out, summary, rel, _err_text(e))
                 advance()
+    except (Terminated, KeyboardInterrupt) as e:
+        summary.interrupted = stop_name(e)
     finally:
         out.close()
     return summary
+
+
+def read_scenes(scenes_jsonl: str | os.PathLike) -> dict[str, dict]:
+    """``scenes.jsonl`` of the synthetic generator → ``{file stem: record}``.
+
+    Raises ``ValueError`` naming the file (and line) for anything that is not a scene record.
+    """
+    path = Path(scenes_jsonl)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a scenes JSONL file (not UTF-8 text at byte {e.start})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+    scenes: dict[str, dict] = {}
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {i}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: line {i}: not a scene record (a JSON object expected)")
+        if not isinstance(rec.get("image"), str) or not rec["image"]:
+            raise ValueError(f"{path}: line {i}: scene record without an 'image' file name")
+        scenes[Path(rec["image"]).stem] = rec
+    if not scenes:
+        raise ValueError(f"{path}: no scene records (empty file)")
+    return scenes

@@ -99,29 +99,42 @@ def read_caption_jsonl(path: str | os.PathLike) -> dict[str, PanoramaCaptions]:
     file and line for a malformed line (other than a half-written last line).
     """
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a captions JSONL file (not UTF-8 text at byte {e.start})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
     out: dict[str, PanoramaCaptions] = {}
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except ValueError as e:
+        except json.JSONDecodeError as e:
             if i == len(lines):  # a run killed mid-write; the job rewrites it on resume
                 continue
-            raise ValueError(f"{path}: line {i} is not JSON ({e})") from e
+            raise ValueError(f"{path}: line {i} is not JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(rec, dict) or "image" not in rec:
             raise ValueError(f"{path}: line {i} has no 'image' field")
         if rec.get("error"):
             continue
         views = []
-        for v in rec.get("views") or []:
+        raw_views = rec.get("views") or []
+        if not isinstance(raw_views, list):
+            raise ValueError(f"{path}: line {i}: 'views' must be a list")
+        for v in raw_views:
             if isinstance(v, str):
                 views.append(ViewCaption(v))
+            elif isinstance(v, dict) and "caption" in v:
+                try:
+                    views.append(ViewCaption(str(v["caption"]), _float(v.get("yaw")), _float(v.get("pitch"))))
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}: line {i}: a view has a yaw/pitch that is not a number") from None
             else:
-                views.append(ViewCaption(str(v["caption"]), _float(v.get("yaw")), _float(v.get("pitch"))))
+                raise ValueError(f"{path}: line {i}: a view without a 'caption'")
         cap = rec.get("caption")
-        out[_key(rec["image"])] = PanoramaCaptions(str(cap) if cap is not None else None, views)
+        out[_key(str(rec["image"]))] = PanoramaCaptions(str(cap) if cap is not None else None, views)
     return out
 
 
@@ -142,8 +155,12 @@ def read_aognet_json(
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{path}: not JSON ({e})") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not JSON (not UTF-8 text at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno}: not JSON ({e.msg} at column {e.colno})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping {{file name: [captions]}}, got {type(data).__name__}")
     norm: dict[str, list[str]] = {}

@@ -1,19 +1,27 @@
 """``opama crop``: cut NFoV views, their coverage masks and cube faces from equirect PNG panoramas.
 
-For every panorama ``PANO_DIR/<stem>.png`` (``.jpg``/``.jpeg`` too; 8- or 16-bit, grey, RGB
-or RGBA, alpha dropped; 2:1) it writes, under ``OUT_DIR/<stem>/``:
+For every panorama ``PANO_DIR/<rel>/<stem>.png`` (searched recursively, hidden files and the
+output folder left out; ``.jpg``/``.jpeg`` too; 8- or 16-bit, grey, RGB or RGBA, alpha
+dropped, read by :func:`opama_tools.images.read_ldr`; 2:1) it writes, under
+``OUT_DIR/<rel>/<stem>/`` (the source tree is mirrored):
 
 * ``view_KK.png``: view ``KK`` (0-based, in the order given), ``size x size``, horizontal fov
   ``fov`` degrees, 8-bit RGB (16-bit panoramas are sampled at full precision, then rounded);
 * ``mask_KK.png`` (with ``masks``): the view's footprint on the panorama, 8-bit ``H x W``,
   255 where the view covers the equirect pixel, 0 elsewhere;
 * ``cube_F.png`` ... ``cube_D.png`` (with ``cube``): the six 90° cube faces (F R B L U D);
-* ``crop.json``: the settings used, written last; a panorama whose ``crop.json`` matches the
-  current settings and whose files all exist is skipped on re-runs (unless ``overwrite``).
+* ``crop.json``: the settings used and the source's size and mtime (ns); a panorama whose
+  ``crop.json`` matches the current settings and the source's current content, and whose files
+  all exist, is skipped on re-runs (unless ``overwrite``).
+
+Each panorama's folder is written as a whole (:func:`opama_tools.io.atomic_dir`): a stopped or
+killed run leaves either the previous complete folder or the new complete one, never a mix;
+hidden leftovers of a SIGKILL are removed by the next run. SIGTERM / Ctrl-C stop the batch
+after cleaning up (``result.interrupted``); ``views.csv`` then lists what is complete.
 
 and ``OUT_DIR/views.csv`` (one row per written view / face, for the panoramas done or skipped
 in this run): ``image, kind (view|cube), name, index, yaw, pitch, fov, size, path, mask_path``,
-paths relative to ``OUT_DIR``. Geometry: :mod:`opama_model.spherical` (degrees, yaw right,
+paths relative to ``OUT_DIR`` (``image`` relative to ``PANO_DIR``). Geometry: :mod:`opama_model.spherical` (degrees, yaw right,
 pitch up, fov horizontal spanning the edge-pixel centres). Views are sampled bilinearly from a
 once-padded panorama (seam wrap, pole continuation) in one batched ``grid_sample``.
 """
@@ -21,6 +29,7 @@ once-padded panorama (seam wrap, pole continuation) in one batched ``grid_sample
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,7 +45,15 @@ from opama_model.spherical import (
     pad_equirect,
     project_to_view,
 )
-from opama_tools.io import atomic_path, atomic_write_text
+from opama_tools.io import (
+    atomic_dir,
+    atomic_path,
+    ensure_output_dir,
+    printable_path,
+    remove_stale_temps,
+    utf8_name_problem,
+)
+from opama_tools.jobs import NoInputsError, Terminated, stop_name, stop_raises
 
 __all__ = [
     "IMAGE_EXTS",
@@ -89,11 +106,25 @@ class CropResult:
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     csv: Path | None = None
+    interrupted: str | None = None  # "SIGTERM" / "SIGINT" when the run was stopped
 
 
-def find_panoramas(pano_dir: str | Path) -> list[Path]:
-    """Image files (``.png``, ``.jpg``, ``.jpeg``, any case) directly in ``pano_dir``, sorted by name."""
-    return sorted(p for p in Path(pano_dir).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+def find_panoramas(pano_dir: str | Path, exclude: str | Path | None = None) -> list[Path]:
+    """Image files (``.png``, ``.jpg``, ``.jpeg``, any case) under ``pano_dir``, recursively, sorted
+    by relative path; hidden files and folders, and anything under ``exclude``, are left out."""
+    root = Path(pano_dir)
+    ex = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        if ex is not None and (d.resolve() == ex or ex in d.resolve().parents):
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTS and (d / name).is_file():
+                found.append(d / name)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 def read_panorama(path: str | Path) -> np.ndarray:
@@ -101,22 +132,9 @@ def read_panorama(path: str | Path) -> np.ndarray:
 
     Raises ``ValueError`` with the reason when the file cannot be used.
     """
-    import imageio.v3 as iio
+    from opama_tools.images import read_ldr
 
-    try:
-        img = np.asarray(iio.imread(path, plugin="pillow"))
-    except Exception as e:  # imageio raises many types for broken files
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ValueError(f"cannot read image ({type(e).__name__}: {first})") from None
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
-    if img.ndim != 3 or img.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(f"unsupported image shape {img.shape}")
-    if img.shape[-1] in (1, 2):  # grey (+ alpha)
-        img = np.repeat(img[..., :1], 3, axis=-1)
-    img = img[..., :3]
-    if img.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"unsupported pixel type {img.dtype} (8- or 16-bit PNG/JPEG expected)")
+    img = read_ldr(path)
     h, w = img.shape[:2]
     if w != 2 * h or h < 2:
         raise ValueError(f"not a 2:1 equirectangular panorama ({h}x{w} pixels)")
@@ -194,14 +212,24 @@ def _rows(image: str, stem: str, settings: CropSettings) -> list[dict]:
     return rows
 
 
-def _is_done(out_dir: Path, stem: str, settings: CropSettings) -> bool:
+def _source_signature(path: Path) -> dict:
+    """What "unchanged input" means for re-runs: size in bytes and mtime in ns."""
+    st = path.stat()
+    return {"bytes": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def _is_done(out_dir: Path, stem: str, settings: CropSettings, source: Path | None = None) -> bool:
+    """``stem``: the panorama's output folder relative to ``out_dir`` (POSIX)."""
     meta = out_dir / stem / "crop.json"
     if not meta.is_file():
         return False
     try:
-        if json.loads(meta.read_text()).get("settings") != settings.to_json():
+        rec = json.loads(meta.read_text(encoding="utf-8"))
+        if rec.get("settings") != settings.to_json():
             return False
-    except (OSError, ValueError):
+        if source is not None and rec.get("source") != _source_signature(source):
+            return False
+    except (OSError, ValueError, AttributeError):
         return False
     return all((out_dir / rel).is_file() for rel in _outputs(stem, settings).values())
 
@@ -224,25 +252,42 @@ def _masks(settings: CropSettings, height: int, width: int) -> list[np.ndarray]:
     return _MASK_CACHE[key]
 
 
-def crop_one(path: Path, out_dir: Path, settings: CropSettings) -> None:
-    """Cut and write every output of one panorama (see the module doc). Raises ``ValueError`` on a bad input."""
+def crop_one(path: Path, out_dir: Path, settings: CropSettings, key: str | None = None) -> None:
+    """Cut and write every output of one panorama into ``out_dir/key`` (default: its stem), the
+    folder replaced as a whole (see the module doc). Raises ``ValueError`` on a bad input."""
+    import imageio.v3 as iio
+
+    sig = _source_signature(path)
     img = read_panorama(path)
-    stem = path.stem
     views, faces = crop_arrays(img, settings)
-    folder = out_dir / stem
-    for k, v in enumerate(views):
-        write_png(folder / f"view_{k:02d}.png", v)
-    if settings.masks:
-        for k, m in enumerate(_masks(settings, img.shape[0], img.shape[1])):
-            write_png(folder / f"mask_{k:02d}.png", m)
-    for name, f in zip(CUBE_FACES, faces):
-        write_png(folder / f"cube_{name}.png", f)
-    expected = {Path(rel).name for rel in _outputs(stem, settings).values()}
-    for old in folder.glob("*.png"):  # outputs of earlier runs with other settings
-        if old.name not in expected and old.name.split("_")[0] in ("view", "mask", "cube"):
-            old.unlink()
-    meta = {"image": path.name, "height": int(img.shape[0]), "width": int(img.shape[1]), "settings": settings.to_json()}
-    atomic_write_text(folder / "crop.json", json.dumps(meta) + "\n")
+    with atomic_dir(out_dir / (key or path.stem)) as folder:
+        for k, v in enumerate(views):
+            iio.imwrite(folder / f"view_{k:02d}.png", v, extension=".png")
+        if settings.masks:
+            for k, m in enumerate(_masks(settings, img.shape[0], img.shape[1])):
+                iio.imwrite(folder / f"mask_{k:02d}.png", m, extension=".png")
+        for name, f in zip(CUBE_FACES, faces):
+            iio.imwrite(folder / f"cube_{name}.png", f, extension=".png")
+        meta = {"image": path.name, "height": int(img.shape[0]), "width": int(img.shape[1]),
+                "settings": settings.to_json(), "source": sig}
+        (folder / "crop.json").write_text(json.dumps(meta) + "\n", encoding="utf-8")
+
+
+def _remove_stale(out_dir: Path, path: Path, pano_dir: Path, seen: dict[str, Path]) -> None:
+    """Remove the output folder an earlier run made from ``path`` (it has our ``crop.json`` naming
+    this image) now that ``path`` failed: old views of a changed source must not pass for results."""
+    import shutil
+
+    try:
+        key = path.relative_to(pano_dir).with_suffix("").as_posix()
+        if seen.get(os.path.normcase(key)) not in (None, path):
+            return  # another panorama owns that folder
+        folder = out_dir / key
+        meta = json.loads((folder / "crop.json").read_text(encoding="utf-8"))
+        if isinstance(meta, dict) and meta.get("image") == path.name:
+            shutil.rmtree(folder)
+    except (OSError, ValueError):
+        pass
 
 
 def run_crop(
@@ -254,43 +299,66 @@ def run_crop(
     on_progress: Callable[[int, int, Path], None] | None = None,
     on_failure: Callable[[Path, str], None] | None = None,
 ) -> CropResult:
-    """Crop every panorama of ``pano_dir`` into ``out_dir``; write ``views.csv``.
+    """Crop every panorama under ``pano_dir`` (recursively) into ``out_dir``; write ``views.csv``.
 
     A bad file is recorded in ``result.failed`` with its reason (and passed to ``on_failure``)
     and does not stop the batch. ``on_progress(k, n, path)`` is called after each panorama.
-    Raises ``FileNotFoundError`` when ``pano_dir`` is not a folder.
+    SIGTERM / Ctrl-C stop the batch cleanly (``result.interrupted``). Raises
+    ``FileNotFoundError`` when ``pano_dir`` is not a folder, :class:`opama_tools.jobs.NoInputsError`
+    when it holds no panorama, :class:`opama_tools.io.OutputPathError` for an unusable ``out_dir``.
     """
     import pandas as pd
 
     pano_dir, out_dir = Path(pano_dir), Path(out_dir)
     if not pano_dir.is_dir():
-        raise FileNotFoundError(f"{pano_dir}: not a folder")
-    paths = find_panoramas(pano_dir)
+        raise FileNotFoundError(f"{printable_path(pano_dir)}: not a folder")
+    paths = find_panoramas(pano_dir, exclude=out_dir)
+    if not paths:
+        raise NoInputsError(f"{printable_path(pano_dir)}: no panoramas (*.png, *.jpg, *.jpeg) found")
+    ensure_output_dir(out_dir)
+    remove_stale_temps(out_dir)
     result = CropResult()
     rows: list[dict] = []
     seen: dict[str, Path] = {}
-    for k, path in enumerate(paths):
+    with stop_raises():
         try:
-            if path.stem in seen:
-                raise ValueError(f"same name as {seen[path.stem].name}; outputs would collide")
-            seen[path.stem] = path
-            if not overwrite and _is_done(out_dir, path.stem, settings):
-                result.skipped.append(path)
-            else:
-                crop_one(path, out_dir, settings)
-                result.done.append(path)
-            rows.extend(_rows(path.name, path.stem, settings))
-        except Exception as e:  # a bad file must not stop the batch; reported with its reason
-            reason = str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
-            result.failed.append((path, reason))
-            if on_failure is not None:
-                on_failure(path, reason)
-        if on_progress is not None:
-            on_progress(k + 1, len(paths), path)
-    if paths:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        csv = out_dir / "views.csv"
-        with atomic_path(csv) as tmp:
-            pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False)
-        result.csv = csv
+            for k, path in enumerate(paths):
+                try:
+                    bad_name = utf8_name_problem(path)
+                    if bad_name:
+                        raise ValueError(bad_name.split(": ", 1)[1] if ": " in bad_name else bad_name)
+                    rel = path.relative_to(pano_dir)
+                    key = rel.with_suffix("").as_posix()
+                    ckey = os.path.normcase(key)
+                    clash = seen.get(ckey) or next(
+                        (seen[a] for a in (os.path.normcase(p.as_posix()) for p in Path(key).parents) if a in seen),
+                        None)
+                    if clash is None:
+                        clash = next((q for kk, q in seen.items() if kk.startswith(ckey + "/")), None)
+                    if clash is not None:
+                        raise ValueError(f"its output folder {key}/ collides with that of "
+                                         f"{clash.relative_to(pano_dir).as_posix()}")
+                    seen[ckey] = path
+                    if not overwrite and _is_done(out_dir, key, settings, path):
+                        result.skipped.append(path)
+                    else:
+                        crop_one(path, out_dir, settings, key)
+                        result.done.append(path)
+                    rows.extend(_rows(rel.as_posix(), key, settings))
+                except Exception as e:  # a bad file must not stop the batch; reported with its reason
+                    reason = str(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {e}"
+                    reason = reason.splitlines()[0] if reason else type(e).__name__
+                    result.failed.append((path, reason))
+                    _remove_stale(out_dir, path, pano_dir, seen)
+                    if on_failure is not None:
+                        on_failure(path, reason)
+                if on_progress is not None:
+                    on_progress(k + 1, len(paths), path)
+        except (Terminated, KeyboardInterrupt) as e:
+            result.interrupted = stop_name(e)
+        finally:
+            csv = out_dir / "views.csv"
+            with atomic_path(csv) as tmp:
+                pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(tmp, index=False)
+            result.csv = csv
     return result

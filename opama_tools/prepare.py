@@ -7,11 +7,16 @@ seam-aware Lanczos-3 filter (:func:`resize_equirect`), round to uint8 and write 
 PNG atomically (hidden ``.NAME.XXXX.tmp`` file in the same folder, then rename).
 
 The batch (:func:`prepare_dataset`) mirrors the source tree under the output folder,
-skips outputs that exist unless ``overwrite``, runs files in worker processes, keeps
-going past bad files (status ``failed`` with the reason), and merges one row per
-source into ``OUT_DIR/manifest.csv`` (pandas; rows of earlier runs are kept). SIGTERM /
-Ctrl-C stop the batch cleanly: workers remove their temp file and exit, the manifest of
-what finished is written, and the outputs written so far are complete files.
+skips a source only when its manifest row says ``done`` for the same source content
+(size and mtime in ns) and the same settings and the output exists (unless ``overwrite``),
+runs files in worker processes, keeps going past bad files (status ``failed`` with the
+reason), and merges one row per source into ``OUT_DIR/manifest.csv`` (pandas; rows of
+earlier runs are kept). Each result is journaled as it lands (``OUT_DIR/.manifest.journal.jsonl``,
+one fsync'd JSON line written right after the PNG's rename, with SIGTERM/SIGINT held): the
+journal is folded into ``manifest.csv`` at the end of a run and at the start of the next, so
+a run killed even by SIGKILL loses no metadata. SIGTERM / Ctrl-C stop the batch cleanly;
+workers die with the main process (:func:`opama_tools.jobs.die_with_parent`); temp files
+left by a SIGKILL are removed by the next run.
 """
 
 from __future__ import annotations
@@ -19,17 +24,18 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import signal
-import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
-from opama_tools.io import atomic_path
+from opama_tools.io import atomic_path, printable_path, remove_stale_temps, utf8_name_problem
+from opama_tools.jobs import NoInputsError, Terminated, die_with_parent, stop_name, stop_raises
 
 __all__ = [
     "HDR_EXTS",
@@ -39,6 +45,8 @@ __all__ = [
     "PrepareSummary",
     "Terminated",
     "find_sources",
+    "journal_append",
+    "read_journal",
     "lanczos_weights",
     "merge_manifest",
     "parse_size",
@@ -52,16 +60,14 @@ __all__ = [
 HDR_EXTS = (".exr",)
 LDR_EXTS = (".png", ".jpg", ".jpeg")
 MANIFEST_NAME = "manifest.csv"
+JOURNAL_NAME = ".manifest.journal.jsonl"
 MANIFEST_COLUMNS = [
     "source", "output", "status", "error", "width", "height", "src_width", "src_height",
-    "operator", "params", "nan_pixels", "posinf_pixels", "negative_pixels", "repaired_pixels", "updated",
+    "operator", "params", "nan_pixels", "posinf_pixels", "negative_pixels", "repaired_pixels",
+    "source_bytes", "source_mtime_ns", "updated",
 ]
 _INT_COLUMNS = ["width", "height", "src_width", "src_height", "nan_pixels", "posinf_pixels", "negative_pixels",
-                "repaired_pixels"]
-
-
-class Terminated(BaseException):
-    """Raised by the SIGTERM handler (a BaseException so per-file ``except Exception`` never swallows it)."""
+                "repaired_pixels", "source_bytes", "source_mtime_ns"]
 
 
 # --------------------------------------------------------------------------- config
@@ -80,6 +86,12 @@ class PrepareConfig:
     exposure: float = 0.0
     force_aspect: bool = False
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.exposure):
+            raise ValueError(f"--exposure must be a finite number of EV, got {self.exposure}")
+        if abs(self.exposure) > 64:
+            raise ValueError(f"--exposure {self.exposure} EV is out of range (|EV| <= 64)")
 
     def params_json(self) -> str:
         return json.dumps({"exposure_ev": self.exposure})
@@ -185,27 +197,15 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- one file
 def _load_ldr(path: Path) -> np.ndarray:
-    """Read a PNG/JPEG as RGB; returns uint8 ``(H, W, 3)`` or float32 in [0, 1] for 16-bit files."""
-    import imageio.v3 as iio
+    """Read a PNG/JPEG as RGB (:func:`opama_tools.images.read_ldr`: grey expanded, alpha dropped);
+    returns uint8 ``(H, W, 3)``, or float32 in [0, 1] for 16-bit files (divided by 65535)."""
+    from opama_tools.images import read_ldr, to_unit_float
 
     try:
-        a = np.asarray(iio.imread(path))
-    except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken files
-        raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(f"{path}: unsupported image shape {a.shape}")
-    if a.shape[2] in (1, 2):  # grey (+alpha)
-        a = np.repeat(a[..., :1], 3, axis=2)
-    a = a[..., :3]
-    if a.dtype == np.uint8:
-        return np.ascontiguousarray(a)
-    if a.dtype == np.uint16:
-        return a.astype(np.float32) / np.float32(65535.0)
-    if a.dtype == np.bool_:
-        return a.astype(np.uint8) * np.uint8(255)
-    raise ValueError(f"{path}: unsupported pixel type {a.dtype}")
+        a = read_ldr(path)
+    except ValueError as e:
+        raise ValueError(f"{printable_path(path)}: {e}") from None
+    return a if a.dtype == np.uint8 else to_unit_float(a)
 
 
 def _now() -> str:
@@ -214,23 +214,76 @@ def _now() -> str:
 
 def _row(src: Path, dst_rel: str, **kw) -> dict:
     row = {c: None for c in MANIFEST_COLUMNS}
-    row.update(source=str(src), output=dst_rel, error="", updated=_now())
+    row.update(source=printable_path(src), output=dst_rel, error="", updated=_now())
     row.update(kw)
     return row
 
 
-def process_file(src: str | Path, dst: str | Path, cfg: PrepareConfig, dst_rel: str | None = None) -> dict:
+def _signature(src: Path) -> tuple[int, int] | None:
+    """``(size in bytes, mtime in ns)`` of a source: what "unchanged input" means for re-runs."""
+    try:
+        st = src.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def journal_append(journal: str | Path, row: dict) -> None:
+    """Append one manifest row as a JSON line to ``journal`` (O_APPEND, one write, fsync'd)."""
+    line = (json.dumps(row, ensure_ascii=True, default=str) + "\n").encode("ascii")
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_journal(journal: str | Path) -> list[dict]:
+    """Rows of a journal (a torn last line from a killed writer is ignored)."""
+    rows = []
+    try:
+        raw = Path(journal).read_bytes()
+    except FileNotFoundError:
+        return rows
+    for line in raw.decode("ascii", errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            rec = json.loads(line)
+            if isinstance(rec, dict) and "source" in rec and rec.get("status") in ("done", "failed"):
+                rows.append({c: rec.get(c) for c in MANIFEST_COLUMNS})
+    return rows
+
+
+def _non_finite_message(x: np.ndarray) -> str | None:
+    """None if some pixel of ``x`` ``(H, W, C)`` has all channels finite, else why it is unusable."""
+    lo, hi = float(x.min()), float(x.max())
+    if math.isfinite(lo) and math.isfinite(hi):
+        return None
+    if np.isfinite(x).all(axis=-1).any():
+        return None
+    kinds = [k for k, m in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)) if m(x).any()]
+    return f"no finite pixel (every pixel has {'/'.join(kinds)}): nothing to tonemap"
+
+
+def process_file(src: str | Path, dst: str | Path, cfg: PrepareConfig, dst_rel: str | None = None,
+                 journal: str | Path | None = None) -> dict:
     """Convert one panorama ``src`` into the PNG ``dst``; never raises for a bad input.
 
     Returns its manifest row (``status`` ``done`` or ``failed`` with ``error`` = reason).
-    EXR: read as float32 linear RGB (alpha dropped, ``Y`` replicated), repair bad values,
-    tonemap with ``cfg.operator``, resize, round. PNG/JPEG: resize only. The PNG is
-    written atomically. Existing outputs are not checked here (the batch skips them).
+    EXR: read as float32 linear RGB (alpha dropped, ``Y`` replicated), repair bad values
+    (a source with no finite pixel fails), tonemap with ``cfg.operator``, resize, round.
+    PNG/JPEG: resize only (16-bit scaled by 65535, grey expanded, alpha dropped). The PNG
+    is written atomically; with ``journal``, the row is appended there right after the
+    rename (SIGTERM/SIGINT held in between), failures too. Existing outputs are not
+    checked here (the batch decides what to skip).
     """
     src, dst = Path(src), Path(dst)
     dst_rel = dst_rel if dst_rel is not None else str(dst)
     is_hdr = src.suffix.lower() in HDR_EXTS
     row = _row(src, dst_rel, operator=cfg.operator if is_hdr else "none")
+    sig = _signature(src)
+    if sig is not None:
+        row.update(source_bytes=sig[0], source_mtime_ns=sig[1])
     try:
         params: dict = {}
         counts = {"nan": 0, "posinf": 0, "negative": 0}
@@ -246,9 +299,13 @@ def process_file(src: str | Path, dst: str | Path, cfg: PrepareConfig, dst_rel: 
         h, w = x.shape[:2]
         row.update(src_width=w, src_height=h)
         if w != 2 * h and not cfg.force_aspect:
-            raise ValueError(f"{src}: not a 2:1 equirect panorama ({w}x{h} pixels, W x H); use --force-aspect to resize it")
+            raise ValueError(f"{printable_path(src)}: not a 2:1 equirect panorama ({w}x{h} pixels, W x H); "
+                             "use --force-aspect to resize it")
         out_h, out_w = cfg.size if cfg.size is not None else (h, w if w == 2 * h else 2 * h)
         if is_hdr:
+            bad = _non_finite_message(x)
+            if bad:
+                raise ValueError(f"{printable_path(src)}: {bad}")
             counts = repair_hdr(x)
             x, params = tonemap(x, cfg.operator, ev=cfg.exposure, in_place=True)
         if (out_h, out_w) != (h, w):
@@ -256,28 +313,44 @@ def process_file(src: str | Path, dst: str | Path, cfg: PrepareConfig, dst_rel: 
                 x = x.astype(np.float32) * np.float32(1 / 255)
             x = resize_equirect(x, out_h, out_w)
         u8 = x if x.dtype == np.uint8 else to_uint8(x)
-        _write_png(dst, u8)
         row.update(
             status="done", width=out_w, height=out_h, params=json.dumps(params, sort_keys=True),
             nan_pixels=counts["nan"], posinf_pixels=counts["posinf"], negative_pixels=counts["negative"],
             repaired_pixels=counts["nan"] + counts["posinf"] + counts["negative"],
         )
+        row["updated"] = _now()
+        _write_png(dst, u8, on_commit=(lambda: journal_append(journal, row)) if journal is not None else None)
     except MemoryError:
-        row.update(status="failed", error=f"{src}: out of memory")
+        _failed(row, f"{printable_path(src)}: out of memory", journal, dst)
     except Exception as e:  # noqa: BLE001 - a bad file must not stop the batch
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        row.update(status="failed", error=msg if str(src) in msg else f"{src}: {msg}")
+        name = printable_path(src)
+        _failed(row, msg if name in msg else f"{name}: {msg}", journal, dst)
     return row
+
+
+def _failed(row: dict, error: str, journal: str | Path | None, dst: Path | None = None) -> None:
+    """Mark ``row`` failed (journaled); an output of an earlier run of this source is removed:
+    it no longer matches the source (or the settings) and must not pass for a result."""
+    if dst is not None:
+        with contextlib.suppress(OSError):
+            dst.unlink()
+    for c in ("width", "height", "params", "nan_pixels", "posinf_pixels", "negative_pixels", "repaired_pixels"):
+        row[c] = None
+    row.update(status="failed", error=error, updated=_now())
+    if journal is not None:
+        with contextlib.suppress(OSError):
+            journal_append(journal, row)
 
 
 _CURRENT_TEMP: list[Path] = []  # temp file being written in this process (cleaned on SIGTERM)
 
 
-def _write_png(dst: Path, u8: np.ndarray) -> None:
+def _write_png(dst: Path, u8: np.ndarray, on_commit: Callable[[], None] | None = None) -> None:
     """Write uint8 ``(H, W, 3)`` as PNG atomically. The temp name ``.NAME.XXXX.tmp`` never looks like an output."""
     import imageio.v3 as iio
 
-    with atomic_path(dst, suffix="") as tmp:
+    with atomic_path(dst, suffix="", on_commit=on_commit) as tmp:
         _CURRENT_TEMP.append(tmp)
         try:
             iio.imwrite(tmp, u8, extension=".png")
@@ -299,7 +372,8 @@ def find_sources(src_dir: str | Path, exclude: str | Path | None = None) -> list
             continue
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
         for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in HDR_EXTS + LDR_EXTS:
+            if not name.startswith(".") and Path(name).suffix.lower() in HDR_EXTS + LDR_EXTS \
+                    and (d / name).is_file():
                 found.append(d / name)
     return sorted(found)
 
@@ -343,7 +417,8 @@ def merge_manifest(path: str | Path, rows: list[dict]) -> "pd.DataFrame":  # noq
     import pandas as pd
 
     path = Path(path)
-    new = pd.DataFrame(rows, columns=MANIFEST_COLUMNS) if rows else pd.DataFrame(columns=MANIFEST_COLUMNS)
+    new = pd.DataFrame(rows, columns=MANIFEST_COLUMNS, dtype=object)  # object: ns times must not pass through float
+    new = new.drop_duplicates("source", keep="last")  # a journal may hold a retried source twice
     if path.exists():
         old = read_manifest(path)
         replace = set(new.loc[new["status"] != "skipped", "source"])
@@ -355,8 +430,8 @@ def merge_manifest(path: str | Path, rows: list[dict]) -> "pd.DataFrame":  # noq
         merged = new
     cols = MANIFEST_COLUMNS + [c for c in merged.columns if c not in MANIFEST_COLUMNS]
     merged = merged.reindex(columns=cols)
-    for c in _INT_COLUMNS:  # nullable integers: empty where unknown, never "64.0"
-        merged[c] = pd.to_numeric(merged[c].replace("", None), errors="coerce").astype("Int64")
+    for c in _INT_COLUMNS:  # nullable integers: empty where unknown, never "64.0"; exact (ns times exceed 2^53)
+        merged[c] = pd.array([_int_or_none(v) for v in merged[c]], dtype="Int64")
     merged = merged.sort_values("source", kind="stable").reset_index(drop=True)
     with atomic_path(path) as tmp:
         merged.to_csv(tmp, index=False)
@@ -370,10 +445,6 @@ def _default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _raise_terminated(signum, frame):  # noqa: ARG001
-    raise Terminated(signal.Signals(signum).name)
-
-
 _IN_TASK = [False]
 
 
@@ -383,15 +454,19 @@ def _worker_sigterm(signum, frame):  # noqa: ARG001
     os._exit(128 + signum)  # idle worker: nothing to clean
 
 
-def _worker_init() -> None:
-    """Pool worker set-up: SIGTERM unwinds the current write (removing its temp file), then exits."""
+def _worker_init(parent_pid: int | None = None) -> None:
+    """Pool worker set-up: SIGTERM unwinds the current write (removing its temp file), then exits;
+    Ctrl-C is left to the main process (which stops the workers); the worker dies with its parent."""
     signal.signal(signal.SIGTERM, _worker_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        die_with_parent(parent_pid, signal.SIGTERM)
 
 
-def _worker_task(src: str, dst: str, cfg: PrepareConfig, dst_rel: str) -> dict:
+def _worker_task(src: str, dst: str, cfg: PrepareConfig, dst_rel: str, journal: str | None = None) -> dict:
     _IN_TASK[0] = True
     try:
-        return process_file(src, dst, cfg, dst_rel)
+        return process_file(src, dst, cfg, dst_rel, journal)
     except (Terminated, KeyboardInterrupt):
         for tmp in list(_CURRENT_TEMP):  # atomic_path has unlinked it already; belt and braces
             with contextlib.suppress(OSError):
@@ -401,17 +476,53 @@ def _worker_task(src: str, dst: str, cfg: PrepareConfig, dst_rel: str) -> dict:
         _IN_TASK[0] = False
 
 
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """In the main thread, turn SIGTERM into :class:`Terminated` for the duration."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    prev = signal.signal(signal.SIGTERM, _raise_terminated)
+def _int_or_none(v) -> int | None:
+    """An exact int from a manifest cell (int, numpy int, numeric str); None when empty / NaN / NA."""
+    if v is None:
+        return None
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, prev)
+        if v != v:  # NaN
+            return None
+        return int(v)
+    except (TypeError, ValueError, OverflowError):  # pd.NA, "", junk
+        return None
+
+
+def _up_to_date(row: dict | None, src: Path, dst: Path, rel: str, cfg: PrepareConfig) -> bool:
+    """True when ``row`` (from the manifest) records ``dst`` done from this very source content
+    (size + mtime in ns) with the settings of ``cfg``, and ``dst`` exists."""
+    if row is None or row.get("status") != "done" or row.get("output") != rel or not dst.is_file():
+        return False
+    sig = _signature(src)
+    if sig is None or sig != (_int_or_none(row.get("source_bytes")), _int_or_none(row.get("source_mtime_ns"))):
+        return False
+    is_hdr = src.suffix.lower() in HDR_EXTS
+    if row.get("operator") != (cfg.operator if is_hdr else "none"):
+        return False
+    if is_hdr:
+        try:
+            if float(json.loads(row.get("params") or "{}").get("exposure_ev", 0.0)) != float(cfg.exposure):
+                return False
+        except (ValueError, TypeError, AttributeError):
+            return False
+    sh, sw = _int_or_none(row.get("src_height")), _int_or_none(row.get("src_width"))
+    if sh is None or sw is None:
+        return False
+    want = cfg.size if cfg.size is not None else (sh, sw if sw == 2 * sh else 2 * sh)
+    return (_int_or_none(row.get("height")), _int_or_none(row.get("width"))) == tuple(want)
+
+
+def _load_old_rows(manifest: Path) -> dict[str, dict]:
+    if not manifest.exists():
+        return {}
+    try:
+        df = read_manifest(manifest)
+    except Exception as e:  # noqa: BLE001 - pandas raises many types for a damaged CSV
+        raise ValueError(f"{manifest}: unreadable manifest ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                         "move it away to start afresh") from None
+    if "source" not in df.columns:
+        raise ValueError(f"{manifest}: not a prepare manifest (no 'source' column); move it away to start afresh")
+    return {str(r["source"]): r for r in df.to_dict("records")}
 
 
 def prepare_dataset(
@@ -429,70 +540,103 @@ def prepare_dataset(
     drive a progress bar. Writes ``out_dir/manifest.csv`` (merged, see
     :func:`merge_manifest`) also when interrupted by SIGTERM / Ctrl-C, in which case
     ``summary.interrupted`` is set and pending files are left for the next run.
+    Raises ``FileNotFoundError`` (no source folder) or ``ValueError`` (unusable output
+    folder or manifest) with a one-line message.
     """
+    from opama_tools.io import ensure_output_dir
+
     src_root, out_root = Path(src_dir), Path(out_dir)
     if not src_root.is_dir():
-        raise FileNotFoundError(f"{src_root}: source folder not found")
-    out_root.mkdir(parents=True, exist_ok=True)
+        raise FileNotFoundError(f"{printable_path(src_root)}: source folder not found")
     sources = find_sources(src_root, exclude=out_root)
+    if not sources:
+        raise NoInputsError(f"{printable_path(src_root)}: no panoramas (*.exr, *.png, *.jpg, *.jpeg) found")
+    ensure_output_dir(out_root)
+    manifest = out_root / MANIFEST_NAME
+    journal = out_root / JOURNAL_NAME
+    remove_stale_temps(out_root)
+    if journal.exists():  # a run killed before it could fold its journal
+        merge_manifest(manifest, read_journal(journal))
+        journal.unlink()
+    old = _load_old_rows(manifest)
     if on_start:
         on_start(len(sources))
-    summary = PrepareSummary(manifest=out_root / MANIFEST_NAME)
+    summary = PrepareSummary(manifest=manifest)
+    skipped_rows: list[dict] = []
 
     def record(row: dict) -> None:
         summary.rows.append(row)
         setattr(summary, row["status"], getattr(summary, row["status"]) + 1)
+        if row["status"] == "skipped":
+            skipped_rows.append(row)
         if on_result:
             on_result(row)
 
-    tasks: list[tuple[str, str, PrepareConfig, str]] = []
+    def record_failed_here(row: dict) -> None:  # a failure decided in this process: journal it too
+        with contextlib.suppress(OSError):
+            journal_append(journal, row)
+        record(row)
+
+    tasks: list[tuple[str, str, PrepareConfig, str, str]] = []
     claimed: dict[Path, Path] = {}
     for src in sources:
         rel = src.relative_to(src_root).with_suffix(".png")
         dst = out_root / rel
         key = Path(os.path.normcase(dst))
         src_abs = src.resolve()
+        rel_txt = printable_path(rel.as_posix())
+        bad_name = utf8_name_problem(src)
+        if bad_name:
+            record_failed_here(_row(src_abs, rel_txt, status="failed", error=bad_name))
+            continue
         if key in claimed:
-            record(_row(src_abs, rel.as_posix(), status="failed",
-                        error=f"{src}: output {rel.as_posix()} is also the output of {claimed[key]}"))
+            record_failed_here(_row(src_abs, rel_txt, status="failed",
+                                    error=f"{src}: output {rel_txt} is also the output of {claimed[key]}"))
             continue
         claimed[key] = src
-        if dst.exists() and not cfg.overwrite:
-            width = height = None
-            with contextlib.suppress(Exception):
-                from PIL import Image
-
-                with Image.open(dst) as im:
-                    width, height = im.size
-            record(_row(src_abs, rel.as_posix(), status="skipped", width=width, height=height))
+        prev = old.get(printable_path(src_abs))
+        if not cfg.overwrite and _up_to_date(prev, src_abs, dst, rel_txt, cfg):
+            row = {c: prev.get(c) for c in MANIFEST_COLUMNS}
+            row["status"] = "skipped"
+            record(row)
             continue
-        tasks.append((str(src_abs), str(dst), cfg, rel.as_posix()))
+        tasks.append((str(src_abs), str(dst), cfg, rel_txt, str(journal)))
 
     n_workers = min(workers or _default_workers(), max(1, len(tasks)))
-    with _sigterm_raises():
+    with stop_raises():
         try:
             if n_workers <= 1:
                 for t in tasks:
                     record(process_file(*t))
             else:
-                _run_pool(tasks, n_workers, record)
+                _run_pool(tasks, n_workers, record, record_failed_here)
         except (Terminated, KeyboardInterrupt) as e:
-            summary.interrupted = "SIGINT" if isinstance(e, KeyboardInterrupt) else "SIGTERM"
+            summary.interrupted = stop_name(e)
         finally:
-            merge_manifest(summary.manifest, summary.rows)
+            finished = read_journal(journal)
+            merge_manifest(manifest, finished + skipped_rows)
+            with contextlib.suppress(FileNotFoundError):
+                journal.unlink()
+            if summary.interrupted:  # workers may have finished files whose results never came back
+                last = {r["source"]: r["status"] for r in finished}
+                summary.done = sum(v == "done" for v in last.values())
+                summary.failed = sum(v == "failed" for v in last.values())
     return summary
 
 
-def _run_pool(tasks: list[tuple], n_workers: int, record: Callable[[dict], None]) -> None:
+def _run_pool(tasks: list[tuple], n_workers: int, record: Callable[[dict], None],
+              record_failed: Callable[[dict], None]) -> None:
     """Run ``tasks`` on ``n_workers`` spawned processes, at most two queued per worker (so
-    a stop leaves little in flight). A worker that dies (a crash in a decoder) fails the
-    files it had in flight and the pool is restarted for the rest."""
+    a stop leaves little in flight). Workers die with this process (even on SIGKILL). A
+    worker that dies (a crash in a decoder) fails the files it had in flight and the pool
+    is restarted for the rest."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+        return ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(os.getpid(),))
 
     ex = new_pool()
     todo = list(reversed(tasks))
@@ -510,9 +654,9 @@ def _run_pool(tasks: list[tuple], n_workers: int, record: Callable[[dict], None]
                     record(fut.result())
                 except BrokenProcessPool:
                     broken = True
-                    record(_row(Path(t[0]), t[3], status="failed",
-                                error=f"{t[0]}: worker process died (crash converting this file or one "
-                                      "converted at the same time); re-run to retry"))
+                    record_failed(_row(Path(t[0]), t[3], status="failed",
+                                       error=f"{printable_path(t[0])}: worker process died (crash converting this "
+                                             "file or one converted at the same time); re-run to retry"))
             if broken:
                 ex.shutdown(wait=True, cancel_futures=True)
                 todo.extend(reversed(list(futs.values())))  # not started or lost with the pool: retry

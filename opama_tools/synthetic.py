@@ -442,6 +442,32 @@ def render_perspective(
     return (acc / supersample**2).astype(np.float32)
 
 
+def _read_existing_scenes(meta: Path) -> dict[str, dict]:
+    """Records of an existing ``scenes.jsonl`` by image name; ``ValueError`` naming the file and
+    line for anything else (nothing is overwritten then)."""
+    existing: dict[str, dict] = {}
+    if not meta.exists():
+        return existing
+    hint = "move it away or choose another folder"
+    try:
+        text = meta.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{meta}: not a scenes JSONL file (not UTF-8 text); {hint}") from None
+    except OSError as e:
+        raise ValueError(f"{meta}: cannot read ({e.strerror or e}); {hint}") from None
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{meta}: line {i}: not valid JSON ({e.msg}); {hint}") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
+            raise ValueError(f"{meta}: line {i}: not a scene record (no 'image' name); {hint}")
+        existing[rec["image"]] = rec
+    return existing
+
+
 def generate_dataset(
     out_dir: str | Path,
     n: int,
@@ -462,9 +488,11 @@ def generate_dataset(
     unless ``overwrite`` (each file is written atomically).
     """
     from opama_tools.exr import write_exr
+    from opama_tools.io import ensure_output_dir
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_output_dir(Path(out_dir))  # OutputPathError (a ValueError) naming the folder
+    meta = out / "scenes.jsonl"
+    existing = _read_existing_scenes(meta)
     width = width or 2 * height
     paths: list[Path] = []
     records = []
@@ -481,13 +509,6 @@ def generate_dataset(
         )
         if progress is not None:
             progress(k + 1)
-    meta = out / "scenes.jsonl"
-    existing = {}
-    if meta.exists():
-        for line in meta.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                existing[rec["image"]] = rec
     for rec in records:
         existing[rec["image"]] = rec
     from opama_tools.io import atomic_write_text

@@ -170,7 +170,7 @@ def test_read_panorama_errors(tmp_path, pano_src):
     with pytest.raises(ValueError, match="cannot decode|not a readable"):
         read_panorama(pano_src / "broken.png")
     (tmp_path / "text.jpg").write_text("hello")
-    with pytest.raises(ValueError, match="not a readable image"):
+    with pytest.raises(ValueError, match="not a readable PNG/JPEG image"):
         read_panorama(tmp_path / "text.jpg")
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "sq.png")
     with pytest.raises(ValueError, match="2:1"):
@@ -415,3 +415,41 @@ def test_from_metadata_without_weights(tmp_path, no_weights):
     # Library call without --augment: empty view lists.
     s = run_metadata_job(png, tmp_path / "g.jsonl", src / "scenes.jsonl", CaptionSettings(), progress=False)
     assert s.done == 2 and all(r.get("views", []) == [] for r in _lines(tmp_path / "g.jsonl"))
+
+
+def test_resume_redoes_changed_images_and_settings(tmp_path, no_weights):
+    """A record is reused only for the same image content and the same settings / scene record."""
+    from opama_tools.caption import run_metadata_job
+
+    d = tmp_path / "png"
+    d.mkdir()
+    recs = []
+    for k in range(3):
+        sc = make_scene(k)
+        _tonemapped_png(render_equirect(sc, 8, 16, supersample=1), d / f"synth_{k:04d}.png")
+        recs.append({"image": f"synth_{k:04d}.exr", "seed": k, "kind": sc.kind, "caption": sc.description,
+                     "scene": sc.to_dict()})
+    scenes = tmp_path / "scenes.jsonl"
+    scenes.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "c.jsonl"
+    st = CaptionSettings(augment=True, stride=90)
+    assert run_metadata_job(d, out, scenes, st, progress=False).done == 3
+    first = {r["image"]: r for r in _lines(out)}
+    assert all(r["source"]["bytes"] > 0 and len(r["settings"]) == 16 for r in first.values())
+    s = run_metadata_job(d, out, scenes, st, progress=False)
+    assert (s.done, s.skipped) == (0, 3)
+    # new content under the same name: redone, its old line removed (one line per image)
+    _tonemapped_png(render_equirect(make_scene(7), 8, 16, supersample=1), d / "synth_0001.png")
+    s = run_metadata_job(d, out, scenes, st, progress=False)
+    assert (s.done, s.skipped) == (1, 2)
+    assert sorted(r["image"] for r in _lines(out)) == ["synth_0000.png", "synth_0001.png", "synth_0002.png"]
+    # a changed scene record: only that panorama is redone
+    recs[2]["caption"] = "a different caption"
+    scenes.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    s = run_metadata_job(d, out, scenes, st, progress=False)
+    assert (s.done, s.skipped) == (1, 2)
+    assert {r["image"]: r["caption"] for r in _lines(out)}["synth_0002.png"] == "a different caption"
+    # other settings: everything redone
+    s = run_metadata_job(d, out, scenes, CaptionSettings(augment=True, stride=45), progress=False)
+    assert (s.done, s.skipped) == (3, 0)
+    assert all(len(r["views"]) == 8 for r in _lines(out)) and len(_lines(out)) == 3

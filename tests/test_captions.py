@@ -169,3 +169,28 @@ def test_laval_splits_have_published_sizes():
     assert (len(laval_split("indoor", "train")), len(laval_split("indoor", "test"))) == (1921, 312)
     assert (len(laval_split("outdoor", "train")), len(laval_split("outdoor", "test"))) == (165, 40)
     assert not set(laval_split("indoor", "train")) & set(laval_split("indoor", "test"))
+
+
+def test_broken_caption_files_name_the_file_and_line(tmp_path):
+    from opama_tools.captions import read_aognet_json, read_caption_jsonl
+
+    cases = {
+        "a.jsonl": ('{"image": "a.png", "caption": "x"}\n{"image": "b.png" "caption": 1}\n{"image": "c.png"}\n',
+                    "line 2"),
+        "b.jsonl": ('{"image": "a.png", "views": [{"yaw": 0}]}\n', "line 1: a view without a 'caption'"),
+        "c.jsonl": ('{"image": "a.png", "views": [{"yaw": "left", "caption": "x"}]}\n', "line 1"),
+        "d.jsonl": ('{"image": "a.png", "views": 3}\n', "'views' must be a list"),
+    }
+    for name, (text, words) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=words) as e:
+            read_caption_jsonl(tmp_path / name)
+        assert name in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "bin.jsonl").write_bytes(b'{"image": "a.png"}\n\xff\xfe\n')
+    with pytest.raises(ValueError, match=r"bin.jsonl: not a captions JSONL file \(not UTF-8"):
+        read_caption_jsonl(tmp_path / "bin.jsonl")
+    with pytest.raises(ValueError, match="missing.jsonl: cannot read"):
+        read_caption_jsonl(tmp_path / "missing.jsonl")
+    (tmp_path / "aog.json").write_text('{"a.png": ["x"],\n "b.png": }')
+    with pytest.raises(ValueError, match="aog.json: line 2: not JSON"):
+        read_aognet_json(tmp_path / "aog.json")

@@ -101,7 +101,7 @@ def test_crop_reports_bad_files_and_continues(tmp_path, pano_dir):
     res = runner.invoke(app, ["crop", str(pano_dir), str(out), "--views", "ring8", "--size", "8"])
     assert res.exit_code == 1
     assert "2 done, 0 skipped, 2 failed" in res.output
-    assert "broken.png" in res.output and "cannot read image" in res.output
+    assert "broken.png" in res.output and "not a readable PNG/JPEG image" in res.output
     assert "square.png" in res.output and "not a 2:1" in res.output
     df = pd.read_csv(out / "views.csv")
     assert set(df.image) == {"a.png", "b.png"} and len(df) == 16
@@ -122,10 +122,71 @@ def test_crop_usage_errors(tmp_path, pano_dir):
     res = runner.invoke(app, ["crop", str(pano_dir), str(tmp_path / "o"), "--fov", "180"])
     assert res.exit_code == 2
     res = runner.invoke(app, ["crop", str(tmp_path / "missing"), str(tmp_path / "o")])
-    assert res.exit_code == 1 and "not a folder" in res.output
+    assert res.exit_code == 2 and "not a folder" in res.output
     empty = tmp_path / "empty"
     empty.mkdir()
     res = runner.invoke(app, ["crop", str(empty), str(tmp_path / "o")])
-    assert res.exit_code == 1 and "no panoramas" in res.output
+    assert res.exit_code == 2 and "no panoramas" in res.output and not (tmp_path / "o").exists()
     res = runner.invoke(app, ["crop", "--help"])
     assert res.exit_code == 0 and "Example:" in res.output
+
+
+def test_crop_is_recursive_and_mirrors_the_tree(tmp_path, pano_dir, pano8):
+    (pano_dir / "sub" / "deep").mkdir(parents=True)
+    iio.imwrite(pano_dir / "sub" / "deep" / "c.png", pano8)
+    iio.imwrite(pano_dir / "sub" / "a.png", pano8)  # same stem as the top-level a.png, other folder
+    (pano_dir / ".hidden").mkdir()
+    iio.imwrite(pano_dir / ".hidden" / "h.png", pano8)
+    out = pano_dir / "views_out"  # inside the source folder: never taken as input
+    res = runner.invoke(app, ["crop", str(pano_dir), str(out), "--views", "0,0", "--size", "8"])
+    assert res.exit_code == 0, res.output
+    assert "4 done" in res.output
+    df = pd.read_csv(out / "views.csv")
+    assert sorted(df.image) == ["a.png", "b.png", "sub/a.png", "sub/deep/c.png"]
+    assert sorted(df.path) == ["a/view_00.png", "b/view_00.png", "sub/a/view_00.png", "sub/deep/c/view_00.png"]
+    assert all((out / p).is_file() for p in df.path)
+    res = runner.invoke(app, ["crop", str(pano_dir), str(out), "--views", "0,0", "--size", "8"])
+    assert "0 done, 4 skipped" in res.output
+
+
+def test_crop_redoes_a_panorama_whose_content_changed(tmp_path, pano_dir, pano8):
+    out = tmp_path / "out"
+    args = ["crop", str(pano_dir), str(out), "--views", "0,0", "--size", "8"]
+    assert runner.invoke(app, args).exit_code == 0
+    old_view = iio.imread(out / "a" / "view_00.png")
+    iio.imwrite(pano_dir / "a.png", 255 - pano8)  # same name, same settings, new content
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and "1 done, 1 skipped" in res.output, res.output
+    new_view = iio.imread(out / "a" / "view_00.png")
+    assert np.abs(new_view.astype(int) - (255 - old_view.astype(int))).max() <= 1
+
+
+def test_crop_cleans_its_own_leftovers_and_keeps_other_files(tmp_path, pano_dir):
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    left_dir = out / ".a.k3j_x9ab.tmp"  # a panorama folder being written when a run was killed
+    left_dir.mkdir()
+    (left_dir / "view_00.png").write_bytes(b"partial")
+    left_file = out / ".views.abcd1234.tmp.csv"
+    left_file.write_text("partial")
+    mine = [out / ".keep", out / "notes.tmp", out / ".a.short.tmp"]
+    for p in mine:
+        p.write_text("user file")
+    res = runner.invoke(app, ["crop", str(pano_dir), str(out), "--views", "0,0", "--size", "8"])
+    assert res.exit_code == 0, res.output
+    assert not left_dir.exists() and not left_file.exists()
+    assert all(p.exists() for p in mine)
+    assert sorted(p.name for p in (out / "a").iterdir()) == ["crop.json", "view_00.png"]
+
+
+def test_crop_outputs_follow_the_umask(tmp_path, pano_dir):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        run_crop(pano_dir, tmp_path / "o", CropSettings(views=((0.0, 0.0),), size=8))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o" / "views.csv").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "o" / "a" / "view_00.png").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "o" / "a").stat().st_mode & 0o777 == 0o750

@@ -328,3 +328,127 @@ def test_mixed_half_float_and_layered_exr(tmp_path):
     np.testing.assert_array_equal(read_exr(tmp_path / "layered.exr"), np.stack(planes, -1))
     row = pp.process_file(tmp_path / "mixed.exr", tmp_path / "out" / "mixed.png", pp.PrepareConfig(size=None))
     assert row["status"] == "done"
+
+
+def test_rerun_keys_on_source_content_and_settings(tmp_path):
+    """A re-run skips a source only if it is unchanged (size + mtime) and done with the same settings."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    rng = np.random.default_rng(5)
+    write_exr(src / "a.exr", rng.lognormal(0, 1, (8, 16, 3)).astype(np.float32))
+    write_exr(src / "b.exr", rng.lognormal(0, 1, (8, 16, 3)).astype(np.float32))
+    cfg = pp.PrepareConfig(size=None)
+    assert pp.prepare_dataset(src, out, cfg, workers=1).done == 2
+    s = pp.prepare_dataset(src, out, cfg, workers=1)
+    assert (s.done, s.skipped) == (0, 2)
+    assert all(r["operator"] == "percentile" for r in s.rows)  # skipped rows keep their metadata
+    old_a = iio.imread(out / "a.png")
+    write_exr(src / "a.exr", np.full((8, 16, 3), 3.0, np.float32))  # new content, same name
+    s = pp.prepare_dataset(src, out, cfg, workers=1)
+    status = {Path(r["source"]).name: r["status"] for r in s.rows}
+    assert status == {"a.exr": "done", "b.exr": "skipped"}
+    assert not np.array_equal(iio.imread(out / "a.png"), old_a)
+    s = pp.prepare_dataset(src, out, pp.PrepareConfig(size=None, operator="aces"), workers=1)
+    assert s.done == 2  # other settings: redone
+    s = pp.prepare_dataset(src, out, pp.PrepareConfig(size=None, operator="aces", exposure=1.0), workers=1)
+    assert s.done == 2
+    s = pp.prepare_dataset(src, out, pp.PrepareConfig(size=(4, 8), operator="aces", exposure=1.0), workers=1)
+    assert s.done == 2
+    # an output with no manifest row (e.g. copied in by hand) is not trusted
+    (out / "manifest.csv").unlink()
+    s = pp.prepare_dataset(src, out, pp.PrepareConfig(size=(4, 8), operator="aces", exposure=1.0), workers=1)
+    assert s.done == 2
+    m = pp.read_manifest(out / "manifest.csv")
+    assert list(m["source_bytes"]) == [(src / n).stat().st_size for n in ("a.exr", "b.exr")]
+
+
+def test_journal_recovers_rows_of_a_killed_run_and_temps_are_cleaned(tmp_path):
+    """What a SIGKILLed run leaves (finished PNGs, their journal lines, a temp file) is folded in
+    and cleaned by the next run: finished files come back as skipped with their metadata."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    rng = np.random.default_rng(6)
+    for n in ("a", "b", "c"):
+        write_exr(src / f"{n}.exr", rng.lognormal(0, 1, (8, 16, 3)).astype(np.float32))
+    cfg = pp.PrepareConfig(size=None)
+    out.mkdir()
+    journal = out / pp.JOURNAL_NAME
+    row = pp.process_file(src / "a.exr", out / "a.png", cfg, "a.png", journal=journal)
+    assert row["status"] == "done" and journal.is_file()
+    bad = pp.process_file(tmp_path / "nope.exr", out / "nope.png", cfg, "nope.png", journal=journal)
+    assert bad["status"] == "failed"
+    (journal.open("ab")).write(b'{"source": "torn')  # a torn last line is ignored
+    rows = pp.read_journal(journal)
+    assert [r["status"] for r in rows] == ["done", "failed"]
+    leftover = out / ".b.k3j_x9ab.tmp"
+    leftover.write_bytes(b"\x89PNG partial")
+    keep = out / ".b.not-ours.tmp"
+    keep.write_text("someone else's")
+    s = pp.prepare_dataset(src, out, cfg, workers=1)
+    assert (s.done, s.skipped, s.failed) == (2, 1, 0)
+    assert not leftover.exists() and keep.exists() and not journal.exists()
+    m = pp.read_manifest(out / "manifest.csv").set_index("output")
+    assert m.loc["a.png", "operator"] == "percentile" and '"alpha"' in m.loc["a.png", "params"]
+    assert m.loc["a.png", "updated"] == row["updated"]  # the journaled row, not a re-made one
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    from opama_tools.io import atomic_write_text
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_exr(src / "a.exr", np.ones((8, 16, 3), np.float32))
+    old = os.umask(0o027)
+    try:
+        pp.prepare_dataset(src, out, pp.PrepareConfig(size=None), workers=1)
+        atomic_write_text(tmp_path / "t" / "x.txt", "x")
+    finally:
+        os.umask(old)
+    for p in (out / "a.png", out / "manifest.csv", tmp_path / "t" / "x.txt"):
+        assert p.stat().st_mode & 0o777 == 0o640, p
+    assert (tmp_path / "t").stat().st_mode & 0o777 == 0o750
+    os.umask(0o002)
+    try:
+        atomic_write_text(tmp_path / "y.txt", "y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "y.txt").stat().st_mode & 0o777 == 0o664
+
+
+def test_non_finite_sources_fail_and_exposure_must_be_finite(tmp_path):
+    cfg = pp.PrepareConfig(size=None)
+    for name, fill in (("nan", np.nan), ("inf", np.inf), ("neginf", -np.inf)):
+        write_exr(tmp_path / f"{name}.exr", np.full((8, 16, 3), fill, np.float32))
+        row = pp.process_file(tmp_path / f"{name}.exr", tmp_path / "o" / f"{name}.png", cfg)
+        assert row["status"] == "failed" and "no finite pixel" in row["error"] and f"{name}.exr" in row["error"]
+        assert not (tmp_path / "o" / f"{name}.png").exists()
+    x = np.full((8, 16, 3), np.nan, np.float32)
+    x[3, 5] = 2.0  # one finite pixel is enough: the rest is repaired and counted
+    write_exr(tmp_path / "one.exr", x)
+    row = pp.process_file(tmp_path / "one.exr", tmp_path / "o" / "one.png", cfg)
+    assert row["status"] == "done" and row["nan_pixels"] == 8 * 16 - 1
+    for bad in (float("nan"), float("inf"), -float("inf"), 100.0):
+        with pytest.raises(ValueError, match="exposure"):
+            pp.PrepareConfig(exposure=bad)
+
+
+def test_sixteen_bit_and_grey_pngs_are_scaled_not_clipped(tmp_path):
+    import struct
+    import zlib
+
+    def png16(path, a):
+        h, w = a.shape[:2]
+        c = 1 if a.ndim == 2 else a.shape[2]
+        raw = b"".join(b"\x00" + a[i].astype(">u2").tobytes() for i in range(h))
+        ck = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)  # noqa: E731
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + ck(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2}[c], 0, 0, 0))
+                         + ck(b"IDAT", zlib.compress(raw)) + ck(b"IEND", b""))
+
+    g = (np.arange(8 * 16).reshape(8, 16) * 500).astype(np.uint16)
+    png16(tmp_path / "g16.png", g)
+    row = pp.process_file(tmp_path / "g16.png", tmp_path / "o" / "g16.png", pp.PrepareConfig(size=None))
+    assert row["status"] == "done"
+    got = iio.imread(tmp_path / "o" / "g16.png")
+    want = np.floor(g.astype(np.float64) / 65535 * 255 + 0.5).astype(np.uint8)
+    assert got.shape == (8, 16, 3) and np.abs(got[..., 1].astype(int) - want).max() <= 1
+    assert got.max() > 200  # 16-bit values were scaled by 65535, not clipped at 255
+    png16(tmp_path / "ga16.png", np.stack([g, np.zeros_like(g)], -1))  # grey + (transparent) alpha
+    pp.process_file(tmp_path / "ga16.png", tmp_path / "o" / "ga16.png", pp.PrepareConfig(size=None))
+    assert np.abs(iio.imread(tmp_path / "o" / "ga16.png")[..., 0].astype(int) - want).max() <= 1

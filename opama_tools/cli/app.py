@@ -24,8 +24,10 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":
-    """Print a one-line error to stderr and return the typer.Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print a one-line error to stderr and return the typer.Exit to raise (``message`` is plain text)."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

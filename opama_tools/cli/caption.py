@@ -38,40 +38,44 @@ def caption(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start OUT_JSONL afresh instead of resuming."),
 ) -> None:
+    from rich.markup import escape
+
     from opama_tools.caption import CaptionSettings, load_captioner, run_caption_job, run_metadata_job
+    from opama_tools.io import printable_path
+    from opama_tools.jobs import RESUME_HINT
     from opama_tools.weights import MissingWeightsError
 
     if not pano_dir.is_dir():
-        raise fail(f"{pano_dir}: not a folder", 2)
+        raise fail(f"{printable_path(pano_dir)}: not a folder", 2)
     try:
         settings = CaptionSettings(augment=augment, stride=stride, pitch=pitch, fov=fov, view_size=view_size)
     except ValueError as e:
         raise fail(str(e), 2)
     progress = True
-    if from_metadata is not None:
-        if not from_metadata.is_file():
-            raise fail(f"{from_metadata}: scenes file not found", 2)
-        try:
-            summary = run_metadata_job(pano_dir, out_jsonl, from_metadata, settings, overwrite=overwrite, progress=progress)
-        except ValueError as e:
-            raise fail(str(e), 2)
-    else:
-        try:
+    try:
+        if from_metadata is not None:
+            if not from_metadata.is_file():
+                raise fail(f"{printable_path(from_metadata)}: scenes file not found", 2)
+            summary = run_metadata_job(pano_dir, out_jsonl, from_metadata, settings, overwrite=overwrite,
+                                       progress=progress)
+        else:
             captioner = load_captioner(
                 model, device=device, prompt=prompt, max_new_tokens=max_new_tokens, batch_size=batch_size
             )
-        except MissingWeightsError as e:
-            raise fail(str(e), 2)
-        except ValueError as e:
-            raise fail(str(e), 2)
-        console.print(f"captioner: {captioner.kind} from {captioner.source} on {captioner.device} ({str(captioner.dtype).replace('torch.', '')})",
-                      highlight=False, soft_wrap=True)
-        summary = run_caption_job(pano_dir, out_jsonl, captioner, settings, overwrite=overwrite, progress=progress)
+            console.print(f"captioner: {captioner.kind} from {captioner.source} on {captioner.device} "
+                          f"({str(captioner.dtype).replace('torch.', '')})", highlight=False, soft_wrap=True,
+                          markup=False)
+            summary = run_caption_job(pano_dir, out_jsonl, captioner, settings, overwrite=overwrite, progress=progress)
+    except (ValueError, MissingWeightsError) as e:  # NoInputsError, OutputPathError, bad files: one line
+        raise fail(str(e), 2) from None
     for rel, reason in summary.failures:
-        err_console.print(f"[red]failed[/] {pano_dir / rel}: {reason}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]failed[/] {escape(printable_path(pano_dir / rel))}: {escape(reason)}",
+                          highlight=False, soft_wrap=True)
     console.print(
-        f"{summary.done} done, {summary.skipped} skipped, {summary.failed} failed -> {out_jsonl}", highlight=False,
-        soft_wrap=True,
+        f"{summary.done} done, {summary.skipped} skipped, {summary.failed} failed -> {printable_path(out_jsonl)}",
+        highlight=False, soft_wrap=True, markup=False,
     )
+    if summary.interrupted:
+        err_console.print(f"[yellow]interrupted ({summary.interrupted})[/]: {RESUME_HINT}.", highlight=False)
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)

@@ -9,12 +9,13 @@ from opama_tools.cli.app import app, console, err_console, fail
 
 @app.command(
     help="Cut NFoV views, masks and cube faces from equirectangular panoramas.\n\n"
-    "Writes OUT_DIR/<stem>/view_KK.png (+ mask_KK.png, cube_F..D.png) per panorama and OUT_DIR/views.csv. "
+    "Finds panoramas recursively and writes OUT_DIR/<rel>/<stem>/view_KK.png (+ mask_KK.png, cube_F..D.png) "
+    "per panorama and OUT_DIR/views.csv; re-runs skip panoramas done from the same file with the same settings. "
     "Angles in degrees: yaw 0 = panorama centre, positive yaw turns right, positive pitch looks up.\n\n"
     "Example: opama crop data/laval_png data/views --views aog21 --fov 90 --size 512 --masks"
 )
 def crop(
-    pano_dir: Path = typer.Argument(..., help="Folder of 2:1 equirect panoramas (.png, .jpg; 8 or 16 bit)."),
+    pano_dir: Path = typer.Argument(..., help="Folder of 2:1 equirect panoramas (.png, .jpg; 8 or 16 bit), searched recursively."),
     out_dir: Path = typer.Argument(..., help="Output folder."),
     views: str = typer.Option(
         "aog21", "--views",
@@ -27,39 +28,48 @@ def crop(
     masks: bool = typer.Option(False, "--masks", help="Also write each view's footprint mask on the panorama (0/255)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo panoramas whose outputs already exist."),
 ) -> None:
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from opama_model.views import parse_views
     from opama_tools.crop import CropSettings, find_panoramas, run_crop
+    from opama_tools.io import printable_path
+    from opama_tools.jobs import RESUME_HINT, stop_exit_code
 
     try:
         settings = CropSettings(views=tuple(parse_views(views)), fov=fov, size=size, cube=cube, masks=masks)
     except ValueError as e:
         raise fail(f"--views/--fov/--size/--cube: {e}", 2) from None
     if not pano_dir.is_dir():
-        raise fail(f"{pano_dir}: not a folder", 1)
-    n = len(find_panoramas(pano_dir))
-    if n == 0:
-        raise fail(f"{pano_dir}: no panoramas (*.png, *.jpg, *.jpeg) found", 1)
+        raise fail(f"{printable_path(pano_dir)}: not a folder", 2)
+    n = len(find_panoramas(pano_dir, exclude=out_dir))
 
     def report(path: Path, reason: str) -> None:
-        err_console.print(f"[red]failed[/] {path}: {reason}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]failed[/] {escape(printable_path(path))}: {escape(reason)}", highlight=False,
+                          soft_wrap=True)
 
     with Progress(
         TextColumn("[bold]crop"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.description}"), console=console, transient=False,
     ) as bar:
         task = bar.add_task("", total=n)
-        result = run_crop(
-            pano_dir, out_dir, settings, overwrite=overwrite, on_failure=report,
-            on_progress=lambda k, total, p: bar.update(task, completed=k, description=p.name),
-        )
+        try:
+            result = run_crop(
+                pano_dir, out_dir, settings, overwrite=overwrite, on_failure=report,
+                on_progress=lambda k, total, p: bar.update(task, completed=k, description=escape(printable_path(p.name))),
+            )
+        except (ValueError, FileNotFoundError) as e:
+            bar.stop()
+            raise fail(str(e), 2) from None
     per = len(settings.views) + (6 if settings.cube else 0)
     console.print(
         f"crop: {len(result.done)} done, {len(result.skipped)} skipped, {len(result.failed)} failed "
         f"({len(settings.views)} views{' + 6 cube faces' if settings.cube else ''} per panorama, "
-        f"{per * (len(result.done) + len(result.skipped))} rows in {result.csv})",
-        highlight=False,
+        f"{per * (len(result.done) + len(result.skipped))} rows in {printable_path(result.csv)})",
+        highlight=False, markup=False, soft_wrap=True,
     )
+    if result.interrupted:
+        err_console.print(f"[yellow]interrupted ({result.interrupted})[/]: {RESUME_HINT}.", highlight=False)
+        raise typer.Exit(stop_exit_code(result.interrupted))
     if result.failed:
         raise typer.Exit(1)

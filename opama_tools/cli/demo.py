@@ -25,7 +25,10 @@ def demo(
     if kind not in ("outdoor", "indoor", "random"):
         raise fail(f"--kind must be outdoor, indoor or random, got {kind!r}", 2)
     if data_only is not None:
-        paths = write_synthetic(data_only, n=n, height=height, seed=seed, kind=kind)
+        try:
+            paths = write_synthetic(data_only, n=n, height=height, seed=seed, kind=kind)
+        except ValueError as e:  # unusable folder or scenes.jsonl: one line naming it
+            raise fail(str(e), 2) from None
         console.print(f"wrote {len(paths)} synthetic HDR panoramas and scenes.jsonl to {data_only}")
         return
     try:

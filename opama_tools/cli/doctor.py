@@ -19,10 +19,14 @@ def doctor() -> None:
     table = Table(title="opama doctor: pretrained components (never downloaded)", show_lines=True)
     for col in ("component", "weights", "looked for (flag; env; cache)", "found", "needed by"):
         table.add_column(col, overflow="fold")
+    from rich.markup import escape
+
+    from opama_tools.io import printable_path
+
     rows = component_status()
-    for r in rows:
-        found = f"[green]yes[/] ({r.source}): {r.found}" if r.found else "[red]missing[/]"
-        table.add_row(f"{r.title}\n[dim]{r.key}[/]", r.what, r.looked, found, r.needed_by)
+    for r in rows:  # paths come from the environment: shown as plain text, never as markup
+        found = f"[green]yes[/] ({escape(r.source)}): {escape(printable_path(r.found))}" if r.found else "[red]missing[/]"
+        table.add_row(f"{r.title}\n[dim]{r.key}[/]", r.what, escape(printable_path(r.looked)), found, r.needed_by)
     console.print(table)
     rt = Table(title="runtime", show_header=False)
     rt.add_column("what")

@@ -10,8 +10,9 @@ from opama_tools.cli.app import app, console, err_console, fail
 @app.command(
     help="EXR HDR panoramas (Laval Indoor/Outdoor) → tonemapped PNG panoramas + manifest.csv.\n\n"
     "Reads every .exr (and .png/.jpg, resized only) under SRC_DIR recursively, mirrors the folder "
-    "structure under OUT_DIR, skips outputs that exist (unless --overwrite), and merges one row per "
-    "source into OUT_DIR/manifest.csv. Exit code 1 if any file failed.\n\n"
+    "structure under OUT_DIR, skips sources already done from the same content with the same settings "
+    "(unless --overwrite), and merges one row per source into OUT_DIR/manifest.csv. Exit code 1 if any "
+    "file failed, 2 for a usage error or an empty SRC_DIR, 143 if stopped (re-run to finish).\n\n"
     "Example: opama prepare data/laval_exr data/laval_png --size 1024x2048"
 )
 def prepare(
@@ -21,11 +22,12 @@ def prepare(
     operator: str = typer.Option(
         "percentile", "--operator", help="Tonemap: percentile (AOG-Net's, default), reinhard, aces or exposure."
     ),
-    exposure: float = typer.Option(0.0, "--exposure", help="Exposure in EV (x * 2^EV) applied before the operator."),
+    exposure: float = typer.Option(0.0, "--exposure", help="Exposure in EV (x * 2^EV) applied before the operator; finite, |EV| <= 64."),
     workers: int = typer.Option(0, "--workers", min=0, help="Worker processes (0 = all cores)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist."),
     force_aspect: bool = typer.Option(False, "--force-aspect", help="Resize non-2:1 sources instead of failing them."),
 ) -> None:
+    from opama_tools.jobs import RESUME_HINT, stop_exit_code
     from opama_tools.prepare import PrepareConfig, parse_size, prepare_dataset
     from opama_tools.tonemap import OPERATORS
 
@@ -37,9 +39,13 @@ def prepare(
         raise fail(f"--operator must be one of {', '.join(OPERATORS)}, got {operator!r}", 2)
     if not src_dir.is_dir():
         raise fail(f"{src_dir}: source folder not found", 2)
-    cfg = PrepareConfig(size=out_size, operator=operator, exposure=exposure, force_aspect=force_aspect,
-                        overwrite=overwrite)
+    try:
+        cfg = PrepareConfig(size=out_size, operator=operator, exposure=exposure, force_aspect=force_aspect,
+                            overwrite=overwrite)
+    except ValueError as e:
+        raise fail(str(e), 2)
 
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(
@@ -53,18 +59,22 @@ def prepare(
 
         def on_result(row: dict) -> None:
             if row["status"] == "failed":
-                progress.console.print(f"[red]failed[/] {row['error']}", highlight=False, soft_wrap=True)
+                progress.console.print(f"[red]failed[/] {escape(row['error'])}", highlight=False, soft_wrap=True)
             progress.update(task, advance=1, description=Path(row["source"]).name)
 
-        summary = prepare_dataset(src_dir, out_dir, cfg, workers=workers or None, on_start=on_start,
-                                  on_result=on_result)
+        try:
+            summary = prepare_dataset(src_dir, out_dir, cfg, workers=workers or None, on_start=on_start,
+                                      on_result=on_result)
+        except (ValueError, FileNotFoundError) as e:
+            progress.stop()
+            raise fail(str(e), 2)
 
     console.print(
         f"done {summary.done} / skipped {summary.skipped} / failed {summary.failed}; manifest: {summary.manifest}",
-        highlight=False,
+        highlight=False, soft_wrap=True, markup=False,
     )
     if summary.interrupted:
-        err_console.print(f"[yellow]interrupted ({summary.interrupted})[/]: re-run the same command to finish.")
-        raise typer.Exit(130 if summary.interrupted == "SIGINT" else 143)
+        err_console.print(f"[yellow]interrupted ({summary.interrupted})[/]: {RESUME_HINT}.", highlight=False)
+        raise typer.Exit(stop_exit_code(summary.interrupted))
     if summary.failed:
         raise typer.Exit(1)
