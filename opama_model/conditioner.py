@@ -121,7 +121,12 @@ class OPaMaConditioner(_ConditionerBase):
 
     Output: ``encoder_hidden_states (B, 7 + text_len, cross_attention_dim)`` and the view's GMA
     features per UNet down block. Widths follow the UNet and CLIP configs
-    (:func:`opama_model.presets.conditioner_kwargs`).
+    (:func:`opama_model.presets.conditioner_kwargs`). With the defaults the structure, parameter
+    names per part, shapes and initialisation are the reference's (``docs/fidelity.md``;
+    :func:`opama_model.reference.from_reference_state_dict` loads its checkpoints). Options beyond
+    the reference, off by default: ``gma_residual="standard"`` (one shared residual stream in the
+    GMA instead of the amplified Vision-Mamba sum) and ``gma_ring_scan=True`` (a circular scan
+    along the horizon ring of side faces after each GMA stage).
     """
 
     @register_to_config
@@ -145,6 +150,7 @@ class OPaMaConditioner(_ConditionerBase):
         gma_d_conv: int = 4,
         gma_expand: int = 2,
         gma_ring_scan: bool = False,
+        gma_residual: str = "reference",
     ):
         super().__init__()
         from .gma import GMA
@@ -157,7 +163,7 @@ class OPaMaConditioner(_ConditionerBase):
                        expand=vcr_expand)
         self.gma = GMA(unet_channels, gma_stem_channels, local_depth=gma_local_depth,
                        global_depth=gma_global_depth, global_stages=gma_global_stages, d_state=gma_d_state,
-                       d_conv=gma_d_conv, expand=gma_expand, ring_scan=gma_ring_scan)
+                       d_conv=gma_d_conv, expand=gma_expand, residual=gma_residual, ring_scan=gma_ring_scan)
         self._null_init(cross_attention_dim)
 
     def _branches(self) -> tuple[nn.Module, nn.Module]:
