@@ -129,3 +129,32 @@ def test_sd2_conditioner_parameter_counts_equal_the_reference():
     with torch.device("meta"):
         std = OPaMaConditioner(**conditioner_kwargs("sd2", "opama"), gma_residual="standard")
     assert n(std) == n(m)
+
+
+def test_sd2_aog_parameter_counts_equal_the_reference_less_its_unused_tensors():
+    """AOG-Net's reference (zhuqiangLu/AOG-NET-360) allocates, at SD-2 width 1024: tgt 5 x 1024;
+    adain FF(2048, 512) x 2 + Linear(2048, 1024) + FF(1024, 512) x 2; 2 type rows; pos_embed
+    200 x 1024; projector = CusTransformer(1024, depth 8): per layer 3 LayerNorms, self- and
+    cross-attention (4 bias-free 1024^2 linears each), FF(1024, 1024); the diffusers T2IAdapter;
+    adapter_transformer = CusTransformer(1280, depth 8); uncond_embed 77 x 1024. opama leaves out
+    what the reference never reads: the projector's cross-attention and the LayerNorm after it (it
+    is never given a memory),
+    pos_embed rows 88-199 and uncond_embed rows 5-76."""
+    from diffusers import T2IAdapter
+
+    from opama_model.conditioner import AOGConditioner
+
+    d = 1024
+
+    def cus_transformer(dim, depth, cross=True):
+        return depth * (3 * 2 * dim + (2 if cross else 1) * 4 * dim * dim + 2 * dim * dim)
+
+    with torch.device("meta"):
+        adapter = sum(p.numel() for p in T2IAdapter(in_channels=5).parameters())
+        m = AOGConditioner(**conditioner_kwargs("sd2", "aog"))
+    reference = (5 * d + 2 * (2 * 2 * d * 512) + (2 * d * d + d) + 2 * (2 * d * 512) + 2 * d + 200 * d
+                 + cus_transformer(d, 8) + adapter + cus_transformer(1280, 8) + 77 * d)
+    unused = 8 * (4 * d * d + 2 * d) + (200 - 88) * d + (77 - 5) * d  # cross-attention + its LayerNorm
+    assert sum(p.numel() for p in m.parameters()) == reference - unused
+    assert sum(p.numel() for p in m.global_branch.transformer.parameters()) == cus_transformer(d, 8, cross=False)
+    assert sum(p.numel() for p in m.local_branch.fusion.parameters()) == cus_transformer(1280, 8)
