@@ -147,7 +147,7 @@ def test_sd2_aog_parameter_counts_equal_the_reference_less_its_unused_tensors():
     d = 1024
 
     def cus_transformer(dim, depth, cross=True):
-        return depth * (3 * 2 * dim + (2 if cross else 1) * 4 * dim * dim + 2 * dim * dim)
+        return depth * ((3 if cross else 2) * 2 * dim + (2 if cross else 1) * 4 * dim * dim + 2 * dim * dim)
 
     with torch.device("meta"):
         adapter = sum(p.numel() for p in T2IAdapter(in_channels=5).parameters())
