@@ -9,7 +9,8 @@ Both take, per sample,
 * ``text_hidden_states``: ``(B, 77, E_txt)`` CLIP text hidden states of the caption,
 * ``unconditional``: optional ``(B,)`` bool (or one bool for the whole batch). As in the
   OPa-Ma reference, the null condition of classifier-free guidance is ``NUM_NULL_TOKENS`` (7)
-  learned tokens used as the *whole* ``encoder_hidden_states``: the global branch (VCR /
+  learned tokens (AOG-Net: ``num_queries`` = 5, as its reference) used as the *whole*
+  ``encoder_hidden_states``: the global branch (VCR /
   AOG transformer), the text and the image embeddings are bypassed for those samples. The
   adapter residuals from ``images`` are computed for every sample (the reference feeds the
   same adapter features to its conditional and unconditional UNet passes),
@@ -74,12 +75,14 @@ class _ConditionerBase(ModelMixin, ConfigMixin):
         """``(global, local)``: tokens from ``(image_embeds, text_hidden_states)``; residuals from ``images``."""
         raise NotImplementedError
 
-    def _null_init(self, dim: int) -> None:
-        # nn.Embedding's default initialisation, N(0, 1), as the reference's ``uncond_embed``.
-        self.null_tokens = nn.Parameter(torch.randn(NUM_NULL_TOKENS, dim))
+    def _null_init(self, dim: int, rows: int = NUM_NULL_TOKENS) -> None:
+        # nn.Embedding's default initialisation, N(0, 1), as the references' ``uncond_embed``
+        # (OPa-Ma reads its rows 0-6, AOG-Net its rows 0-4: one per query token).
+        self.null_tokens = nn.Parameter(torch.randn(rows, dim))
 
     def null_condition(self, batch_size: int) -> torch.Tensor:
-        """The learned null condition ``(batch_size, 7, cross_attention_dim)`` (no inputs needed)."""
+        """The learned null condition ``(batch_size, 7, cross_attention_dim)`` (no inputs needed;
+        AOG-Net: ``num_queries`` rows)."""
         return self.null_tokens.unsqueeze(0).expand(batch_size, -1, -1)
 
     @staticmethod
@@ -121,7 +124,12 @@ class OPaMaConditioner(_ConditionerBase):
 
     Output: ``encoder_hidden_states (B, 7 + text_len, cross_attention_dim)`` and the view's GMA
     features per UNet down block. Widths follow the UNet and CLIP configs
-    (:func:`opama_model.presets.conditioner_kwargs`).
+    (:func:`opama_model.presets.conditioner_kwargs`). With the defaults the structure, parameter
+    names per part, shapes and initialisation are the reference's (``docs/fidelity.md``;
+    :func:`opama_model.reference.from_reference_state_dict` loads its checkpoints). Options beyond
+    the reference, off by default: ``gma_residual="standard"`` (one shared residual stream in the
+    GMA instead of the amplified Vision-Mamba sum) and ``gma_ring_scan=True`` (a circular scan
+    along the horizon ring of side faces after each GMA stage).
     """
 
     @register_to_config
@@ -145,6 +153,7 @@ class OPaMaConditioner(_ConditionerBase):
         gma_d_conv: int = 4,
         gma_expand: int = 2,
         gma_ring_scan: bool = False,
+        gma_residual: str = "reference",
     ):
         super().__init__()
         from .gma import GMA
@@ -157,7 +166,7 @@ class OPaMaConditioner(_ConditionerBase):
                        expand=vcr_expand)
         self.gma = GMA(unet_channels, gma_stem_channels, local_depth=gma_local_depth,
                        global_depth=gma_global_depth, global_stages=gma_global_stages, d_state=gma_d_state,
-                       d_conv=gma_d_conv, expand=gma_expand, ring_scan=gma_ring_scan)
+                       d_conv=gma_d_conv, expand=gma_expand, residual=gma_residual, ring_scan=gma_ring_scan)
         self._null_init(cross_attention_dim)
 
     def _branches(self) -> tuple[nn.Module, nn.Module]:
@@ -169,6 +178,8 @@ class AOGConditioner(_ConditionerBase):
 
     Output: ``encoder_hidden_states (B, num_queries + text_len, cross_attention_dim)`` and the
     view's adapter features per UNet down block (the last level fused with the cube faces).
+    As in AOG-Net's reference code (:mod:`opama_model.aog`), its null condition is
+    ``num_queries`` (5) learned tokens, not 7: ``null_tokens`` is ``(num_queries, dim)``.
     """
 
     @register_to_config
@@ -185,16 +196,19 @@ class AOGConditioner(_ConditionerBase):
         global_heads: int = 8,
         adapter_num_res_blocks: int = 2,
         fusion_heads: int = 8,
-        fusion_depth: int = 1,
+        fusion_depth: int = 8,
+        query_mlp_hidden: int = 512,
+        query_dropout: float = 0.2,
     ):
         super().__init__()
         self.global_branch = AOGGlobalTransformer(cross_attention_dim, image_embed_dim, text_embed_dim,
                                                   num_images=NUM_IMAGES, text_len=text_len,
-                                                  num_queries=num_queries, depth=global_depth, heads=global_heads)
+                                                  num_queries=num_queries, depth=global_depth, heads=global_heads,
+                                                  mlp_hidden=query_mlp_hidden, dropout=query_dropout)
         self.local_branch = AOGLocalAdapter(unet_channels, num_res_blocks=adapter_num_res_blocks,
                                             downscale_factor=downscale_factor, fusion_heads=fusion_heads,
                                             fusion_depth=fusion_depth, num_images=NUM_IMAGES)
-        self._null_init(cross_attention_dim)
+        self._null_init(cross_attention_dim, num_queries)
 
     def _branches(self) -> tuple[nn.Module, nn.Module]:
         return self.global_branch, self.local_branch

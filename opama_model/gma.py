@@ -1,4 +1,4 @@
-"""Global-local Mamba Adapter (GMA) of OPa-Ma, as the reference code builds it.
+"""Global-local Mamba Adapter (GMA) of OPa-Ma, as the reference code (``MambaAdapter``) builds it.
 
 Input: 7 images, the 6 cube faces of the current panorama (``spherical.CUBE_FACES`` order:
 F, R, B, L, U, D) then the current view, each with 5 channels: RGB in [-1, 1], latitude and
@@ -6,22 +6,34 @@ longitude of the pixel centre in radians (:func:`build_gma_input`).
 
 Structure (reference defaults; SD-2 sizes in brackets):
 
-* stem: ``len(stem_channels)`` stride-2 3x3 convs with channel LayerNorm + SiLU between them
-  [5 -> 80 -> 160 -> 320, x8: 512 px -> 64x64], then a learned per-image embedding;
+* stem: ``len(stem_channels)`` stride-2 3x3 convs [5 -> 80 -> 160 -> 320, x8: 512 px -> 64x64]
+  with :class:`ImageNorm` + SiLU between them, then a learned per-image embedding
+  ``image_embed (7, C0)`` (truncated normal, std 0.02) added to every pixel;
 * stages ``k = 0..S-1`` with ``channels[k]`` (the UNet's down-block channels) [320, 640, 1280,
-  1280 at 64, 32, 16, 8]: between stages avg-pool x2 and a 1x1 conv; in each stage
-  ``local_depth`` bidirectional Mamba layers over each image's ``h*w`` raster-ordered tokens
-  (forward and flipped scans, separate weights, summed; pre-norm residual), and in the
-  ``global_stages`` (default: all but the first) ``global_depth`` Mamba layers across the 7
-  images at every spatial position (sequence length 7, view last, so the view's token has
-  seen all faces);
+  1280 at 64, 32, 16, 8]: from the second stage on avg-pool x2 (``ceil_mode``), and a 1x1 conv
+  ``in_conv`` only where the channel count changes [before stages 2 and 3]. Then ``local_depth``
+  *pairs* of mamba-ssm ``Block``\\ s (add residual -> LayerNorm -> Mamba; :class:`MambaBlock`)
+  over each image's ``h*w`` raster-ordered tokens: ``layers[2i]`` scans forward and
+  ``layers[2i+1]`` scans the flipped sequence, both on the same input. In the global stages
+  (default all but the first) the first ``global_depth`` pairs get a third parallel block
+  ``cross[i]`` that scans across the 7 images at every spatial position (sequence of length 7,
+  the view last, so the view's token has seen all faces). After each pair the branches' hidden
+  outputs are summed (flipped ones flipped back), and so are their *residual* outputs
+  (Vision-Mamba style, ``residual="reference"``): the skip path is amplified, so with zeroed
+  mixers a stage returns 4x its input with two pairs, 9x with two pairs plus the cross-image
+  blocks. A stage outputs ``residual + hidden``, which is also the next stage's input.
 * output: the view's slice of every stage ``(B, channels[k], h_k, w_k)``, added to the UNet's
   down blocks as ``down_intrablock_additional_residuals`` (no zero-conv).
 
-Beyond the reference (off by default): ``ring_scan=True`` adds, in every stage, a circular
-Mamba layer along the horizon ring: each row of the 4 side faces F -> R -> B -> L -> (F) is
-one sequence of ``4 w`` tokens scanned with ``circular=True``, so neighbouring faces, and the
-+-180 degree seam inside face B, are connected and no face edge is a scan boundary.
+Beyond the reference (off by default, see ``docs/fidelity.md``):
+
+* ``residual="standard"``: one shared residual stream (the residual after a pair is the input
+  residual plus the previous hidden output, counted once, not once per branch): zeroed mixers
+  give the identity.
+* ``ring_scan=True``: after each stage a pre-norm residual circular Mamba layer along the
+  horizon ring: each row of the 4 side faces F -> R -> B -> L -> (F) is one sequence of ``4 w``
+  tokens scanned with ``circular=True``, so neighbouring faces, and the +-180 degree seam inside
+  face B, are connected and no face edge is a scan boundary.
 """
 
 from __future__ import annotations
@@ -32,14 +44,16 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .mamba import Mamba
+from .mamba import Mamba, MambaBlock
 from .spherical import CUBE_YAW_PITCH, dir_to_lonlat, perspective_directions
 
-__all__ = ["GMA", "gma_coordinates", "build_gma_input", "NUM_IMAGES", "VIEW_INDEX"]
+__all__ = ["GMA", "ImageNorm", "gma_coordinates", "build_gma_input", "NUM_IMAGES", "VIEW_INDEX",
+           "RESIDUAL_MODES"]
 
 NUM_IMAGES = 7
 VIEW_INDEX = 6
 SIDE_FACES = (0, 1, 2, 3)  # F, R, B, L: yaw 0, 90, 180, -90, a ring turning right
+RESIDUAL_MODES = ("reference", "standard")
 
 
 @lru_cache(maxsize=8)
@@ -79,67 +93,93 @@ def build_gma_input(faces: torch.Tensor, view: torch.Tensor, yaw, pitch, fov) ->
     return torch.cat((rgb, ll), dim=2)
 
 
-class _ChannelNorm(nn.LayerNorm):
-    """LayerNorm over the channels of ``(N, C, H, W)``."""
+class ImageNorm(nn.Module):
+    """The reference GMA stem's "LayerNorm": each sample of ``(N, C, H, W)`` is normalised over
+    all of ``C x H x W`` with its mean and its *unbiased* standard deviation, ``eps`` added to
+    the std (not the variance), then a per-channel affine ``gamma * x + beta`` with
+    ``gamma ~ U[0, 1)``, ``beta = 0`` at initialisation."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.empty(num_features).uniform_())
+        self.beta = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        flat = x.reshape(x.shape[0], -1)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        mean = flat.mean(1).view(shape)
+        std = flat.std(1).view(shape)  # unbiased
+        y = (x - mean) / (std + self.eps)
+        affine = (1, -1) + (1,) * (x.ndim - 2)
+        return y * self.gamma.view(affine) + self.beta.view(affine)
 
 
-class _MambaLayer(nn.Module):
-    """Pre-norm residual Mamba layer ``x + Mamba(LN(x)) [+ flip(Mamba_b(flip(LN(x))))]`` on ``(N, L, C)``."""
+class _RingLayer(nn.Module):
+    """Pre-norm residual circular Mamba layer ``x + Mamba(LN(x))`` on ``(N, L, C)`` (beyond the reference)."""
 
-    def __init__(self, dim: int, *, bidirectional: bool = False, circular: bool = False, **mamba_kw):
+    def __init__(self, dim: int, **mamba_kw):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.fwd = Mamba(dim, circular=circular, **mamba_kw)
-        self.bwd = Mamba(dim, circular=circular, **mamba_kw) if bidirectional else None
+        self.mixer = Mamba(dim, circular=True, **mamba_kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm(x)
-        out = self.fwd(y)
-        if self.bwd is not None:
-            out = out + self.bwd(y.flip(1)).flip(1)
-        return x + out
+        return x + self.mixer(self.norm(x))
 
 
 class _Stage(nn.Module):
-    def __init__(self, in_ch: int, ch: int, *, first: bool, local_depth: int, global_depth: int,
-                 ring: bool, mamba_kw: dict):
+    """One ``MAdapterBlock`` of the reference: ``(B, 7, C_in, h, w)`` -> ``(B, 7, C, h', w')``."""
+
+    def __init__(self, in_ch: int, ch: int, *, down: bool, pairs: int, cross: int, ring: bool,
+                 residual: str, mamba_kw: dict):
         super().__init__()
-        self.down = None if first else nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(in_ch, ch, 1))
-        self.local_layers = nn.ModuleList(
-            _MambaLayer(ch, bidirectional=True, **mamba_kw) for _ in range(local_depth))
-        self.ring_layer = _MambaLayer(ch, circular=True, **mamba_kw) if ring else None
-        self.global_layers = nn.ModuleList(_MambaLayer(ch, **mamba_kw) for _ in range(global_depth))
+        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True) if down else None
+        self.in_conv = nn.Conv2d(in_ch, ch, 1) if in_ch != ch else None
+        self.layers = nn.ModuleList(MambaBlock(ch, **mamba_kw) for _ in range(2 * pairs))
+        self.cross = nn.ModuleList(MambaBlock(ch, **mamba_kw) for _ in range(cross))
+        self.ring = _RingLayer(ch, **mamba_kw) if ring else None
+        self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 7, C_in, h, w)`` -> ``(B, 7, C, h', w')``."""
         b, n = x.shape[:2]
-        if self.down is not None:
-            x = self.down(x.flatten(0, 1)).unflatten(0, (b, n))
-        c, h, w = x.shape[2:]
-        t = x.permute(0, 1, 3, 4, 2)  # (B, 7, h, w, C)
-        if self.local_layers:
-            s = t.reshape(b * n, h * w, c)
-            for layer in self.local_layers:
-                s = layer(s)
-            t = s.view(b, n, h, w, c)
-        if self.ring_layer is not None:
-            side = t[:, list(SIDE_FACES)]  # (B, 4, h, w, C)
-            r = side.permute(0, 2, 1, 3, 4).reshape(b * h, len(SIDE_FACES) * w, c)
-            r = self.ring_layer(r).view(b, h, len(SIDE_FACES), w, c).permute(0, 2, 1, 3, 4)
-            t = torch.cat((r, t[:, len(SIDE_FACES):]), dim=1)
-        if self.global_layers:
-            g = t.permute(0, 2, 3, 1, 4).reshape(b * h * w, n, c)
-            for layer in self.global_layers:
-                g = layer(g)
-            t = g.view(b, h, w, n, c).permute(0, 3, 1, 2, 4)
-        return t.permute(0, 1, 4, 2, 3)
+        x = x.flatten(0, 1)
+        if self.pool is not None:
+            x = self.pool(x)
+        if self.in_conv is not None:
+            x = self.in_conv(x)
+        c, h, w = x.shape[1:]
+        hidden = x.flatten(2).transpose(1, 2)  # (B n, h w, C), raster order
+
+        def to_cross(t):  # (B n, hw, C) -> (B hw, n, C): the 7 images at each position, view last
+            return t.reshape(b, n, h * w, c).transpose(1, 2).reshape(b * h * w, n, c)
+
+        def from_cross(t):
+            return t.reshape(b, h * w, n, c).transpose(1, 2).reshape(b * n, h * w, c)
+
+        residual = None
+        for i in range(len(self.layers) // 2):
+            hf, rf = self.layers[2 * i](hidden, residual)
+            hb, rb = self.layers[2 * i + 1](hidden.flip(1), None if residual is None else residual.flip(1))
+            new_hidden = hf + hb.flip(1)
+            new_residual = rf + rb.flip(1) if self.residual == "reference" else rf
+            if i < len(self.cross):
+                hn, rn = self.cross[i](to_cross(hidden), None if residual is None else to_cross(residual))
+                new_hidden = new_hidden + from_cross(hn)
+                if self.residual == "reference":
+                    new_residual = new_residual + from_cross(rn)
+            hidden, residual = new_hidden, new_residual
+        out = hidden if residual is None else residual + hidden
+        if self.ring is not None:
+            t = out.reshape(b, n, h, w, c)
+            k = len(SIDE_FACES)
+            r = t[:, :k].permute(0, 2, 1, 3, 4).reshape(b * h, k * w, c)  # rows of F R B L end to end
+            r = self.ring(r).reshape(b, h, k, w, c).permute(0, 2, 1, 3, 4)
+            out = torch.cat((r, t[:, k:]), dim=1)
+        return out.reshape(b, n, h, w, c).permute(0, 1, 4, 2, 3)
 
 
 class GMA(nn.Module):
-    """Global-local Mamba Adapter.
+    """Global-local Mamba Adapter (the reference's ``MambaAdapter``; module doc for the structure).
 
     Args:
         channels: channels per stage (the UNet's down-block channels, e.g. 320, 640, 1280, 1280).
@@ -147,38 +187,48 @@ class GMA(nn.Module):
             the stem down-samples by ``2 ** len(stem_channels)`` (the VAE factor).
         in_channels: 5 (RGB + latitude + longitude).
         num_images: 7 (6 cube faces then the view).
-        local_depth: bidirectional per-image Mamba layers per stage (2).
-        global_depth: cross-image Mamba layers per global stage (2).
-        global_stages: stage indices with the global step (default: all but the first).
+        local_depth: pairs (forward + flipped block) per stage (2).
+        global_depth: how many of a global stage's pairs get a parallel cross-image block
+            (2 = all, as the reference; at most ``local_depth``).
+        global_stages: stage indices with cross-image blocks (default: all but the first).
         d_state, d_conv, expand: Mamba sizes (16, 4, 2).
+        residual: ``"reference"`` (residual outputs of parallel branches summed) or
+            ``"standard"`` (one shared residual stream; beyond the reference).
         ring_scan: add a circular scan along the horizon ring of side faces (beyond the reference).
     """
 
     def __init__(self, channels: Sequence[int] = (320, 640, 1280, 1280), stem_channels: Sequence[int] = (80, 160, 320),
                  *, in_channels: int = 5, num_images: int = NUM_IMAGES, local_depth: int = 2,
                  global_depth: int = 2, global_stages: Sequence[int] | None = None, d_state: int = 16,
-                 d_conv: int = 4, expand: int = 2, ring_scan: bool = False):
+                 d_conv: int = 4, expand: int = 2, residual: str = "reference", ring_scan: bool = False):
         super().__init__()
         channels = [int(c) for c in channels]
         stem_channels = [int(c) for c in stem_channels]
         if not stem_channels or stem_channels[-1] != channels[0]:
             raise ValueError(f"the stem must end at channels[0]={channels[0]}, got {stem_channels}")
+        if residual not in RESIDUAL_MODES:
+            raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+        if not 0 <= global_depth <= local_depth:
+            raise ValueError(f"global_depth ({global_depth}) must be between 0 and local_depth ({local_depth}):"
+                             " each cross-image block runs in parallel with one forward/flipped pair")
         layers: list[nn.Module] = []
         prev = in_channels
         for i, c in enumerate(stem_channels):
             layers.append(nn.Conv2d(prev, c, 3, stride=2, padding=1))
             if i < len(stem_channels) - 1:
-                layers += [_ChannelNorm(c), nn.SiLU()]
+                layers += [ImageNorm(c), nn.SiLU()]
             prev = c
         self.stem = nn.Sequential(*layers)
-        self.image_embed = nn.Parameter(torch.randn(num_images, channels[0]) * 0.02)
+        self.image_embed = nn.Parameter(torch.empty(num_images, channels[0]))
+        nn.init.trunc_normal_(self.image_embed, std=0.02)
         if global_stages is None:
             global_stages = range(1, len(channels))
         global_stages = set(int(k) for k in global_stages)
         mamba_kw = dict(d_state=d_state, d_conv=d_conv, expand=expand)
         self.stages = nn.ModuleList(
-            _Stage(channels[k - 1] if k else channels[0], c, first=k == 0, local_depth=local_depth,
-                   global_depth=global_depth if k in global_stages else 0, ring=ring_scan, mamba_kw=mamba_kw)
+            _Stage(channels[k - 1] if k else channels[0], c, down=k > 0, pairs=local_depth,
+                   cross=global_depth if k in global_stages else 0, ring=ring_scan, residual=residual,
+                   mamba_kw=mamba_kw)
             for k, c in enumerate(channels)
         )
         self.num_images = num_images

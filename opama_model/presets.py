@@ -82,7 +82,8 @@ PRESETS: dict[str, Preset] = {
         pretrained=False,
         vcr=dict(depth=2, d_state=8, d_conv=4, expand=2),
         gma=dict(stem_channels=(16, 32), local_depth=1, global_depth=1, d_state=8, d_conv=4, expand=2),
-        aog=dict(num_queries=5, global_depth=2, global_heads=4, num_res_blocks=1, fusion_heads=4, fusion_depth=1),
+        aog=dict(num_queries=5, global_depth=2, global_heads=4, num_res_blocks=1, fusion_heads=4, fusion_depth=1,
+                 query_mlp_hidden=64),
     ),
     "sd2": Preset(
         name="sd2",
@@ -91,7 +92,7 @@ PRESETS: dict[str, Preset] = {
         pretrained=True,
         vcr=dict(depth=8, d_state=16, d_conv=4, expand=2),
         gma=dict(stem_channels=(80, 160, 320), local_depth=2, global_depth=2, d_state=16, d_conv=4, expand=2),
-        aog=dict(num_queries=5, global_depth=8, global_heads=8, num_res_blocks=2, fusion_heads=8, fusion_depth=1),
+        aog=dict(num_queries=5, global_depth=8, global_heads=8, num_res_blocks=2, fusion_heads=8, fusion_depth=8),
     ),
 }
 
@@ -156,7 +157,7 @@ def conditioner_kwargs(preset: str | Preset, kind: str = "opama", *, unet_config
             common,
             num_queries=a["num_queries"], global_depth=a["global_depth"], global_heads=a["global_heads"],
             adapter_num_res_blocks=a["num_res_blocks"], fusion_heads=a["fusion_heads"],
-            fusion_depth=a["fusion_depth"],
+            fusion_depth=a["fusion_depth"], query_mlp_hidden=a.get("query_mlp_hidden", 512),
         )
     raise ValueError(f"unknown conditioner kind {kind!r}; choose 'opama' or 'aog'")
 

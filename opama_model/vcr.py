@@ -2,14 +2,19 @@
 
 Tokens: 1 pooled CLIP image embedding of the current view, 6 pooled CLIP image embeddings
 of the current panorama's cube faces, and the 77 CLIP text hidden states (84 tokens).
-Learned type embeddings (one per visual token, one per text position) are added, the
-sequence runs through ``depth`` one-directional Mamba blocks ("add residual -> LayerNorm
--> Mamba") and a final LayerNorm, and every token is output as
+Learned type embeddings (``vision_embedding (7, dim)``, one per visual token, and
+``text_embedding (77, dim)``, one per text position; N(0, 1) like the reference's
+``nn.Embedding``) are added, the sequence runs through ``depth`` one-directional mamba-ssm
+``Block``\\ s ("add residual -> LayerNorm -> Mamba", :class:`~opama_model.mamba.MambaBlock`),
+and ``h = residual + hidden`` of the last block goes straight (no final norm, as the
+reference's ``CusMamba``) to
 
-    cond = a * Linear(h) + (1 - a) * input,   a = sigmoid(g),  g = Linear(dim -> 1, no bias)(h)
+    cond = a * proj(h) + (1 - a) * input,   a = sigmoid(gate(h)),  gate = Linear(dim -> 1, no bias)
 
-with ``g``'s weight initialised to zero (so ``a = 0.5`` at the start). ``input`` is the token
-before the type embeddings (projected to ``dim`` when the CLIP widths differ from it).
+with ``gate``'s weight initialised to zero (so ``a = 0.5`` at the start) and ``proj`` a
+``Linear(dim, dim)`` with PyTorch's default init. ``input`` is the token *before* the type
+embeddings (projected to ``dim`` by ``image_proj`` / ``text_proj`` when the CLIP widths differ
+from it; at SD-2 sizes both are the identity, as in the reference).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ __all__ = ["VCR"]
 
 
 class VCR(nn.Module):
-    """Visual-textual Consistency Refiner.
+    """Visual-textual Consistency Refiner (the reference's ``projector`` + type embeddings).
 
     Args:
         dim: model and output width (the UNet's cross-attention dim, 1024 for SD-2).
@@ -39,15 +44,14 @@ class VCR(nn.Module):
         super().__init__()
         self.image_proj = nn.Linear(image_dim, dim) if image_dim != dim else nn.Identity()
         self.text_proj = nn.Linear(text_dim, dim) if text_dim != dim else nn.Identity()
-        self.image_type = nn.Parameter(torch.randn(num_images, dim) * 0.02)
-        self.text_type = nn.Parameter(torch.randn(text_len, dim) * 0.02)
-        self.blocks = nn.ModuleList(
+        self.vision_embedding = nn.Parameter(torch.randn(num_images, dim))
+        self.text_embedding = nn.Parameter(torch.randn(text_len, dim))
+        self.layers = nn.ModuleList(
             MambaBlock(dim, d_state=d_state, d_conv=d_conv, expand=expand) for _ in range(depth)
         )
-        self.norm_f = nn.LayerNorm(dim)
-        self.out_proj = nn.Linear(dim, dim)
         self.gate = nn.Linear(dim, 1, bias=False)
         nn.init.zeros_(self.gate.weight)
+        self.proj = nn.Linear(dim, dim)
         self.num_images = num_images
         self.text_len = text_len
 
@@ -60,10 +64,10 @@ class VCR(nn.Module):
                 f"{image_embeds.shape[1]} and {text_hidden_states.shape[1]}"
             )
         x = torch.cat((self.image_proj(image_embeds), self.text_proj(text_hidden_states)), dim=1)
-        hidden = x + torch.cat((self.image_type, self.text_type), dim=0)
+        hidden = x + torch.cat((self.vision_embedding, self.text_embedding), dim=0)
         residual = None
-        for blk in self.blocks:
+        for blk in self.layers:
             hidden, residual = blk(hidden, residual)
-        h = self.norm_f(hidden + residual if residual is not None else hidden)
+        h = hidden if residual is None else residual + hidden
         a = torch.sigmoid(self.gate(h))
-        return a * self.out_proj(h) + (1 - a) * x
+        return a * self.proj(h) + (1 - a) * x

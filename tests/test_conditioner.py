@@ -1,6 +1,7 @@
 """Conditioners on the tiny preset: full forward with the UNet, training signal, CFG, save/load."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -137,3 +138,48 @@ def test_save_pretrained_round_trip_bit_for_bit(comps, tmp_path, cls):
     with torch.no_grad():
         e = d.conditioner(images, embeds, text, unconditional=uncond)
     torch.testing.assert_close(a.encoder_hidden_states, e.encoder_hidden_states, rtol=1e-5, atol=1e-6)
+
+
+def test_aog_matches_its_reference_structure():
+    """AOG-Net (zhuqiangLu/AOG-NET-360): queries = MLP(query ++ view embedding); the sequence
+    [queries, faces + vision type, text + text type] + positions through post-norm self-attention
+    layers; output = query outputs ++ the raw text; null condition = 5 tokens; the view's last
+    adapter level attends to the faces' (and only that level sees them)."""
+    torch.manual_seed(0)
+    m = AOGConditioner(**conditioner_kwargs("tiny", "aog")).eval()
+    assert tuple(m.null_tokens.shape) == (5, 32)
+    g = m.global_branch
+    img, txt = torch.randn(2, 7, 32), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        out = g(img, txt)
+        assert out.shape == (2, 82, 32) and torch.equal(out[:, 5:], txt)
+        # the formula, written out with the module's weights (post-norm: LN after each residual add)
+        q = g.query_mlp(torch.cat((g.queries.expand(2, -1, -1), img[:, :1].expand(-1, 5, -1)), dim=-1))
+        x = torch.cat((q, img[:, 1:] + g.vision_embedding, txt + g.text_embedding), dim=1) + g.pos_embed
+        for layer in g.transformer.layers:
+            a = layer["attn"]
+            heads = a.heads
+
+            def split(t):
+                return t.view(2, -1, heads, 32 // heads).transpose(1, 2)
+
+            w = torch.softmax(split(a.to_q(x)) @ split(a.to_k(x)).transpose(-1, -2) / math.sqrt(32 // heads), -1)
+            x = layer["norm1"](a.to_out((w @ split(a.to_v(x))).transpose(1, 2).reshape(2, -1, 32)) + x)
+            x = layer["norm3"](layer["ff"](x) + x)
+        torch.testing.assert_close(out[:, :5], x[:, :5], rtol=1e-5, atol=1e-5)
+        # the view reaches the output through the queries; the faces through the sequence
+        img2 = img.clone()
+        img2[:, 0] += 1
+        assert (g(img2, txt)[:, :5] - out[:, :5]).abs().amax() > 1e-4
+        loc = m.local_branch
+        images = torch.randn(1, 7, 5, 64, 64)
+        res = loc(images)
+        alone = loc.adapter(images[:, -1])
+        for r, a in zip(res[:-1], alone[:-1], strict=True):  # batch of 7 vs 1: conv rounding differs
+            torch.testing.assert_close(r, a, rtol=1e-5, atol=1e-5)
+        images2 = images.clone()
+        images2[:, 2] += 1  # face B
+        res2 = loc(images2)
+        for r, a in zip(res2[:-1], res[:-1], strict=True):
+            torch.testing.assert_close(r, a, rtol=1e-5, atol=1e-5)
+        assert (res2[-1] - res[-1]).abs().amax() > 1e-5

@@ -15,6 +15,7 @@ from opama_tools.cli import (  # noqa: E402,F401
     evaluate,
     demo,
     doctor,
+    convert_reference,
 )
 
 __all__ = ["app", "main"]
