@@ -1,22 +1,90 @@
-"""``opama demo``: the whole pipeline on synthetic data and the tiny preset, no downloads.
+"""``opama demo``: the whole mission end to end on synthetic data and the tiny preset.
 
-Each stage runs the real ``opama`` subcommand (same code path as a user typing it), on
-the folders of the stage before. Stages whose command has not landed are listed as not
-built yet (never faked). Re-running the demo skips work already done, like every batch job.
+Stages (each one runs the real ``opama`` subcommand, the same code a user types; nothing is
+demo-only except choosing the folders and drawing the final page):
+
+1. synthetic HDR panoramas (indoor and outdoor EXR), a training and a held-out test set;
+2. ``prepare`` -> 8-bit PNG at the tiny canvas size;
+3. ``caption --from-metadata`` (BLIP instead when a BLIP model is found locally);
+4. the test panoramas' input views (yaw 0, pitch 0, fov 90) and a batch CSV;
+5. ``train`` of the tiny preset (conditioner + UNet, after a short VAE warm-up: the tiny
+   backbone is random), optionally the AOG-Net conditioner too;
+6. ``outpaint`` of the test inputs with their captions: trained and untrained model, ``fast``
+   and ``reference`` procedures, plus the input-only baseline;
+7. ``eval`` of each against the held-out references and ``eval compare``;
+8. ``report.html``: inputs, outpainted panoramas (with the drag-to-look viewer), references,
+   the comparison table with bootstrap intervals, fast vs reference time, the loss curve.
+
+Everything stays under ``--out``. A re-run with the same settings resumes: every command
+skips what it already finished (keyed on its inputs' content). Other settings start afresh
+(the demo's own folders are cleared first, so no stale panorama or report survives).
 """
 
 from __future__ import annotations
 
+import csv
+import html
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from opama_tools.io import atomic_path, atomic_write_text
 from opama_tools.synthetic import generate_dataset
 
 console = Console()
+
+__all__ = ["DemoSettings", "DemoError", "run_demo", "write_synthetic", "run_cli", "FAST", "STAGES"]
+
+SETTINGS_FILE = "demo.json"
+OWNED = ("exr", "png", "captions", "inputs", "runs", "gen", "reports", "report.html", "report_assets",
+         "stages.json", SETTINGS_FILE)
+STAGES = ("data", "prepare", "caption", "inputs", "train", "outpaint", "eval", "report")
+
+
+class DemoError(RuntimeError):
+    """A stage failed (message names the stage and its exit code)."""
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo does. Sizes: the tiny preset's views are 64 px at fov 90, so a 128 x 256
+    canvas samples the views at their own resolution."""
+
+    out: str = "opama-demo"
+    n_train: int = 24
+    n_test: int = 6
+    steps: int = 600
+    vae_steps: int = 300
+    height: int = 128
+    seed: int = 0
+    batch_size: int = 4
+    lr: float = 1e-3
+    outpaint_steps: int | None = None
+    procedures: tuple[str, ...] = ("fast", "reference")
+    aog: bool = False
+    bootstrap: int = 1000
+
+    @property
+    def width(self) -> int:
+        return 2 * self.height
+
+    def key(self) -> dict:
+        d = asdict(self)
+        d.pop("out")
+        d["procedures"] = list(self.procedures)
+        return d
+
+
+FAST = dict(n_train=4, n_test=2, steps=40, vae_steps=40, procedures=("fast",), outpaint_steps=4, bootstrap=200)
+"""``--fast`` overrides: a smoke run of every stage (under 2 minutes on 2 cores), not a result."""
 
 
 def write_synthetic(out_dir: str | Path, n: int, height: int = 256, seed: int = 0, kind: str = "random") -> list[Path]:
@@ -33,12 +101,12 @@ def write_synthetic(out_dir: str | Path, n: int, height: int = 256, seed: int = 
 
 
 def run_cli(args: Sequence[str]) -> int:
-    """Run ``opama ARGS`` in this process; returns its exit code."""
+    """Run ``opama ARGS`` in this process (the real command); returns its exit code."""
     from typer.main import get_command
 
     from opama_tools.cli import app
 
-    console.print(f"[dim]$ opama {' '.join(str(a) for a in args)}[/]")
+    console.print(f"[dim]$ opama {' '.join(str(a) for a in args)}[/]", highlight=False)
     try:
         get_command(app).main(args=[str(a) for a in args], prog_name="opama", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -46,45 +114,230 @@ def run_cli(args: Sequence[str]) -> int:
     except click.ClickException as e:
         e.show()
         return e.exit_code
+    except click.exceptions.Abort:
+        return 130
     return 0
 
 
-def run_demo(out: str | Path, n: int = 4, height: int = 256, seed: int = 0, kind: str = "random") -> dict[str, int]:
-    """Run every built stage on synthetic data under ``out``; returns each stage's exit code.
+def _cli(stage: str, args: Sequence[str]) -> None:
+    code = run_cli(args)
+    if code != 0:
+        raise DemoError(f"demo stage {stage}: `opama {args[0]}` failed with exit code {code}")
 
-    Raises ``RuntimeError`` naming the first stage that failed.
-    """
-    out = Path(out)
-    codes: dict[str, int] = {}
-    exr, png, views = out / "exr", out / "png", out / "views"
-    console.rule("[bold]1. synthetic HDR panoramas")
-    paths = write_synthetic(exr, n=n, height=height, seed=seed, kind=kind)
-    console.print(f"{len(paths)} EXR panoramas in {exr} (scene descriptions in scenes.jsonl)")
-    stages: list[tuple[str, list[str]]] = [
-        ("prepare", ["prepare", exr, png, "--size", f"{height}x{2 * height}", "--workers", "1"]),
-        ("caption", ["caption", png, out / "captions.jsonl", "--from-metadata", exr / "scenes.jsonl",
-                     "--augment", "--stride", "30"]),
-        ("crop", ["crop", png, views, "--views", "aog21", "--fov", "90", "--size", str(max(height // 2, 32)),
-                  "--cube", str(max(height // 4, 16)), "--masks"]),
-    ]
-    for k, (name, args) in enumerate(stages, start=2):
-        console.rule(f"[bold]{k}. {name}")
-        codes[name] = run_cli(args)
-        if codes[name] != 0:
-            raise RuntimeError(f"demo stage `opama {name}` failed with exit code {codes[name]}")
-    k = len(stages) + 2
-    console.rule(f"[bold]{k}. baseline: input view only (what any outpainting method must beat)")
+
+# --------------------------------------------------------------------------- the stages
+@dataclass
+class _Run:
+    s: DemoSettings
+    out: Path
+    times: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[tuple[str, str, str | None]]:
+        """``(name, procedure, model)`` of every outpainting run; model None = untrained tiny preset."""
+        runs = []
+        for proc in self.s.procedures:
+            runs.append((f"trained-{proc}", proc, "opama"))
+        runs.append(("untrained-fast", "fast", None))
+        if self.s.aog:
+            runs.append(("aog-trained-fast", "fast", "aog"))
+        return runs
+
+
+def _stage_data(r: _Run) -> str:
+    s = r.s
+    train = write_synthetic(r.out / "exr" / "train", n=s.n_train, height=s.height, seed=s.seed)
+    test = write_synthetic(r.out / "exr" / "test", n=s.n_test, height=s.height, seed=s.seed + 100_000)
+    return f"{len(train)} training + {len(test)} held-out test HDR panoramas (EXR) in {r.out / 'exr'}"
+
+
+def _stage_prepare(r: _Run) -> str:
+    for split in ("train", "test"):
+        _cli("prepare", ["prepare", r.out / "exr" / split, r.out / "png" / split,
+                         "--size", f"{r.s.height}x{r.s.width}", "--workers", "1"])
+    return f"8-bit PNG panoramas ({r.s.height}x{r.s.width}) in {r.out / 'png'}"
+
+
+def _blip_found() -> bool:
+    from opama_model.weights import locate
+    from opama_tools.weights import component
+
+    return locate(component("blip"))[0] is not None
+
+
+def _stage_caption(r: _Run) -> str:
+    blip = _blip_found()
+    for split in ("train", "test"):
+        args = ["caption", r.out / "png" / split, r.out / "captions" / f"{split}.jsonl", "--augment", "--stride", "30"]
+        if not blip:
+            args += ["--from-metadata", r.out / "exr" / split / "scenes.jsonl"]
+        _cli("caption", args)
+    return ("captions from the local BLIP model" if blip else
+            "captions from the scene metadata (no BLIP found locally: `opama doctor`)") + \
+        f", global + 12 per-view, in {r.out / 'captions'}"
+
+
+def _read_captions(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if rec.get("caption"):
+                out[Path(rec["image"]).stem] = rec["caption"]
+    return out
+
+
+def _stage_inputs(r: _Run) -> str:
+    """The input photo of each test panorama: the view at yaw 0, pitch 0, fov 90 (64 px: the tiny
+    preset's view size), and the batch CSV ``opama outpaint --batch`` reads."""
+    import imageio.v3 as iio
+    import torch
+
+    from opama_model.spherical import equi_to_pers
+
+    caps = _read_captions(r.out / "captions" / "test.jsonl")
+    rows = []
+    for png in sorted((r.out / "png" / "test").glob("*.png")):
+        dst = r.out / "inputs" / png.name
+        if not dst.exists():
+            pano = torch.from_numpy(np.asarray(iio.imread(png))[..., :3].copy()).permute(2, 0, 1)[None].float() / 255
+            view = equi_to_pers(pano, 0.0, 0.0, 90.0, (64, 64))[0, 0]
+            with atomic_path(dst) as tmp:
+                iio.imwrite(tmp, (view.permute(1, 2, 0).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy(),
+                            extension=".png")
+        rows.append({"image": png.name, "prompt": caps.get(png.stem, ""), "yaw": 0, "pitch": 0, "fov": 90,
+                     "name": png.stem})
+    with atomic_path(r.out / "inputs" / "batch.csv") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["image", "prompt", "yaw", "pitch", "fov", "name"])
+            w.writeheader()
+            w.writerows(rows)
+    return f"{len(rows)} input views (yaw 0, pitch 0, fov 90, 64 px) + batch.csv in {r.out / 'inputs'}"
+
+
+def _train_args(r: _Run, kind: str) -> list:
+    s = r.s
+    run = r.out / "runs" / kind
+    args = ["train", "--preset", "tiny", "--conditioner", kind, "--data", r.out / "png" / "train",
+            "--captions", r.out / "captions" / "train.jsonl", "--out", run, "--steps", s.steps,
+            "--batch-size", s.batch_size, "--lr", s.lr, "--train-backbone", "--vae-steps", s.vae_steps,
+            "--canvas", f"{s.height}x{s.width}", "--seed", s.seed, "--save-every", max(s.steps // 4, 1),
+            "--keep", 1, "--val-every", max(s.steps // 4, 1)]
+    if any(run.glob("checkpoint-*")):
+        args.append("--resume")
+    return args
+
+
+def _stage_train(r: _Run) -> str:
+    kinds = ["opama"] + (["aog"] if r.s.aog else [])
+    for kind in kinds:
+        if (r.out / "runs" / kind / "model" / "opama_model.json").is_file():
+            console.print(f"runs/{kind}/model exists: training already done")
+            continue
+        _cli("train", _train_args(r, kind))
+    return (f"tiny preset trained {r.s.steps} steps after {r.s.vae_steps} VAE warm-up steps "
+            f"({', '.join(kinds)}; conditioner + UNet + VAE trained: the tiny backbone is random) in {r.out / 'runs'}")
+
+
+def _stage_outpaint(r: _Run) -> str:
     from opama_tools.baselines import write_input_only_baseline
 
-    view_size = max(height // 2, 32)
-    base = write_input_only_baseline(png, out / "baseline_input_only", fov=90.0, view_size=view_size)
-    console.print(f"{len(base)} input-only panoramas in {out / 'baseline_input_only'}")
-    console.rule(f"[bold]{k + 1}. eval")
-    codes["eval"] = run_cli(["eval", out / "baseline_input_only", png, "--captions", out / "captions.jsonl",
-                             "--input-size", str(view_size), "--out", out / "report"])
-    if codes["eval"] != 0:
-        raise RuntimeError(f"demo stage `opama eval` failed with exit code {codes['eval']}")
-    console.rule("[bold]not built yet")
-    console.print("  - train + outpaint (the model core is in opama_model; the commands have no issue yet)")
-    console.print(f"\n[bold green]demo done[/]: everything is under {out}/ (open {out / 'report' / 'report.html'})")
-    return codes
+    for name, proc, model in r.methods:
+        args = ["outpaint", "--batch", r.out / "inputs" / "batch.csv", "--out", r.out / "gen" / name,
+                "--procedure", proc, "--size", f"{r.s.height}x{r.s.width}", "--seed", r.s.seed]
+        args += ["--model", r.out / "runs" / model / "model"] if model else ["--preset", "tiny"]
+        if r.s.outpaint_steps:
+            args += ["--steps", r.s.outpaint_steps]
+        _cli("outpaint", args)
+    base = write_input_only_baseline(r.out / "png" / "test", r.out / "gen" / "input-only", fov=90.0, view_size=64)
+    return f"{len(r.methods)} outpainting runs + the input-only baseline ({len(base)} panoramas each) in {r.out / 'gen'}"
+
+
+def _eval_names(r: _Run) -> list[str]:
+    return ["input-only"] + [m[0] for m in r.methods]
+
+
+def _stage_eval(r: _Run) -> str:
+    reports = []
+    for name in _eval_names(r):
+        rep = r.out / "reports" / name
+        _cli("eval", ["eval", r.out / "gen" / name, r.out / "png" / "test", "--captions",
+                      r.out / "captions" / "test.jsonl", "--input-size", 64, "--bootstrap", r.s.bootstrap,
+                      "--method", name, "--out", rep])
+        reports.append(rep)
+    _cli("eval", ["eval", "compare", *reports, "--names", ",".join(_eval_names(r)), "--out",
+                  r.out / "reports" / "compare"])
+    return f"{len(reports)} reports + the side-by-side table in {r.out / 'reports'}"
+
+
+def _stage_report(r: _Run) -> str:
+    from opama_tools.demo_report import write_demo_report
+
+    page = write_demo_report(r.out, _eval_names(r), r.times, r.notes, r.s.key())
+    return f"open {page}"
+
+
+_STAGE_FUNCS: dict[str, Callable[[_Run], str]] = {
+    "data": _stage_data, "prepare": _stage_prepare, "caption": _stage_caption, "inputs": _stage_inputs,
+    "train": _stage_train, "outpaint": _stage_outpaint, "eval": _stage_eval, "report": _stage_report,
+}
+_TITLES = {
+    "data": "synthetic HDR panoramas", "prepare": "prepare (EXR -> PNG)", "caption": "captions",
+    "inputs": "input views of the test panoramas", "train": "train (tiny preset)",
+    "outpaint": "outpaint (trained / untrained, fast / reference)", "eval": "eval + compare",
+    "report": "report.html",
+}
+
+
+def _start_fresh_if_settings_changed(out: Path, key: dict) -> bool:
+    """Clear the demo's own folders when ``out`` holds a run with other settings. Returns True if cleared."""
+    f = out / SETTINGS_FILE
+    if f.is_file():
+        try:
+            old = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old == key:
+            return False
+    cleared = False
+    for name in OWNED:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+            cleared = True
+        elif p.exists():
+            p.unlink()
+            cleared = True
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(f, json.dumps(key, indent=2) + "\n")
+    return cleared
+
+
+def run_demo(settings: DemoSettings) -> dict[str, float]:
+    """Run every stage under ``settings.out``; returns the seconds per stage.
+
+    Raises:
+        DemoError: naming the first stage that failed.
+    """
+    out = Path(settings.out)
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"--out {out}: exists and is not a folder")
+    if _start_fresh_if_settings_changed(out, settings.key()):
+        console.print(f"[yellow]{out} held a demo run with other settings: its demo folders were cleared[/]")
+    r = _Run(settings, out)
+    t_all = time.perf_counter()
+    for k, name in enumerate(STAGES, start=1):
+        console.rule(f"[bold]{k}/{len(STAGES)} {_TITLES[name]}[/]  [dim]{time.perf_counter() - t_all:.0f} s so far[/]")
+        t0 = time.perf_counter()
+        if name == "report":
+            r.times["total (before the report)"] = time.perf_counter() - t_all
+        line = _STAGE_FUNCS[name](r)
+        r.times[name] = time.perf_counter() - t0
+        r.notes[name] = line
+        console.print(f"[green]✓[/] {name} ({r.times[name]:.1f} s): {line}", highlight=False)
+    total = time.perf_counter() - t_all
+    atomic_write_text(out / "stages.json", json.dumps({"seconds": r.times, "total_s": total, "notes": r.notes},
+                                                      indent=2) + "\n")
+    console.print(f"\n[bold green]demo done[/] in {total:.0f} s: open {out / 'report.html'}", highlight=False)
+    return r.times

@@ -8,19 +8,26 @@ from opama_tools.cli.app import app, console, fail
 
 
 @app.command(
-    help="Run the whole pipeline on synthetic data with the tiny preset (no downloads); "
-    "--data-only writes synthetic HDR panoramas and stops.\n\n"
-    "Example: opama demo --out opama-demo      |      opama demo --data-only data/synth -n 8"
+    help="The whole mission end to end on synthetic data with the tiny preset, no downloads: synthetic HDR "
+    "panoramas -> prepare -> captions -> train -> outpaint (trained / untrained, fast / reference) -> eval -> "
+    "report.html. A re-run resumes; other settings start afresh. --data-only writes synthetic HDR panoramas "
+    "and stops.\n\n"
+    "Example: opama demo --out opama-demo      |      opama demo --fast      |      opama demo --data-only data/synth -n 8"
 )
 def demo(
     out: Path = typer.Option(Path("opama-demo"), "--out", help="Folder for everything the demo writes."),
+    n_train: int = typer.Option(None, "--n-train", min=1, help="Synthetic training panoramas (default 24; --fast 4)."),
+    n_test: int = typer.Option(None, "--n-test", min=1, help="Held-out test panoramas (default 6; --fast 2)."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Training steps (default 600; --fast 40)."),
+    fast: bool = typer.Option(False, "--fast", help="A smoke run of every stage (under 2 minutes), not a result."),
+    aog: bool = typer.Option(False, "--aog", help="Also train and outpaint with the AOG-Net conditioner."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the scenes, the training and the outpainting."),
     data_only: Path = typer.Option(None, "--data-only", help="Only write N synthetic .exr panoramas into this folder."),
-    n: int = typer.Option(4, "-n", "--num", min=1, help="Number of synthetic panoramas."),
-    height: int = typer.Option(256, "--height", min=8, help="Panorama height in pixels (width = 2 x height)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the first scene (scene k uses seed + k)."),
-    kind: str = typer.Option("random", "--kind", help="outdoor, indoor or random."),
+    n: int = typer.Option(4, "-n", "--num", min=1, help="With --data-only: number of synthetic panoramas."),
+    height: int = typer.Option(256, "--height", min=8, help="With --data-only: panorama height in pixels (width = 2 x height)."),
+    kind: str = typer.Option("random", "--kind", help="With --data-only: outdoor, indoor or random."),
 ) -> None:
-    from opama_tools.demo import run_demo, write_synthetic
+    from opama_tools.demo import FAST, DemoError, DemoSettings, run_demo, write_synthetic
 
     if kind not in ("outdoor", "indoor", "random"):
         raise fail(f"--kind must be outdoor, indoor or random, got {kind!r}", 2)
@@ -31,7 +38,9 @@ def demo(
             raise fail(str(e), 2) from None
         console.print(f"wrote {len(paths)} synthetic HDR panoramas and scenes.jsonl to {data_only}")
         return
+    kw = dict(FAST) if fast else {}
+    kw.update({k: v for k, v in (("n_train", n_train), ("n_test", n_test), ("steps", steps)) if v is not None})
     try:
-        run_demo(out, n=n, height=height, seed=seed, kind=kind)
-    except RuntimeError as e:
+        run_demo(DemoSettings(out=str(out), seed=seed, aog=aog, **kw))
+    except (DemoError, OSError) as e:
         raise fail(str(e), 1) from None

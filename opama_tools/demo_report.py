@@ -1,0 +1,203 @@
+"""The demo's one page, ``OUT/report.html``: what each stage produced, the comparison table
+with bootstrap intervals, fast vs reference time, the training loss curve and a gallery
+(input, outpainted panoramas with their drag-to-look viewers, reference).
+
+It only reads what the stages wrote (``opama eval`` reports, outpainting ``meta.json``,
+``runs/*/log.csv``); it computes no metric of its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+from opama_tools.io import atomic_path, atomic_write_text
+from opama_tools.report import best_mask, fmt, load_report, missing_lines
+
+__all__ = ["comparison_rows", "timing_rows", "write_demo_report", "significant_pairs"]
+
+
+def comparison_rows(reports: dict[str, dict]) -> tuple[list[str], list[list[str]], list[str]]:
+    """``(labels, cells, better)`` of every metric that ran in any report: one row per metric,
+    one cell ``value [lo, hi]`` per method (``—`` where it did not run), best value in bold."""
+    names = list(reports)
+    by = {n: {m["label"]: m for m in d["metrics"] if m["status"] == "ok"} for n, d in reports.items()}
+    labels: list[str] = []
+    for n in names:
+        labels += [lab for lab in by[n] if lab not in labels]
+    rows, better = [], []
+    for lab in labels:
+        ms = [by[n].get(lab) for n in names]
+        direction = next((m.get("better", "") for m in ms if m), "")
+        vals = [float(m["value"]) if m and m.get("value") is not None else math.nan for m in ms]
+        marks = best_mask(vals, direction)
+        cells = []
+        for m, v, best in zip(ms, vals, marks):
+            if m is None or not math.isfinite(v):
+                cells.append("—")
+                continue
+            ci = ""
+            if m.get("ci_low") is not None and m.get("ci_high") is not None:
+                ci = f" [{fmt(m['ci_low'], 3)}, {fmt(m['ci_high'], 3)}]"
+            text = html.escape(fmt(v) + ci)
+            cells.append(f"<b>{text}</b>" if best else text)
+        rows.append(cells)
+        better.append(direction)
+    return labels, rows, better
+
+
+def significant_pairs(reports: dict[str, dict], a: str, b: str) -> list[str]:
+    """Metrics where method ``a`` beats ``b`` with non-overlapping 95% bootstrap intervals."""
+    ma = {m["label"]: m for m in reports[a]["metrics"] if m["status"] == "ok"}
+    mb = {m["label"]: m for m in reports[b]["metrics"] if m["status"] == "ok"}
+    out = []
+    for lab, x in ma.items():
+        y = mb.get(lab)
+        if y is None or None in (x.get("ci_low"), x.get("ci_high"), y.get("ci_low"), y.get("ci_high")):
+            continue
+        d = x.get("better")
+        if d == "higher" and x["ci_low"] > y["ci_high"]:
+            out.append(lab)
+        elif d == "lower" and x["ci_high"] < y["ci_low"]:
+            out.append(lab)
+    return out
+
+
+def timing_rows(out: Path, names: Sequence[str]) -> list[list[str]]:
+    """Per outpainting run: panoramas, mean seconds and UNet passes per panorama (from meta.json)."""
+    rows = []
+    for name in names:
+        metas = []
+        for f in sorted((out / "gen" / name).glob("*/meta.json")):
+            try:
+                metas.append(json.loads(f.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        if not metas:
+            continue
+        secs = [m.get("seconds", {}).get("panorama", math.nan) for m in metas]
+        passes = [m.get("unet_passes", math.nan) for m in metas]
+        proc = metas[0].get("procedure", "?")
+        sched = metas[0].get("scheduler", "")
+        steps = metas[0].get("steps", "")
+        rows.append([name, str(proc), f"{sched} {steps}".strip(), str(len(metas)),
+                     f"{sum(secs) / len(secs):.2f}", f"{sum(passes) / len(passes):.0f}"])
+    return rows
+
+
+def _loss_plot(out: Path, dst: Path) -> bool:
+    log = out / "runs" / "opama" / "log.csv"
+    if not log.is_file():
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    with open(log, newline="") as f:
+        for r in csv.DictReader(f):
+            for key, col in (("train loss", "loss"), ("validation loss", "val_loss")):
+                phase = r.get("phase", "train")
+                if phase != "train" or not r.get(col):
+                    continue
+                xs, ys = series.setdefault(key, ([], []))
+                xs.append(float(r["step"]))
+                ys.append(float(r[col]))
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for key, (xs, ys) in series.items():
+        if key == "train loss" and len(ys) > 20:  # running mean: the per-step loss is noisy
+            k = max(len(ys) // 30, 5)
+            ys = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1]) for i in range(len(ys))]
+            key = f"train loss (running mean of {k})"
+        ax.plot(xs, ys, label=key, marker="o" if "validation" in key else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE (epsilon)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], escape: bool = True) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c) if escape else c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_demo_report(out: str | Path, names: Sequence[str], times: dict[str, float], notes: dict[str, str],
+                      settings: dict) -> Path:
+    """Write ``out/report.html`` (and ``out/report_assets/loss.png``); returns the page's path."""
+    out = Path(out)
+    reports = {n: load_report(out / "reports" / n) for n in names if (out / "reports" / n / "metrics.json").is_file()}
+    labels, cells, better = comparison_rows(reports)
+    cmp_rows = [[html.escape(lab), html.escape(b)] + c for lab, b, c in zip(labels, better, cells)]
+    missing = missing_lines(next(iter(reports.values()))["metrics"]) if reports else []
+    sig = []
+    for a in [n for n in names if n.startswith("trained")]:
+        for b in ("untrained-fast", "input-only"):
+            if a in reports and b in reports:
+                labs = significant_pairs(reports, a, b)
+                sig.append(f"{a} beats {b} with non-overlapping 95% intervals on: "
+                           + (", ".join(labs) if labs else "no metric"))
+    gen_names = [n for n in names if n != "input-only"]
+    timing = timing_rows(out, gen_names)
+    has_loss = _loss_plot(out, out / "report_assets" / "loss.png")
+    stage_rows = [[k, f"{v:.1f}", notes.get(k, "")] for k, v in times.items()]
+
+    gallery = []
+    for ref in sorted((out / "png" / "test").glob("*.png")):
+        stem = ref.stem
+        figs = [f'<figure><img src="inputs/{html.escape(ref.name)}" class="in"><figcaption>input (fov 90)</figcaption></figure>']
+        for n in gen_names:
+            p = out / "gen" / n / stem / "pano.png"
+            if p.is_file():
+                viewer = out / "gen" / n / stem / "index.html"
+                img = f'<img src="gen/{html.escape(n)}/{html.escape(stem)}/pano.png">'
+                if viewer.is_file():
+                    img = f'<a href="gen/{html.escape(n)}/{html.escape(stem)}/index.html" title="drag to look around">{img}</a>'
+                figs.append(f"<figure>{img}<figcaption>{html.escape(n)}</figcaption></figure>")
+        figs.append(f'<figure><img src="png/test/{html.escape(ref.name)}"><figcaption>reference</figcaption></figure>')
+        gallery.append(f"<h3>{html.escape(stem)}</h3><div class='row'>{''.join(figs)}</div>")
+    first_viewer = next((f"gen/{n}/{p.parent.name}/index.html" for n in gen_names
+                         for p in sorted((out / "gen" / n).glob("*/index.html"))[:1]), None)
+
+    css = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
+           "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}.row{display:flex;gap:8px;"
+           "flex-wrap:wrap}figure{margin:0}figure img{height:120px}figure img.in{height:120px}"
+           "figcaption{font-size:12px;color:#444}iframe{width:100%;height:360px;border:0}")
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>opama demo</title><style>{css}</style></head><body>",
+        "<h1>opama demo: text-guided 360° outpainting, end to end</h1>",
+        "<p>Synthetic HDR panoramas, the <b>tiny</b> randomly initialised preset trained for minutes on a CPU. "
+        "This shows every stage working together; it is <b>not</b> evidence about OPa-Ma's quality at full scale.</p>",
+        "<h2>Stages</h2>", _table(["stage", "seconds", "what it produced"], stage_rows),
+        "<h2>Comparison on the held-out test panoramas</h2>",
+        "<p>Mean over panoramas with its 95% bootstrap interval; best value per row in bold "
+        "(<i>better</i>: lower, higher, or 1.0 = closest to 1).</p>",
+        _table(["metric", "better", *reports.keys()], cmp_rows, escape=False),
+        "".join(f"<p>{html.escape(s)}</p>" for s in sig),
+        "".join(f"<p><i>{html.escape(m)}</i></p>" for m in missing),
+        "<h2>Time per panorama</h2>",
+        _table(["run", "procedure", "solver, steps", "panoramas", "seconds / panorama", "UNet passes / panorama"], timing),
+    ]
+    if has_loss:
+        parts += ["<h2>Training loss</h2>", "<img src='report_assets/loss.png'>"]
+    if first_viewer:
+        parts += ["<h2>Look around</h2>", f"<iframe src='{html.escape(first_viewer)}'></iframe>",
+                  "<p>Click any panorama below to open its own viewer (drag to look around).</p>"]
+    parts += ["<h2>Gallery</h2>", *gallery,
+              f"<h2>Settings</h2><pre>{html.escape(json.dumps(settings, indent=2))}</pre></body></html>"]
+    page = out / "report.html"
+    atomic_write_text(page, "\n".join(parts))
+    return page
