@@ -201,7 +201,9 @@ class MambaBlock(nn.Module):
 
     ``forward(hidden, residual=None) -> (hidden_out, residual)`` with ``residual = hidden + residual``
     (or ``hidden``) and ``hidden_out = mixer(norm(residual))``; after the last block the caller adds
-    ``hidden_out + residual`` (and usually a final norm). Submodules ``mixer`` and ``norm``.
+    ``hidden_out + residual`` (mamba-ssm's language models then apply a final norm; OPa-Ma's VCR and
+    GMA do not). This is the unfused path of mamba-ssm's ``Block`` (``fused_add_norm=False``, no
+    drop-path), which the OPa-Ma reference uses. Submodules ``mixer`` and ``norm``.
 
     Args:
         d_model: token width. norm: ``"layernorm"`` or ``"rmsnorm"``. eps: norm epsilon.

@@ -30,7 +30,8 @@ degrees in *our* convention (yaw right, pitch up). The reference code lists the 
 equilib's convention (positive yaw turns left, positive pitch looks down), i.e. each pair here
 is ``(-yaw, -pitch)`` of the published numbers: the order fills upward views first and ends on
 the three views 45 degrees down (the tripod, "the stand" in the reference, which the reference's
-training never uses as a target: see :data:`AOG21_TRAIN_STEPS`)."""
+training never uses as a target: see :data:`AOG21_TRAIN_STEPS`). ``tests/test_fidelity.py`` pins
+this from the reference's own camera maths (its equilib fork), not from this table."""
 
 AOG21_TRAIN_STEPS = 18
 """Training draws the step ``k`` from ``0 .. AOG21_TRAIN_STEPS - 1`` (the last three views are never targets)."""

@@ -127,6 +127,9 @@ def test_tiny_state_converts_and_every_tensor_lands_in_place():
     ref_n = sum(t.numel() for d in state.values() for t in d.values())
     assert sum(t.numel() for t in m.state_dict().values()) == ref_n - 70 * 32
     assert len(m.state_dict()) == sum(len(d) for d in state.values())
+    # trainable float32 parameters on the CPU (fine-tuning a converted model works)
+    assert all(isinstance(t, torch.nn.Parameter) and t.requires_grad and t.dtype == torch.float32
+               and t.device.type == "cpu" for t in m.parameters())
     # no shared storage with the input (safe to save) and it runs
     state["projector"]["proj.bias"].add_(1.0)
     assert not torch.equal(m.vcr.proj.bias, state["projector"]["proj.bias"])

@@ -90,6 +90,7 @@ def test_gma_shapes_match_unet_down_blocks():
     assert [len(s.cross) for s in ref.stages] == [0, 2, 2, 2]
     assert [s.in_conv is not None for s in ref.stages] == [False, True, True, False]
     assert [s.pool is not None for s in ref.stages] == [False, True, True, True]
+    assert all(s.pool.kernel_size == 2 and s.pool.stride == 2 and s.pool.ceil_mode for s in ref.stages[1:])
     assert tuple(ref.image_embed.shape) == (7, 320)
     # each direction is its own Block with its own LayerNorm
     norms = [blk.norm for s in ref.stages for blk in (*s.layers, *s.cross)]
