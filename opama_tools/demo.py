@@ -16,8 +16,10 @@ demo-only except choosing the folders and drawing the final page):
    the comparison table with bootstrap intervals, fast vs reference time, the loss curve.
 
 Everything stays under ``--out``. A re-run with the same settings resumes: every command
-skips what it already finished (keyed on its inputs' content). Other settings start afresh
-(the demo's own folders are cleared first, so no stale panorama or report survives).
+skips what it already finished (keyed on its inputs' content). When a setting changes, the
+outputs that depend on it are deleted first and redone (``DemoSettings.keys``), so no stale
+panorama or report survives (e.g. ``--n-test`` redoes the test data and the results, not the
+training).
 """
 
 from __future__ import annotations
@@ -44,8 +46,13 @@ console = Console()
 __all__ = ["DemoSettings", "DemoError", "run_demo", "write_synthetic", "run_cli", "FAST", "STAGES"]
 
 SETTINGS_FILE = "demo.json"
-OWNED = ("exr", "png", "captions", "inputs", "runs", "gen", "reports", "report.html", "report_assets",
-         "stages.json", SETTINGS_FILE)
+GROUPS: dict[str, tuple[str, ...]] = {
+    "train-data": ("exr/train", "png/train", "captions/train.jsonl"),
+    "test-data": ("exr/test", "png/test", "captions/test.jsonl", "inputs"),
+    "train": ("runs",),
+    "results": ("gen", "reports", "report.html", "report_assets", "stages.json"),
+}
+"""The demo's own outputs, grouped by the settings they depend on (see ``DemoSettings.keys``)."""
 STAGES = ("data", "prepare", "caption", "inputs", "train", "outpaint", "eval", "report")
 
 
@@ -76,11 +83,16 @@ class DemoSettings:
     def width(self) -> int:
         return 2 * self.height
 
-    def key(self) -> dict:
-        d = asdict(self)
-        d.pop("out")
-        d["procedures"] = list(self.procedures)
-        return d
+    def keys(self) -> dict[str, dict]:
+        """The settings each output group depends on; a group whose key changed is redone,
+        and so is every group built on it."""
+        data_tr = dict(n_train=self.n_train, height=self.height, seed=self.seed)
+        data_te = dict(n_test=self.n_test, height=self.height, seed=self.seed)
+        train = dict(data_tr, steps=self.steps, vae_steps=self.vae_steps, batch_size=self.batch_size, lr=self.lr,
+                     aog=self.aog)
+        results = dict(train, **data_te, procedures=list(self.procedures), outpaint_steps=self.outpaint_steps,
+                       bootstrap=self.bootstrap)
+        return {"train-data": data_tr, "test-data": data_te, "train": train, "results": results}
 
 
 FAST = dict(n_train=4, n_test=2, steps=40, vae_steps=40, procedures=("fast",), outpaint_steps=4, bootstrap=200)
@@ -274,7 +286,7 @@ def _stage_eval(r: _Run) -> str:
 def _stage_report(r: _Run) -> str:
     from opama_tools.demo_report import write_demo_report
 
-    page = write_demo_report(r.out, _eval_names(r), r.times, r.notes, r.s.key())
+    page = write_demo_report(r.out, _eval_names(r), r.times, r.notes, r.s.keys()["results"])
     return f"open {page}"
 
 
@@ -290,28 +302,26 @@ _TITLES = {
 }
 
 
-def _start_fresh_if_settings_changed(out: Path, key: dict) -> bool:
-    """Clear the demo's own folders when ``out`` holds a run with other settings. Returns True if cleared."""
+def _clear_changed_groups(out: Path, keys: dict[str, dict]) -> list[str]:
+    """Delete the output groups of ``out`` whose settings differ from the last run's; returns their names."""
     f = out / SETTINGS_FILE
+    old: dict = {}
     if f.is_file():
         try:
             old = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if old == key:
-            return False
-    cleared = False
-    for name in OWNED:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-            cleared = True
-        elif p.exists():
-            p.unlink()
-            cleared = True
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            old = {}
+    changed = [g for g in GROUPS if not isinstance(old, dict) or old.get(g) != keys[g]]
+    for g in changed:
+        for rel in GROUPS[g]:
+            p = out / rel
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(f, json.dumps(key, indent=2) + "\n")
-    return cleared
+    atomic_write_text(f, json.dumps(keys, indent=2) + "\n")
+    return [g for g in changed if old]
 
 
 def run_demo(settings: DemoSettings) -> dict[str, float]:
@@ -323,8 +333,9 @@ def run_demo(settings: DemoSettings) -> dict[str, float]:
     out = Path(settings.out)
     if out.exists() and not out.is_dir():
         raise DemoError(f"--out {out}: exists and is not a folder")
-    if _start_fresh_if_settings_changed(out, settings.key()):
-        console.print(f"[yellow]{out} held a demo run with other settings: its demo folders were cleared[/]")
+    cleared = _clear_changed_groups(out, settings.keys())
+    if cleared:
+        console.print(f"[yellow]settings changed since the last run in {out}: redoing {', '.join(cleared)}[/]")
     r = _Run(settings, out)
     t_all = time.perf_counter()
     for k, name in enumerate(STAGES, start=1):

@@ -1,0 +1,63 @@
+"""`opama demo --fast`: every stage runs through the real commands and leaves its artefacts."""
+
+import json
+
+from typer.testing import CliRunner
+
+from opama_tools.cli import app
+
+runner = CliRunner()
+
+
+def test_demo_fast_every_stage(tmp_path):
+    d = tmp_path / "demo"
+    res = runner.invoke(app, ["demo", "--fast", "--out", str(d)])
+    assert res.exit_code == 0, res.output
+    # 1-4: data, prepare, captions, inputs
+    assert len(list((d / "exr" / "train").glob("*.exr"))) == 4 and len(list((d / "exr" / "test").glob("*.exr"))) == 2
+    tests = sorted(p.stem for p in (d / "png" / "test").glob("*.png"))
+    assert len(tests) == 2 and (d / "png" / "train" / "manifest.csv").is_file()
+    assert json.loads((d / "captions" / "test.jsonl").read_text().splitlines()[0])["caption"]
+    assert (d / "inputs" / "batch.csv").is_file() and len(list((d / "inputs").glob("*.png"))) == 2
+    # 5: a trained model folder that outpaint reads
+    info = json.loads((d / "runs" / "opama" / "model" / "opama_model.json").read_text())
+    assert info["preset"] == "tiny" and "unet" in info["trained"] and (d / "runs" / "opama" / "log.csv").is_file()
+    # 6: trained and untrained outpainting, and the baseline
+    for name in ("trained-fast", "untrained-fast"):
+        for stem in tests:
+            f = d / "gen" / name / stem
+            assert (f / "pano.png").is_file() and (f / "index.html").is_file(), f
+            assert json.loads((f / "meta.json").read_text())["unet_passes"] > 0
+    assert len(list((d / "gen" / "input-only").glob("*.png"))) == 2
+    # 7: reports and the side-by-side table filled with numbers
+    for name in ("input-only", "trained-fast", "untrained-fast"):
+        m = {x["label"]: x for x in json.loads((d / "reports" / name / "metrics.json").read_text())["metrics"]}
+        assert m["seam"]["status"] == "ok" and isinstance(m["seam"]["value"], float)
+    table = (d / "reports" / "compare.csv").read_text().splitlines()
+    assert table[0].split(",")[2:5] == ["input-only", "trained-fast", "untrained-fast"]
+    seam = next(r for r in table if r.startswith("seam,")).split(",")
+    assert all(float(v) > 0 for v in seam[2:5])
+    # 8: the page
+    page = (d / "report.html").read_text()
+    assert "Comparison on the held-out test panoramas" in page and "trained-fast" in page
+    assert "gen/trained-fast/" in page and "loss.png" in page
+    stages = json.loads((d / "stages.json").read_text())["seconds"]
+    assert {"data", "prepare", "caption", "inputs", "train", "outpaint", "eval", "report"} <= set(stages)
+    # a re-run resumes: nothing is recomputed, the same page comes back
+    before = (d / "gen" / "trained-fast" / tests[0] / "meta.json").stat().st_mtime_ns
+    res = runner.invoke(app, ["demo", "--fast", "--out", str(d)])
+    assert res.exit_code == 0, res.output
+    assert (d / "gen" / "trained-fast" / tests[0] / "meta.json").stat().st_mtime_ns == before
+    # other settings start afresh: no stale panorama from the first run survives
+    res = runner.invoke(app, ["demo", "--fast", "--n-test", "1", "--out", str(d)])
+    assert res.exit_code == 0, res.output
+    assert len(list((d / "png" / "test").glob("*.png"))) == 1
+    assert len(list((d / "gen" / "trained-fast").glob("*/pano.png"))) == 1
+
+
+def test_demo_out_is_a_file(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    res = runner.invoke(app, ["demo", "--fast", "--out", str(f)])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert str(f) in res.output and len(res.output.strip().splitlines()) == 1
