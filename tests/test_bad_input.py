@@ -105,10 +105,6 @@ def write_odd_but_valid(d: Path, ldr: np.ndarray) -> list[str]:
     return ["with space s", "grey16", "rgb16", "greyalpha16", "grey8", "rgba8", "palette"]
 
 
-def visible_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
 # ----------------------------------------------------------------------------------------- prepare
 def test_prepare_zoo(tmp_path, ldr):
     src, out = tmp_path / "src", tmp_path / "out"
