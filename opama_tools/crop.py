@@ -330,6 +330,8 @@ def run_crop(
                     rel = path.relative_to(pano_dir)
                     key = rel.with_suffix("").as_posix()
                     ckey = os.path.normcase(key)
+                    if ckey == os.path.normcase("views.csv"):
+                        raise ValueError("its output folder would be OUT_DIR/views.csv, the table of views; rename it")
                     clash = seen.get(ckey) or next(
                         (seen[a] for a in (os.path.normcase(p.as_posix()) for p in Path(key).parents) if a in seen),
                         None)

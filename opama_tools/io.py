@@ -71,7 +71,7 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         for s, h in old.items():
-            signal.signal(s, h)
+            signal.signal(s, h if h is not None else signal.SIG_DFL)  # None: a handler set outside Python
         for s in dict.fromkeys(pending):
             h = old[s]
             if callable(h):

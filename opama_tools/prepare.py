@@ -554,11 +554,12 @@ def prepare_dataset(
     ensure_output_dir(out_root)
     manifest = out_root / MANIFEST_NAME
     journal = out_root / JOURNAL_NAME
+    old = _load_old_rows(manifest)  # a damaged manifest is named before anything is written
     remove_stale_temps(out_root)
     if journal.exists():  # a run killed before it could fold its journal
         merge_manifest(manifest, read_journal(journal))
         journal.unlink()
-    old = _load_old_rows(manifest)
+        old = _load_old_rows(manifest)
     if on_start:
         on_start(len(sources))
     summary = PrepareSummary(manifest=manifest)

@@ -105,10 +105,6 @@ def write_odd_but_valid(d: Path, ldr: np.ndarray) -> list[str]:
     return ["with space s", "grey16", "rgb16", "greyalpha16", "grey8", "rgba8", "palette"]
 
 
-def visible_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
 # ----------------------------------------------------------------------------------------- prepare
 def test_prepare_zoo(tmp_path, ldr):
     src, out = tmp_path / "src", tmp_path / "out"
@@ -388,3 +384,22 @@ def test_demo_data_only_errors(tmp_path):
 def test_printable_path_shows_undecodable_bytes():
     p = bad_name(Path("/x"), "a", ".png")
     assert printable_path(p) == "/x/a\\xff\\xfe.png"
+
+
+def test_every_reader_scales_16_bit_and_expands_grey(tmp_path, ldr):
+    """prepare, crop and caption read the same pixels from 8/16-bit, grey/RGB(A) PNGs."""
+    from opama_tools import caption, crop, prepare
+
+    odd = write_odd_but_valid(tmp_path, ldr)
+    for stem in odd:
+        p = tmp_path / f"{stem}.png"
+        c8 = caption.read_panorama(p)  # uint8 for BLIP
+        k = crop.read_panorama(p)  # uint8 or uint16, sampled at full precision
+        f = prepare._load_ldr(p)  # uint8, or float in [0, 1] for 16-bit
+        assert c8.shape == k.shape == f.shape == (H, W, 3) and c8.dtype == np.uint8, stem
+        kf = k.astype(np.float64) / np.iinfo(k.dtype).max
+        ff = f.astype(np.float64) / (255.0 if f.dtype == np.uint8 else 1.0)
+        assert np.abs(kf - ff).max() < 1e-6 and np.abs(c8 / 255.0 - kf).max() <= 0.5 / 255 + 1e-9, stem
+    g = crop.read_panorama(tmp_path / "grey16.png")
+    assert g.dtype == np.uint16 and g.max() > 255  # not clipped to 8 bit
+    np.testing.assert_array_equal(caption.read_panorama(tmp_path / "grey16.png"), np.repeat(ldr[..., :1], 3, -1))
