@@ -124,5 +124,6 @@ def test_faed_through_evaluate(tmp_path):
                        set_bootstrap=3, device="cpu")
     same = {m.label: m for m in evaluate(tmp_path / "ref", tmp_path / "ref", opts).metrics}["FAED[panfusion_faed]"]
     diff = {m.label: m for m in evaluate(tmp_path / "gen", tmp_path / "ref", opts).metrics}["FAED[panfusion_faed]"]
-    assert same.status == "ok" and abs(same.value) < 1e-6 and same.n == 4
-    assert diff.value > 1e-4 and "96x192" in diff.detail
+    assert same.status == "ok" and same.n == 4 and abs(same.value) < 1e-9  # identical feature sets
+    # random weights give small features (|f| ~ 1e-2), so distances are small; still far from 0
+    assert diff.value > 1000 * max(abs(same.value), 1e-10) and "96x192" in diff.detail
