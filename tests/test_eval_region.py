@@ -185,3 +185,18 @@ def test_size_mismatch_is_an_error_unless_resize(refs, tmp_path, monkeypatch):
     assert "--resize: 3 references resampled" in r.output
     assert "**--resize**: 3 references resampled to the generated size" in (out / "report.md").read_text()
     assert json.loads((out / "metrics.json").read_text())["config"]["resize"] is True
+
+
+def test_one_ssim_map_for_both_regions_equals_the_cropped_ones():
+    import torch
+
+    from opama_tools.metrics.panorama import masked_ssim, ssim_means
+
+    a = torch.from_numpy(synthetic_pano8(1, H)).permute(2, 0, 1)[None].float() / 255
+    b = torch.from_numpy(synthetic_pano8(8, H)).permute(2, 0, 1)[None].float() / 255
+    m = torch.from_numpy(_mask())
+    s_in, s_gen = ssim_means(a, b, [m, ~m])
+    # the bounding-box crop sees every pixel the 11x11 window reaches: float32 rounding only
+    assert float(s_in[0]) == pytest.approx(float(masked_ssim(a, b, m)[0]), abs=1e-6)
+    assert float(s_gen[0]) == pytest.approx(float(masked_ssim(a, b, ~m)[0]), abs=1e-6)
+    assert float(s_in[0]) != pytest.approx(float(s_gen[0]), abs=1e-3)
