@@ -190,3 +190,15 @@ def test_interrupted_report_write_is_not_taken_for_done(folders, monkeypatch):
     monkeypatch.undo()
     res = _run(args)
     assert res.exit_code == 0 and "already holds" not in res.output and (out / "metrics.json").is_file()
+
+
+def test_unwritable_output_folder_reported_without_permissions(folders, monkeypatch):
+    """The same check as above, with the permission answer forced (works as root too)."""
+    import os
+
+    real = os.access
+    locked = folders / "locked2"
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if str(p) == str(locked) else real(p, mode, *a, **k))
+    _assert_user_error(_run([folders / "gen", folders / "ref", "--metrics", "seam", "--out", locked / "rep"]),
+                       f"{locked} is not writable", locked / "rep")
