@@ -358,7 +358,9 @@ def compare_reports(paths: list[str | Path], names: list[str] | None = None):
           for j in range(len(paths))] for lab in labels],
         index=pd.Index(labels, name="metric"), columns=names, dtype=float,
     )
-    better = pd.Series([_better_of(by_label, lab) for lab in labels], index=vals.index, name="better")
+    # rows measured on the references are the same data for every method: nothing to mark
+    better = pd.Series(["reference" if lab.endswith("(reference)") else _better_of(by_label, lab) for lab in labels],
+                       index=vals.index, name="better")
     disp = vals.copy().astype(object)
     for lab in labels:
         marks = best_mask(list(vals.loc[lab]), better[lab])

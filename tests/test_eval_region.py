@@ -133,6 +133,7 @@ def test_outpaint_layout_meta_and_compare_table(refs, tmp_path, monkeypatch):
     ds = csv.loc["DS"]
     want = "OPa-Ma" if abs(ds["OPa-Ma"] - 1) < abs(ds["Copy"] - 1) else "Copy"
     assert ds["best"] == want and ds["better"] == "1.0"  # closest to 1 wins
+    assert csv.loc["DS (reference)", "better"] == "reference" and pd.isna(csv.loc["DS (reference)", "best"])
     md = out.with_suffix(".md").read_text()
     assert md.splitlines()[0] == "| metric | better | OPa-Ma | Copy |"
     assert "| PSNR (input region, dB) | higher | " in md and "**100**" in md
