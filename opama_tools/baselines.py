@@ -38,17 +38,19 @@ def write_input_only_baseline(
     on_file: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Write :func:`input_only_panorama` of every PNG under ``ref_dir`` into ``out_dir`` (same relative
-    paths, atomic writes, existing outputs kept). Returns the written/kept paths."""
+    paths, atomic writes; an output newer than its reference is kept). Returns the written/kept paths."""
     import imageio.v3 as iio
+
+    from opama_tools.evaluate import load_image
 
     ref_dir, out_dir = Path(ref_dir), Path(out_dir)
     written = []
     for src in sorted(ref_dir.rglob("*.png")):
+        if any(part.startswith(".") for part in src.relative_to(ref_dir).parts):
+            continue  # hidden (e.g. another writer's temp file)
         dst = out_dir / src.relative_to(ref_dir)
-        if not dst.exists():
-            img = iio.imread(src)
-            if img.ndim == 2:
-                img = np.repeat(img[..., None], 3, axis=-1)
+        if not dst.exists() or dst.stat().st_mtime_ns < src.stat().st_mtime_ns:  # new or changed reference
+            img = load_image(src)  # 8-bit RGB: 16-bit scaled, grey expanded
             with atomic_path(dst) as tmp:
                 iio.imwrite(tmp, input_only_panorama(img, fov, view_size), extension=".png")
         written.append(dst)

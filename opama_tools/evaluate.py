@@ -326,8 +326,8 @@ def collect_inputs(gen_dir: str | Path, ref_dir: str | Path, opt: EvalOptions, m
     Raises :class:`EvalInputError` when nothing pairs, a ``meta.json`` or caption line is broken, or a
     generated panorama and its reference differ in size (unless ``opt.resize``);
     unreadable images are left to stage 3, which reports them per pair. The fingerprint hashes every paired and unpaired file's path, size
-    and mtime (ns), the caption files' and meta files' the same way, and the options
-    (except the device): a re-run with the same fingerprint computes the same report.
+    and mtime (ns), the caption, meta and explicitly given weight files' the same way, and
+    the options (except the device): a re-run with the same fingerprint computes the same report.
     """
     gen_dir, ref_dir = Path(gen_dir), Path(ref_dir)
     raw, gen_only, ref_only = pair_images(gen_dir, ref_dir)
@@ -352,8 +352,9 @@ def collect_inputs(gen_dir: str | Path, ref_dir: str | Path, opt: EvalOptions, m
     if method:
         scored["method"] = method
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opt).items() if k != "device"}
-    extra = {f: _stat_key(Path(getattr(opt, f))) for f in ("captions", "gen_captions")
-             if getattr(opt, f) and Path(getattr(opt, f)).is_file()}
+    files = ("captions", "gen_captions", "inception_weights", "fid_clip_weights", "clip_weights", "lpips_weights",
+             "faed_weights", "sentence_model", "captioner")
+    extra = {f: _stat_key(Path(getattr(opt, f))) for f in files if getattr(opt, f) and Path(getattr(opt, f)).exists()}
     blob = json.dumps({"pairs": stats, "gen_only": gen_only, "ref_only": ref_only, "settings": settings,
                        "files": extra, "method": method, "gen_dir": str(gen_dir), "ref_dir": str(ref_dir)},
                       sort_keys=True, default=str)
@@ -591,7 +592,7 @@ def score_pairs(inputs: EvalInputs, nets: Networks, opt: EvalOptions, device: st
     """Stage 3: load each pair once; per-image metrics into ``rows``, set-metric features aside."""
     from opama_tools.metrics.ds import discontinuity_score
     from opama_tools.metrics.panorama import (
-        input_coverage_mask, masked_psnr, masked_ssim, pole_variance, resize_like, seam_score,
+        input_coverage_mask, masked_psnr, masked_ssim, pole_variance, resize_like, seam_score, ssim_means,
     )
     from opama_tools.metrics.region import colour_distance, gradient_distance
 
@@ -655,12 +656,18 @@ def score_pairs(inputs: EvalInputs, nets: Networks, opt: EvalOptions, device: st
             m_in = masks[hw]
             if "psnr" in want:
                 row["psnr"] = float(masked_psnr(g, r, m_in)[0])
-            if "ssim" in want:
-                row["ssim"] = float(masked_ssim(g, r, m_in)[0])
-            if "region" in want and bool((~m_in).any()):
+            region = "region" in want and bool((~m_in).any())
+            if region:
                 m_gen = ~m_in
                 row["gen_psnr"] = float(masked_psnr(g, r, m_gen)[0])
-                row["gen_ssim"] = float(masked_ssim(g, r, m_gen)[0])
+                if "ssim" in want:  # one full-image SSIM map for both regions
+                    s_in, s_gen = ssim_means(g, r, [m_in, m_gen])
+                    row["ssim"], row["gen_ssim"] = float(s_in[0]), float(s_gen[0])
+                else:
+                    row["gen_ssim"] = float(ssim_means(g, r, [m_gen])[0][0])
+            elif "ssim" in want:
+                row["ssim"] = float(masked_ssim(g, r, m_in)[0])
+            if region:
                 row["gen_colour"] = float(colour_distance(g, r, m_gen)[0])
                 row["gen_gradient"] = float(gradient_distance(g, r, m_gen)[0])
         lp_cut = sorted(set(cut) | set(sc.lpips_gen_faces))

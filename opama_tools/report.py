@@ -199,8 +199,10 @@ def write_report(result, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     data = result.to_json()
     written = []
-    atomic_write_text(out / "metrics.json", json.dumps(data, indent=2, default=float) + "\n")
-    written.append(out / "metrics.json")
+    # metrics.json is the "done" marker (it holds the inputs' fingerprint): an older one is removed
+    # first and the new one written last, so an interrupted write never passes for a finished run.
+    if (out / "metrics.json").is_file():
+        (out / "metrics.json").unlink()
     with atomic_path(out / "per_image.csv") as tmp:
         result.per_image.to_csv(tmp, index=False)
     written.append(out / "per_image.csv")
@@ -284,6 +286,8 @@ def write_report(result, out_dir: str | Path) -> list[Path]:
     parts.append("</body></html>")
     atomic_write_text(out / "report.html", "\n".join(parts) + "\n")
     written.append(out / "report.html")
+    atomic_write_text(out / "metrics.json", json.dumps(data, indent=2, default=float) + "\n")
+    written.append(out / "metrics.json")
     return written
 
 
@@ -354,7 +358,9 @@ def compare_reports(paths: list[str | Path], names: list[str] | None = None):
           for j in range(len(paths))] for lab in labels],
         index=pd.Index(labels, name="metric"), columns=names, dtype=float,
     )
-    better = pd.Series([_better_of(by_label, lab) for lab in labels], index=vals.index, name="better")
+    # rows measured on the references are the same data for every method: nothing to mark
+    better = pd.Series(["reference" if lab.endswith("(reference)") else _better_of(by_label, lab) for lab in labels],
+                       index=vals.index, name="better")
     disp = vals.copy().astype(object)
     for lab in labels:
         marks = best_mask(list(vals.loc[lab]), better[lab])

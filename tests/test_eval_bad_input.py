@@ -155,3 +155,50 @@ def test_16bit_generated_against_8bit_reference_scores_perfect(folders):
     assert res.exit_code == 0, res.output
     m = {x["label"]: x for x in json.loads((out / "metrics.json").read_text())["metrics"]}
     assert m["PSNR (input region, dB)"]["value"] == 100.0
+
+
+def test_unwritable_output_folder(folders):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root ignores folder permissions (needs an unprivileged user)")
+    locked = folders / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        _assert_user_error(_run([folders / "gen", folders / "ref", "--metrics", "seam", "--out", locked / "rep"]),
+                           "not writable", locked / "rep")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_interrupted_report_write_is_not_taken_for_done(folders, monkeypatch):
+    """metrics.json (the "done" marker) is written last: a failure before it leaves no marker."""
+    out = folders / "rep"
+    args = [folders / "gen", folders / "ref", "--metrics", "seam", "--out", out, "--bootstrap", "5"]
+    assert _run(args).exit_code == 0 and (out / "metrics.json").is_file()
+    import opama_tools.report as report
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "_plots", boom)
+    (folders / "gen" / "p0.png").touch()  # inputs changed: recompute
+    res = _run(args)
+    assert res.exit_code == 2 and "No space left" in res.output and "Traceback" not in res.output
+    assert not (out / "metrics.json").exists()
+    monkeypatch.undo()
+    res = _run(args)
+    assert res.exit_code == 0 and "already holds" not in res.output and (out / "metrics.json").is_file()
+
+
+def test_unwritable_output_folder_reported_without_permissions(folders, monkeypatch):
+    """The same check as above, with the permission answer forced (works as root too)."""
+    import os
+
+    real = os.access
+    locked = folders / "locked2"
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if str(p) == str(locked) else real(p, mode, *a, **k))
+    _assert_user_error(_run([folders / "gen", folders / "ref", "--metrics", "seam", "--out", locked / "rep"]),
+                       f"{locked} is not writable", locked / "rep")

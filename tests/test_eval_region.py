@@ -133,6 +133,7 @@ def test_outpaint_layout_meta_and_compare_table(refs, tmp_path, monkeypatch):
     ds = csv.loc["DS"]
     want = "OPa-Ma" if abs(ds["OPa-Ma"] - 1) < abs(ds["Copy"] - 1) else "Copy"
     assert ds["best"] == want and ds["better"] == "1.0"  # closest to 1 wins
+    assert csv.loc["DS (reference)", "better"] == "reference" and pd.isna(csv.loc["DS (reference)", "best"])
     md = out.with_suffix(".md").read_text()
     assert md.splitlines()[0] == "| metric | better | OPa-Ma | Copy |"
     assert "| PSNR (input region, dB) | higher | " in md and "**100**" in md
@@ -185,3 +186,18 @@ def test_size_mismatch_is_an_error_unless_resize(refs, tmp_path, monkeypatch):
     assert "--resize: 3 references resampled" in r.output
     assert "**--resize**: 3 references resampled to the generated size" in (out / "report.md").read_text()
     assert json.loads((out / "metrics.json").read_text())["config"]["resize"] is True
+
+
+def test_one_ssim_map_for_both_regions_equals_the_cropped_ones():
+    import torch
+
+    from opama_tools.metrics.panorama import masked_ssim, ssim_means
+
+    a = torch.from_numpy(synthetic_pano8(1, H)).permute(2, 0, 1)[None].float() / 255
+    b = torch.from_numpy(synthetic_pano8(8, H)).permute(2, 0, 1)[None].float() / 255
+    m = torch.from_numpy(_mask())
+    s_in, s_gen = ssim_means(a, b, [m, ~m])
+    # the bounding-box crop sees every pixel the 11x11 window reaches: float32 rounding only
+    assert float(s_in[0]) == pytest.approx(float(masked_ssim(a, b, m)[0]), abs=1e-6)
+    assert float(s_gen[0]) == pytest.approx(float(masked_ssim(a, b, ~m)[0]), abs=1e-6)
+    assert float(s_in[0]) != pytest.approx(float(s_gen[0]), abs=1e-3)

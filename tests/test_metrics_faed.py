@@ -111,3 +111,19 @@ def test_missing_and_wrong_files_are_unavailable(tmp_path, monkeypatch):
     from opama_tools.weights import component
 
     assert "faed.ckpt" in component("faed").cache_hint()
+
+
+def test_faed_through_evaluate(tmp_path):
+    from test_metrics_helpers import synthetic_pano8, write_pngs
+
+    from opama_tools.evaluate import EvalOptions, evaluate
+
+    write_pngs(tmp_path / "ref", {f"p{k}.png": synthetic_pano8(k, 64) for k in range(4)})
+    write_pngs(tmp_path / "gen", {f"p{k}.png": synthetic_pano8(k + 30, 64) for k in range(4)})
+    opts = EvalOptions(metrics=("faed",), faed_weights=str(save_tiny_faed(tmp_path / "faed.ckpt")), faed_height=96,
+                       set_bootstrap=3, device="cpu")
+    same = {m.label: m for m in evaluate(tmp_path / "ref", tmp_path / "ref", opts).metrics}["FAED[panfusion_faed]"]
+    diff = {m.label: m for m in evaluate(tmp_path / "gen", tmp_path / "ref", opts).metrics}["FAED[panfusion_faed]"]
+    assert same.status == "ok" and same.n == 4 and abs(same.value) < 1e-9  # identical feature sets
+    # random weights give small features (|f| ~ 1e-2), so distances are small; still far from 0
+    assert diff.value > 1000 * max(abs(same.value), 1e-10) and "96x192" in diff.detail

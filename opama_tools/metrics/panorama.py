@@ -26,6 +26,7 @@ __all__ = [
     "input_coverage_mask",
     "masked_psnr",
     "masked_ssim",
+    "ssim_means",
 ]
 
 PSNR_CAP_DB = 100.0
@@ -133,6 +134,26 @@ def masked_ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, margin: in
         return_full_image=True,
     )
     return ssim_map[..., m[r0:r1, c0:c1]].double().mean(dim=(1, 2))
+
+
+def ssim_means(a: torch.Tensor, b: torch.Tensor, masks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Mean SSIM over each of several ``(H, W)`` masks from one full-image map, each ``(B,)``.
+
+    Same values as :func:`masked_ssim` per mask (which crops to the mask's bounding box); this
+    computes the map once when the masks together cover the image (e.g. input and generated region).
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}")
+    _, smap = structural_similarity_index_measure(a.float(), b.float(), data_range=1.0, reduction="none",
+                                                  return_full_image=True)
+    out = []
+    for m in masks:
+        if m.shape != a.shape[-2:] or not bool(m.any()):
+            raise ValueError(f"mask {tuple(m.shape)} empty or not matching images {tuple(a.shape[-2:])}")
+        out.append(smap[..., m.to(a.device)].double().mean(dim=(1, 2)))
+    return out
 
 
 def resize_like(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
