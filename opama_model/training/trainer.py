@@ -371,7 +371,10 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
     report = progress or (lambda p: None)
     run_dir = Path(cfg.out)
 
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu,
+    # Several processes and no GPU (``accelerate launch --multi_gpu`` / ``torchrun`` on a CPU machine):
+    # accelerate only sets up its gloo process group when told to use the CPU.
+    cpu = cfg.cpu or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     main, world, rank, device = accelerator.is_main_process, accelerator.num_processes, \
         accelerator.process_index, accelerator.device
@@ -400,7 +403,7 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
                               canvas_hw=tuple(cfg.canvas_hw) if cfg.canvas_hw else canvas_size(comps.preset.image_size),
                               empty_canvas_prob=cfg.empty_canvas_prob, max_view_captions=cfg.max_view_captions)
     trained = ["conditioner"] + (["unet"] if cfg.train_backbone else []) + (["vae"] if cfg.vae_steps > 0 else [])
-    if comps.device != device:
+    if (comps.device.type, comps.device.index or 0) != (device.type, device.index or 0):
         comps.to(device=device)
     cond = comps.conditioner
     cond.requires_grad_(True)
