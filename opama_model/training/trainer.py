@@ -374,8 +374,11 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
     # Several processes and no GPU (``accelerate launch --multi_gpu`` / ``torchrun`` on a CPU machine):
     # accelerate only sets up its gloo process group when told to use the CPU.
     cpu = cfg.cpu or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu,
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    try:
+        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu,
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    except ValueError as e:  # e.g. fp16 without a GPU
+        raise TrainError(f"--mixed-precision {cfg.mixed_precision}: {str(e).splitlines()[0]}") from None
     main, world, rank, device = accelerator.is_main_process, accelerator.num_processes, \
         accelerator.process_index, accelerator.device
     global_batch = cfg.batch_size * world
@@ -505,6 +508,7 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
                 micro_done += 1
             if cfg.clip > 0:
                 accelerator.clip_grad_norm_(trainable, cfg.clip)
+            lr_v = float(opt.param_groups[0]["lr"])  # the LR this step used
             opt.step()
             lr_sched.step()
             opt.zero_grad(set_to_none=True)
@@ -516,7 +520,6 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
             if world > 1:
                 loss_v = float(accelerator.reduce(torch.tensor(loss_v, device=device), "mean"))
             result.losses.append(loss_v)
-            lr_v = float(lr_sched.get_last_lr()[0])
             now = time.time()
             sps = steps_since / max(now - t_last, 1e-9)
             do_val = val is not None and cfg.val_every > 0 and (step % cfg.val_every == 0 or step == total)
@@ -542,7 +545,10 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
             if stopping:
                 result.stopped = True
                 break
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e) \
+                and "out of memory" not in str(e).lower():
+            raise
         raise TrainError(f"out of memory at --batch-size {cfg.batch_size} on {device}: lower --batch-size (raise "
                          f"--grad-accum to keep the global batch) or use --mixed-precision bf16/fp16; no checkpoint "
                          f"was written for the failed step") from None

@@ -110,6 +110,8 @@ def train(
         raise fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, 2) from None
     except KeyboardInterrupt:
         raise fail("interrupted (the newest complete checkpoint is kept; --resume continues)", 130) from None
+    if resume and result.resumed_from is None and main:
+        console.print(f"train: no checkpoint in {out}: started from step 0", highlight=False)
     if result.stopped:
         if main:
             console.print(f"train: stopped by SIGTERM at step {result.step}; checkpoint {result.checkpoint} "
