@@ -269,3 +269,18 @@ def test_loss_falls_clearly_with_the_demo_recipe(data, tmp_path, one_thread):
     res = train(_cfg(tmp_path / "run", steps=120, lr=1e-3, train_backbone=True), load_records(png, [cap]))
     early, late = np.mean(res.losses[:20]), np.mean(res.losses[-20:])
     assert late < 0.5 * early, (early, late)
+
+
+def test_out_of_memory_is_one_line_and_leaves_no_checkpoint(data, tmp_path, monkeypatch):
+    png, cap = data
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr("opama_model.training.trainer.diffusion_loss", oom)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--data", str(png), "--captions", str(cap), "--out", str(out), "--steps", "2",
+                              "--canvas", "64x128", "--batch-size", "4"])
+    assert res.exit_code == 2, res.output
+    assert "out of memory" in res.output and "--batch-size 4" in res.output and "Traceback" not in res.output
+    assert not list(out.glob("checkpoint-*")) and not list(out.glob(".checkpoint-*")) and not (out / "model").exists()
