@@ -1,11 +1,126 @@
 from __future__ import annotations
 
-from opama_tools.cli.app import app, not_built
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from opama_tools.cli.app import app, console, fail
+
+
+def _canvas(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise fail(f"--canvas: {text!r} is not HxW (e.g. 256x512)", 2) from None
+    return h, w
 
 
 @app.command(
-    help="Train the OPa-Ma conditioner on panoramas + captions (accelerate: one CPU up to many GPUs).\n\n"
-    "Example: accelerate launch -m opama_tools.cli train data/laval_png --captions captions.jsonl --preset sd2"
+    help="Train the OPa-Ma conditioner on 2:1 panoramas + captions, as the reference does "
+    "(accelerate: one CPU up to many GPUs; the same command runs under `accelerate launch`).\n\n"
+    "Writes RUN_DIR/checkpoint-STEP/ (atomic, newest --keep kept), RUN_DIR/log.csv, RUN_DIR/panels/*.png "
+    "and the final model RUN_DIR/model (for `opama outpaint --model`). Exit 2 on bad input, 143 after "
+    "SIGTERM (a checkpoint is saved; --resume continues).\n\n"
+    "Example: opama train --preset tiny --data data/png --captions data/captions.jsonl --out runs/tiny --steps 300 "
+    "--train-backbone --vae-steps 100 --lr 1e-3 --save-every 100"
 )
-def train() -> None:
-    not_built("train", "no issue yet: needs the model core (#6)")
+def train(
+    data: Path = typer.Option(..., "--data", help="Folder of 2:1 equirect panoramas (.png/.jpg, searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, log.csv, panels, model)."),
+    captions: Optional[list[Path]] = typer.Option(
+        None, "--captions", help="Caption file(s): opama caption JSONL or AOG-Net JSON (repeat the option to merge)."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny (random, CPU) or sd2 (SD-2 inpainting + unCLIP CLIP)."),
+    conditioner: str = typer.Option("opama", "--conditioner", help="opama (VCR + GMA) or aog (AOG-Net baseline)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (give --steps or --epochs)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data (converted to steps)."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Samples per process per micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimiser step."),
+    lr: float = typer.Option(1e-4, "--lr", help="AdamW learning rate (reference 1e-4)."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay (reference 0.01 on everything)."),
+    no_decay_ssm: bool = typer.Option(False, "--no-decay-ssm", help="No weight decay on Mamba's A_log, D and embeddings."),
+    warmup: int = typer.Option(0, "--warmup", help="Linear LR warm-up steps (then constant)."),
+    clip: float = typer.Option(0.5, "--clip", help="Gradient-norm clipping (0 = off; reference 0.5)."),
+    ema: float = typer.Option(0.0, "--ema", help="EMA decay of the trainable weights (0 = off, e.g. 0.999)."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16."),
+    save_every: int = typer.Option(500, "--save-every", help="Checkpoint every N steps (and at the end)."),
+    keep: int = typer.Option(3, "--keep", help="Keep the newest N checkpoints (0 = all)."),
+    val_data: Optional[Path] = typer.Option(None, "--val-data", help="Validation panoramas (never the test split)."),
+    val_captions: Optional[list[Path]] = typer.Option(None, "--val-captions", help="Captions of --val-data (default: --captions)."),
+    val_every: int = typer.Option(500, "--val-every", help="Validation loss + panel PNG every N steps."),
+    val_count: int = typer.Option(10, "--val-count", help="Validation panoramas used (the reference uses 10)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data order, the draws and the random backbone."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in --out."),
+    num_workers: int = typer.Option(0, "--num-workers", help="Data-loader worker processes."),
+    train_backbone: bool = typer.Option(False, "--train-backbone", help="Also train the UNet (tiny demo recipe; the reference freezes it)."),
+    vae_steps: int = typer.Option(0, "--vae-steps", help="First fit the VAE on views for N steps, then freeze it (tiny demo recipe)."),
+    empty_canvas_prob: float = typer.Option(0.0, "--empty-canvas-prob", help="Fraction of samples with nothing known (text-only outpainting; 0 = reference)."),
+    canvas: Optional[str] = typer.Option(None, "--canvas", help="Canvas HxW (default: 4 x 8 view sizes; sd2 2048x4096, tiny 256x512)."),
+    sd2_inpaint: Optional[Path] = typer.Option(None, "--sd2-inpaint", help="Local stable-diffusion-2-inpainting folder."),
+    sd2_clip: Optional[Path] = typer.Option(None, "--sd2-clip", help="Local stable-diffusion-2-1-unclip folder."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="sd2 architecture with random weights (benchmarks)."),
+    cpu: bool = typer.Option(False, "--cpu", help="Train on the CPU even when a GPU is present."),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0 = torch's default)."),
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from opama_model.model_dir import ModelFolderError
+    from opama_model.training import TrainConfig, TrainError, train as run_train
+    from opama_model.training.checkpoint import CheckpointError
+    from opama_model.weights import MissingWeightsError
+    from opama_tools.train_data import TrainDataError, load_records
+
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    weights = {k: v for k, v in (("sd2-inpaint", sd2_inpaint), ("sd2-clip", sd2_clip)) if v is not None}
+    cfg = TrainConfig(
+        out=str(out), preset=preset, conditioner=conditioner, steps=steps, epochs=epochs, batch_size=batch_size,
+        grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, no_decay_ssm=no_decay_ssm, warmup_steps=warmup,
+        clip=clip, ema=ema, mixed_precision=mixed_precision, save_every=save_every, keep=keep, val_every=val_every,
+        val_count=val_count, seed=seed, resume=resume, num_workers=num_workers, train_backbone=train_backbone,
+        vae_steps=vae_steps, empty_canvas_prob=empty_canvas_prob, canvas_hw=_canvas(canvas),
+        random_weights=random_weights, weights=weights or None, cpu=cpu,
+    )
+    main = os.environ.get("RANK", "0") == "0"
+    try:
+        records = load_records(data, captions or ())
+        val_records = load_records(val_data, val_captions or captions or ()) if val_data is not None else None
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not main,
+        ) as bar:
+            tasks: dict[str, int] = {}
+
+            def show(p) -> None:
+                if p.phase not in tasks:
+                    tasks[p.phase] = bar.add_task("VAE warm-up" if p.phase == "vae" else "train", total=p.total, info="")
+                info = f"loss {p.loss:.4f}" if p.loss is not None else ""
+                if p.phase == "train":
+                    info += f" lr {p.lr:.2e}" + (f" {p.steps_per_s:.2f} it/s" if p.steps_per_s else "")
+                    info += f" val {p.val_loss:.4f}" if p.val_loss is not None else ""
+                bar.update(tasks[p.phase], completed=p.step, info=info)
+
+            result = run_train(cfg, records, val_records, progress=show)
+    except (TrainDataError, TrainError, CheckpointError, MissingWeightsError, ModelFolderError) as e:
+        raise fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, 2) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted (the newest complete checkpoint is kept; --resume continues)", 130) from None
+    if resume and result.resumed_from is None and main:
+        console.print(f"train: no checkpoint in {out}: started from step 0", highlight=False)
+    if result.stopped:
+        if main:
+            console.print(f"train: stopped by SIGTERM at step {result.step}; checkpoint {result.checkpoint} "
+                          "(re-run with --resume to continue)", highlight=False)
+        raise typer.Exit(143)
+    if main:
+        last = sum(result.losses[-20:]) / max(len(result.losses[-20:]), 1) if result.losses else float("nan")
+        val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+        console.print(
+            f"train: {result.step} steps in {result.seconds:.0f} s, loss {last:.4f} (mean of the last "
+            f"{min(20, len(result.losses))}){val}; model in {result.model_dir} (trained: {', '.join(result.trained)})",
+            highlight=False)
