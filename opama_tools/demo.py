@@ -68,12 +68,12 @@ class DemoSettings:
     out: str = "opama-demo"
     n_train: int = 24
     n_test: int = 6
-    steps: int = 600
-    vae_steps: int = 300
+    steps: int = 350
+    vae_steps: int = 250
     height: int = 128
     seed: int = 0
-    batch_size: int = 4
-    lr: float = 1e-3
+    batch_size: int = 2
+    lr: float = 2e-3
     outpaint_steps: int | None = None
     procedures: tuple[str, ...] = ("fast", "reference")
     aog: bool = False
