@@ -72,7 +72,7 @@ def test_missing_weights_error_is_clear(tmp_path, monkeypatch):
     assert "stabilityai/stable-diffusion-2-inpainting" in msg and "OPAMA_SD2_INPAINT" in msg and "--sd2-inpaint" in msg
 
 
-@pytest.mark.parametrize("cmd", ["train", "outpaint"])
+@pytest.mark.parametrize("cmd", ["train"])
 def test_unbuilt_commands_exit_2(cmd):
     res = runner.invoke(app, [cmd])
     assert res.exit_code == 2
