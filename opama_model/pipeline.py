@@ -125,13 +125,24 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
 """Scheduler names of ``--scheduler``: class and settings over the model's noise schedule."""
 
 
+NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                       "prediction_type", "steps_offset")
+"""What a sampling scheduler takes from the model's scheduler config: the training noise schedule only."""
+
+
 def make_scheduler(name: str, base_config: dict):
-    """A fresh scheduler ``name`` (:data:`SCHEDULERS`) over ``base_config``'s noise schedule."""
+    """A fresh scheduler ``name`` (:data:`SCHEDULERS`) over ``base_config``'s noise schedule.
+
+    Only :data:`NOISE_SCHEDULE_KEYS` are taken from ``base_config``: everything else (timestep
+    spacing, final sigma, ...) is the sampler's own default, as ``from_pretrained`` of the
+    SD-2-inpainting scheduler folder gives in the reference (the training ``DDPMScheduler``'s
+    ``timestep_spacing="leading"`` would start DPM-Solver at t = 961 instead of 999).
+    """
     try:
         cls, kwargs = SCHEDULERS[name]
     except KeyError:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}") from None
-    cfg = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
+    cfg = {k: v for k, v in dict(base_config).items() if k in NOISE_SCHEDULE_KEYS}
     return cls.from_config(cfg, **kwargs)
 
 
