@@ -200,3 +200,22 @@ def test_viewer_renders_in_headless_chromium(tmp_path):
     edge = img[hh // 2, 3]
     assert edge[0] > 150 and edge[1] < 80, edge  # 90 deg fov: the sides show red
     assert img.std() > 20  # not a blank frame
+
+
+def test_read_rows_folder_and_input_specs(tmp_path):
+    from opama_tools.outpaint import parse_input_spec, parse_size, read_rows
+
+    (tmp_path / "sub").mkdir()
+    write_photo(tmp_path / "b.png")
+    write_photo(tmp_path / "sub" / "a.jpg")
+    rows = read_rows(tmp_path, prompt="p")
+    assert [r.name for r in rows] == ["b", "sub/a"] and all(r.prompt == "p" for r in rows)
+    assert rows[0].inputs[0].direction == (0.0, 0.0, 90.0)
+    s = parse_input_spec("x@-60,10")
+    assert (s.yaw, s.pitch, s.fov) == (-60.0, 10.0, 90.0)
+    for bad in ("x@1", "x@a,b,c", "x@0,0,190", "@0,0,90"):
+        with pytest.raises(ValueError):
+            parse_input_spec(bad)
+    assert parse_size("32x64") == (32, 64) and parse_size(None) is None
+    with pytest.raises(ValueError, match="2:1"):
+        parse_size("32x60")

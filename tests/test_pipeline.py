@@ -216,3 +216,20 @@ def test_save_pretrained_round_trip(pipe, tmp_path):
     for a, b in ((pipe.conditioner, q.conditioner), (pipe.unet, q.unet)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_samplers_take_only_the_noise_schedule(pipe):
+    # The model's (training) scheduler is a DDPMScheduler with "leading" spacing; the samplers keep
+    # their own defaults, as the reference's from_pretrained of the SD-2 scheduler folder.
+    ref = make_scheduler(PROCEDURES["reference"].scheduler, pipe.scheduler.config)
+    ref.set_timesteps(25)
+    assert type(ref).__name__ == "DPMSolverMultistepScheduler" and ref.config.algorithm_type == "dpmsolver++"
+    assert len(ref.timesteps) == 25 and int(ref.timesteps[0]) == 999
+    aog = make_scheduler(PROCEDURES["aog"].scheduler, pipe.scheduler.config)
+    aog.set_timesteps(50)
+    assert type(aog).__name__ == "PNDMScheduler" and len(aog.timesteps) == 51  # PLMS warm-up: one extra pass
+    fast = make_scheduler(PROCEDURES["fast"].scheduler, pipe.scheduler.config)
+    fast.set_timesteps(PROCEDURES["fast"].steps)
+    assert fast.config.use_karras_sigmas and int(fast.timesteps[0]) == 999 and int(fast.timesteps[-1]) == 0
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        make_scheduler("nope", pipe.scheduler.config)
