@@ -104,10 +104,10 @@ def part_procedures(args) -> None:
     ref = rows[0]
     print(f"\n## 1. Per panorama ({args.preset}, canvas {rows[0]['size'][0]}x{rows[0]['size'][1]}, "
           f"{rows[0]['dtype']}, {args.device})")
-    print(f"{'procedure':<10} {'scheduler':<8} {'steps':>5} {'views':>5} {'UNet calls':>10} {'rows':>6} "
+    print(f"{'procedure':<10} {'scheduler':<15} {'steps':>5} {'views':>5} {'UNet calls':>10} {'rows':>6} "
           f"{'UNet s':>8} {'wall s':>8} {'peak MB':>8} {'UNet time vs reference':>23}")
     for r in rows:
-        print(f"{r['procedure']:<10} {r['scheduler']:<8} {r['steps']:>5} {r['views']:>5} {r['unet_passes']:>10} "
+        print(f"{r['procedure']:<10} {r['scheduler']:<15} {r['steps']:>5} {r['views']:>5} {r['unet_passes']:>10} "
               f"{r['unet_rows']:>6} {r['unet_s']:>8.2f} {r['wall']:>8.2f} {r['peak_mb']:>8.1f} "
               f"{ref['unet_s'] / max(r['unet_s'], 1e-9):>22.2f}x")
     f = rows[2]
