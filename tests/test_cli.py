@@ -72,13 +72,6 @@ def test_missing_weights_error_is_clear(tmp_path, monkeypatch):
     assert "stabilityai/stable-diffusion-2-inpainting" in msg and "OPAMA_SD2_INPAINT" in msg and "--sd2-inpaint" in msg
 
 
-@pytest.mark.parametrize("cmd", ["outpaint"])
-def test_unbuilt_commands_exit_2(cmd):
-    res = runner.invoke(app, [cmd])
-    assert res.exit_code == 2
-    assert "not built yet" in res.output
-
-
 def test_demo_data_only(tmp_path):
     res = runner.invoke(app, ["demo", "--data-only", str(tmp_path / "d"), "-n", "2", "--height", "16"])
     assert res.exit_code == 0, res.output

@@ -31,13 +31,5 @@ def fail(message: str, code: int = 1) -> "typer.Exit":
     return typer.Exit(code)
 
 
-def not_built(command: str, issue: str) -> None:
-    """Refuse to run a command whose implementation has not landed (exit 2, no fake output)."""
-    err_console.print(
-        f"[bold yellow]opama {command}[/] is not built yet ({issue}); nothing was done.", highlight=False
-    )
-    raise typer.Exit(2)
-
-
 def stdout_is_tty() -> bool:
     return sys.stdout.isatty()

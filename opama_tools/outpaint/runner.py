@@ -1,0 +1,510 @@
+"""Run :class:`opama_model.pipeline.OPaMaPipeline` on one panorama or a batch, and write its outputs.
+
+Per panorama, in its folder (``OUT`` for one panorama, ``OUT/<name>/`` in a batch):
+
+* ``pano.png``: the 2:1 equirect, 8-bit RGB (input pixels exactly as pasted);
+* ``input_mask.png``: 255 where the inputs were pasted (never altered), 0 elsewhere;
+* ``index.html``: the self-contained drag-to-look viewer (:mod:`.viewer`);
+* ``cube_F.png`` ... ``cube_D.png`` with ``cube > 0``; ``pano.mp4`` with ``video``;
+* ``meta.json``, written **last**: prompt, inputs and directions (with file digests), seed,
+  procedure, scheduler, steps, guidance, views, ``model_id``, ``method``, UNet passes (counted),
+  seconds per stage, and the ``key`` of everything that determines the output.
+
+Every file is written atomically. A panorama whose ``meta.json`` has the current ``key`` and
+whose files exist is skipped on re-runs (inputs unchanged: their bytes are hashed, not just
+the options), so a batch is resumable; ``overwrite`` redoes it. Under ``accelerate launch``
+the rows are spread over the processes (row ``i`` to process ``i % n``), one output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from opama_tools.io import atomic_path, atomic_write_text
+
+__all__ = [
+    "IMAGE_EXTS",
+    "InputSpec",
+    "Row",
+    "OutpaintSettings",
+    "OutpaintModel",
+    "BatchResult",
+    "parse_input_spec",
+    "parse_size",
+    "read_rows",
+    "read_input_image",
+    "load_model",
+    "check_row",
+    "outpaint_row",
+    "outpaint_batch",
+    "distributed_context",
+]
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+META = "meta.json"
+CUBE_NAMES = ("F", "R", "B", "L", "U", "D")
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class InputSpec:
+    """One input photo: its file and direction (degrees: yaw right, pitch up, horizontal fov)."""
+
+    path: Path
+    yaw: float = 0.0
+    pitch: float = 0.0
+    fov: float = 90.0
+
+    @property
+    def direction(self) -> tuple[float, float, float]:
+        return (self.yaw, self.pitch, self.fov)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One panorama to make: ``name`` (its folder in a batch), input photos (none = text only), caption."""
+
+    name: str
+    inputs: tuple[InputSpec, ...] = ()
+    prompt: str = ""
+
+
+def parse_input_spec(text: str, base: Path | None = None) -> InputSpec:
+    """``IMG[@yaw,pitch[,fov]]`` (degrees; default ``@0,0,90``) -> :class:`InputSpec`.
+
+    Raises:
+        ValueError: malformed numbers or out-of-range angles (message names the spec).
+    """
+    from opama_model.pipeline import check_direction
+
+    path, sep, angles = text.rpartition("@") if "@" in text else (text, "", "")
+    if not path.strip():
+        raise ValueError(f"input {text!r}: no image path")
+    yaw, pitch, fov = 0.0, 0.0, 90.0
+    if sep:
+        parts = [p.strip() for p in angles.split(",")]
+        if len(parts) not in (2, 3):
+            raise ValueError(f"input {text!r}: expected IMG@yaw,pitch[,fov] in degrees")
+        try:
+            nums = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"input {text!r}: yaw, pitch and fov must be numbers (degrees)") from None
+        yaw, pitch = nums[0], nums[1]
+        fov = nums[2] if len(nums) == 3 else 90.0
+    try:
+        check_direction((yaw, pitch, fov))
+    except ValueError as e:
+        raise ValueError(f"input {text!r}: {e}") from None
+    p = Path(path.strip()).expanduser()
+    if base is not None and not p.is_absolute():
+        p = base / p
+    return InputSpec(p, yaw, pitch, fov)
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"HxW"`` -> ``(H, W)``; must be 2:1 (W = 2 H). None/"" -> None (the model's default)."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{text!r}: expected HxW in pixels, e.g. 1024x2048") from None
+    if h < 2 or w != 2 * h:
+        raise ValueError(f"{text!r}: the panorama must be 2:1 (width = 2 x height), e.g. {h}x{2 * h}")
+    return h, w
+
+
+def read_input_image(path: Path) -> np.ndarray:
+    """uint8 ``(h, w, 3)`` RGB of an image file (alpha dropped, grey expanded).
+
+    Raises:
+        ValueError: missing or unreadable file (message names it).
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                a = np.asarray(im, dtype=np.float64)
+                a = np.clip(a / (65535.0 if a.max() > 255 else 255.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                return np.repeat(a[..., None], 3, axis=2)
+            return np.asarray(im.convert("RGB")).copy()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: unreadable image ({e})") from None
+
+
+def _row_name(spec: InputSpec | None, index: int) -> str:
+    return spec.path.stem if spec is not None else f"row_{index:05d}"
+
+
+def read_rows(batch: str | Path, prompt: str = "") -> list[Row]:
+    """Rows of a batch: a CSV file or a folder of photos.
+
+    * CSV (header required): ``image`` (a path relative to the CSV, or several
+      ``IMG[@yaw,pitch,fov]`` joined by ``;``, or empty for text only), optional ``prompt``,
+      ``yaw``, ``pitch``, ``fov`` (degrees, for a single image without ``@``) and ``name``
+      (output folder; default the image's stem, or ``row_NNNNN``).
+    * folder: every ``.png/.jpg/.jpeg`` under it (sorted, recursive), at ``@0,0,90``, with
+      ``prompt``; ``name`` = relative path without suffix.
+
+    Raises:
+        ValueError: unreadable CSV, missing ``image`` column, bad angles or duplicate names
+            (message names the file and row).
+    """
+    batch = Path(batch)
+    rows: list[Row] = []
+    if batch.is_dir():
+        files = sorted(p for p in batch.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
+                       and not p.name.startswith("."))
+        for p in files:
+            rows.append(Row(p.relative_to(batch).with_suffix("").as_posix(), (InputSpec(p),), prompt))
+    elif batch.is_file():
+        try:
+            with open(batch, newline="", encoding="utf-8") as f:
+                records = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise ValueError(f"{batch}: unreadable CSV ({e})") from None
+        if records and "image" not in records[0]:
+            raise ValueError(f"{batch}: no 'image' column (columns: image, prompt, yaw, pitch, fov, name)")
+        for i, rec in enumerate(records):
+            where = f"{batch}, row {i + 2}"
+            image = (rec.get("image") or "").strip()
+            specs: list[InputSpec] = []
+            try:
+                parts = [s for s in image.split(";") if s.strip()]
+                for part in parts:
+                    spec = parse_input_spec(part.strip(), base=batch.parent)
+                    if "@" not in part and len(parts) == 1:
+                        angles = [(rec.get(k) or "").strip() for k in ("yaw", "pitch", "fov")]
+                        if any(angles):
+                            y, p_, f_ = (float(a) if a else d for a, d in zip(angles, (0.0, 0.0, 90.0)))
+                            spec = parse_input_spec(f"{part.strip()}@{y},{p_},{f_}", base=batch.parent)
+                    specs.append(spec)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+            name = (rec.get("name") or "").strip() or _row_name(specs[0] if specs else None, i)
+            rows.append(Row(name, tuple(specs), (rec.get("prompt") or "").strip() if "prompt" in rec else prompt))
+    else:
+        raise ValueError(f"{batch}: no such CSV file or folder")
+    seen: dict[str, int] = {}
+    for r in rows:
+        if r.name in seen or r.name.startswith(("/", "..")) or not r.name:
+            raise ValueError(f"{batch}: output name {r.name!r} is empty, absolute or used twice "
+                             "(add a 'name' column)")
+        seen[r.name] = 1
+    return rows
+
+
+# ----------------------------------------------------------------------------- model
+@dataclass
+class OutpaintModel:
+    """A loaded pipeline and what identifies it (``model_id``, ``method`` = "opama" | "aog")."""
+
+    pipeline: Any
+    model_id: str
+    method: str
+    digest: str
+    preset: str
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: expected auto, cpu or cuda[:N]") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return d
+
+
+def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in table:
+        raise ValueError(f"--dtype {dtype!r}: choose auto, fp32, fp16 or bf16")
+    if device.type == "cpu" and dtype == "fp16":
+        raise ValueError("--dtype fp16 needs a CUDA device (use fp32 or bf16 on CPU)")
+    return table[dtype]
+
+
+def _folder_digest(path: Path) -> str:
+    """Digest of a model folder's files (relative path, size, modification time): cheap, changes on retraining."""
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def load_model(model: str | Path | None = None, *, preset: str | None = None, random_weights: bool = False,
+               device: str = "auto", dtype: str = "auto", paths: dict | None = None,
+               conditioner: str = "opama", seed: int = 0) -> OutpaintModel:
+    """Load a model folder (``opama train`` output) or build a preset; returns an :class:`OutpaintModel`.
+
+    ``dtype="auto"``: fp16 on CUDA (UNet, VAE, CLIP; the conditioner stays fp32), fp32 on CPU.
+    On CUDA the UNet uses channels-last memory (and PyTorch's SDPA attention, diffusers' default).
+
+    Raises:
+        ModelFolderError: ``model`` is not a complete model folder.
+        MissingWeightsError: a pretrained backbone is not on this machine.
+        ValueError: bad device/dtype/preset.
+    """
+    from opama_model.model_dir import load_model_dir
+    from opama_model.pipeline import OPaMaPipeline
+    from opama_model.presets import build_components
+
+    dev = _resolve_device(device)
+    dt = _resolve_dtype(dtype, dev)
+    if (model is None) == (preset is None):
+        raise ValueError("give exactly one of --model DIR or --preset NAME")
+    if model is not None:
+        path = Path(model)
+        comps = load_model_dir(path, paths=paths)
+        model_id = f"dir:{path.resolve()}"
+        digest = _folder_digest(path)
+    else:
+        comps = build_components(preset, random_weights=random_weights, paths=paths, conditioner=conditioner,
+                                 seed=seed)
+        model_id = f"preset:{preset}" + ("-random" if (random_weights or not comps.preset.pretrained) else "")
+        digest = hashlib.sha256(f"{model_id}:{conditioner}:{seed}".encode()).hexdigest()[:16]
+    if dev.type != "cpu" or dt != torch.float32:  # (a no-op .to() still makes diffusers warn)
+        comps.to(device=dev, dtype=dt)
+    if dev.type == "cuda":
+        comps.unet.to(memory_format=torch.channels_last)
+    pipe = OPaMaPipeline.from_components(comps)
+    pipe.set_progress_bar_config(disable=True)
+    method = "aog" if type(comps.conditioner).__name__ == "AOGConditioner" else "opama"
+    return OutpaintModel(pipe, model_id, method, digest, comps.preset.name)
+
+
+# ----------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class OutpaintSettings:
+    """Options of ``opama outpaint`` that apply to every panorama.
+
+    ``size``: canvas ``(H, W)`` (None: 4 x 8 view sizes); ``steps``/``guidance``/``scheduler``
+    override the procedure's; ``cube``: cube-face width (0 = none); ``video``: write
+    ``pano.mp4``; ``viewer``: write ``index.html``; ``views``: the generated views' schedule
+    ``(yaw, pitch)`` degrees (None: AOG-Net's 21, as the model was trained; completion views follow).
+    """
+
+    procedure: str = "fast"
+    steps: int | None = None
+    guidance: float | None = None
+    scheduler: str | None = None
+    size: tuple[int, int] | None = None
+    seed: int = 0
+    cube: int = 0
+    video: bool = False
+    viewer: bool = True
+    views: tuple[tuple[float, float], ...] | None = None
+
+    def __post_init__(self) -> None:
+        from opama_model.pipeline import PROCEDURES, SCHEDULERS
+
+        if self.procedure not in PROCEDURES:
+            raise ValueError(f"--procedure {self.procedure!r}: choose one of {', '.join(PROCEDURES)}")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise ValueError(f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.size is not None and (self.size[1] != 2 * self.size[0] or self.size[0] < 2):
+            raise ValueError(f"--size {self.size[0]}x{self.size[1]}: must be 2:1 (width = 2 x height)")
+        if self.cube < 0 or self.cube == 1:
+            raise ValueError(f"--cube must be 0 (none) or >= 2 pixels, got {self.cube}")
+
+    def output_files(self) -> list[str]:
+        files = ["pano.png", "input_mask.png"]
+        files += ["index.html"] if self.viewer else []
+        files += [f"cube_{n}.png" for n in CUBE_NAMES] if self.cube else []
+        files += ["pano.mp4"] if self.video else []
+        return files
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _canvas_size(model: OutpaintModel, settings: OutpaintSettings) -> tuple[int, int]:
+    from opama_model.pipeline import default_canvas_size
+
+    return settings.size or default_canvas_size(model.pipeline.view_size)
+
+
+def check_row(row: Row, model: OutpaintModel, settings: OutpaintSettings) -> tuple[list[np.ndarray], str]:
+    """Read and check a row's inputs before anything runs; returns the images and the row's ``key``.
+
+    Raises:
+        ValueError: unreadable image, bad direction, or a photo larger than the canvas.
+    """
+    from opama_model.pipeline import check_direction
+
+    h, w = _canvas_size(model, settings)
+    images, digests = [], []
+    for spec in row.inputs:
+        check_direction(spec.direction)
+        img = read_input_image(spec.path)
+        if img.shape[0] > h or img.shape[1] > w:
+            raise ValueError(f"{spec.path}: {img.shape[1]}x{img.shape[0]} px is larger than the {w}x{h} canvas "
+                             "(shrink it or ask for a larger --size)")
+        images.append(img)
+        digests.append(_file_digest(spec.path))
+    key_src = dict(inputs=[[d, *s.direction] for d, s in zip(digests, row.inputs)], prompt=row.prompt,
+                   model=model.digest, size=[h, w], **{k: v for k, v in asdict(settings).items()
+                                                      if k not in ("size", "cube", "video", "viewer")})
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:24]
+    return images, key
+
+
+def _is_done(folder: Path, key: str, settings: OutpaintSettings) -> bool:
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return meta.get("key") == key and all((folder / f).is_file() for f in settings.output_files())
+
+
+def _usual_mode(path: Path) -> None:
+    """``atomic_path`` writes 0600 temp files: give outputs the usual 0666 less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+    _usual_mode(path)
+
+
+def outpaint_row(row: Row, model: OutpaintModel, folder: str | Path, settings: OutpaintSettings, *,
+                 images: list[np.ndarray] | None = None, key: str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> dict:
+    """Make one panorama and write its files into ``folder`` (``meta.json`` last); returns the meta.
+
+    Inputs are checked (:func:`check_row`) before the model runs, so a bad input writes nothing.
+    """
+    from opama_model.spherical import equi_to_cube
+
+    folder = Path(folder)
+    if images is None or key is None:
+        images, key = check_row(row, model, settings)
+    h, w = _canvas_size(model, settings)
+    t0 = time.perf_counter()
+    out = model.pipeline(
+        images=images, directions=[s.direction for s in row.inputs], prompt=row.prompt, height=h, width=w,
+        procedure=settings.procedure, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+        scheduler=settings.scheduler, seed=settings.seed, output_type="np",
+        **({} if settings.views is None else dict(schedule=settings.views)),
+        callback=None if progress is None else (lambda k, n, _s: progress(k, n)),
+    )
+    pano, info = out.images[0], out.info
+    t_write = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / META).unlink(missing_ok=True)  # the folder is "not done" until the new meta.json lands
+    wanted = set(settings.output_files())
+    for stale in ["index.html", "pano.mp4", *(f"cube_{n}.png" for n in CUBE_NAMES)]:
+        if stale not in wanted:  # outputs of an earlier run with other options
+            (folder / stale).unlink(missing_ok=True)
+    _write_png(folder / "pano.png", pano)
+    _write_png(folder / "input_mask.png", out.input_mask.astype(np.uint8) * 255)
+    if settings.viewer:
+        from .viewer import write_viewer
+
+        write_viewer(folder / "index.html", pano, title=f"opama: {row.prompt or row.name}")
+        _usual_mode(folder / "index.html")
+    if settings.cube:
+        faces = equi_to_cube(torch.from_numpy(pano).permute(2, 0, 1)[None].float(), settings.cube)[0]
+        for n, face in zip(CUBE_NAMES, faces):
+            _write_png(folder / f"cube_{n}.png", face.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+    if settings.video:
+        from .video import write_video
+
+        write_video(folder / "pano.mp4", pano)
+        _usual_mode(folder / "pano.mp4")
+    seconds = dict(info.pop("seconds"))
+    seconds["write"] = round(time.perf_counter() - t_write, 4)
+    seconds["panorama"] = round(time.perf_counter() - t0, 4)
+    meta = dict(
+        name=row.name, **info,
+        mode=("text+photo" if row.prompt else "photo") if row.inputs else "text",
+        model_id=model.model_id, method=model.method, preset=model.preset,
+        seconds=seconds, outputs=settings.output_files(), key=key,
+    )
+    meta.update(prompt=row.prompt,
+                inputs=[dict(path=str(s.path), yaw=s.yaw, pitch=s.pitch, fov=s.fov) for s in row.inputs])
+    atomic_write_text(folder / META, json.dumps(meta, indent=2) + "\n")
+    _usual_mode(folder / META)
+    return meta
+
+
+# ----------------------------------------------------------------------------- batch
+@dataclass
+class BatchResult:
+    """Names done, skipped (already done) and failed (``(name, reason)``) by this process."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def distributed_context() -> tuple[int, int, str | None]:
+    """``(process_index, num_processes, device)`` under ``accelerate launch`` / torchrun, else ``(0, 1, None)``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state.process_index, state.num_processes, str(state.device)
+
+
+def outpaint_batch(rows: Sequence[Row], model: OutpaintModel, out: str | Path, settings: OutpaintSettings, *,
+                   overwrite: bool = False, process_index: int = 0, num_processes: int = 1,
+                   progress: Callable[[int, int, str], None] | None = None,
+                   on_failure: Callable[[str, str], None] | None = None,
+                   view_progress: Callable[[int, int], None] | None = None) -> BatchResult:
+    """Make every row's panorama into ``out/<name>/`` (this process's share: rows ``i`` with
+    ``i % num_processes == process_index``). Resumable; a failed row is reported and the rest go on.
+
+    ``progress(k, total, name)`` after each of this process's rows; ``on_failure(name, reason)``.
+    The same entry point serves the CLI and the demo.
+    """
+    out = Path(out)
+    mine = [r for i, r in enumerate(rows) if i % num_processes == process_index]
+    result = BatchResult()
+    for k, row in enumerate(mine):
+        folder = out / row.name
+        try:
+            images, key = check_row(row, model, settings)
+            if not overwrite and _is_done(folder, key, settings):
+                result.skipped.append(row.name)
+            else:
+                outpaint_row(row, model, folder, settings, images=images, key=key, progress=view_progress)
+                result.done.append(row.name)
+        except (ValueError, RuntimeError, OSError) as e:
+            result.failed.append((row.name, str(e)))
+            if on_failure is not None:
+                on_failure(row.name, str(e))
+        if progress is not None:
+            progress(k + 1, len(mine), row.name)
+    return result
