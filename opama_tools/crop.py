@@ -48,6 +48,7 @@ from opama_model.spherical import (
 from opama_tools.io import (
     atomic_dir,
     atomic_path,
+    find_files,
     ensure_output_dir,
     printable_path,
     remove_stale_temps,
@@ -112,19 +113,7 @@ class CropResult:
 def find_panoramas(pano_dir: str | Path, exclude: str | Path | None = None) -> list[Path]:
     """Image files (``.png``, ``.jpg``, ``.jpeg``, any case) under ``pano_dir``, recursively, sorted
     by relative path; hidden files and folders, and anything under ``exclude``, are left out."""
-    root = Path(pano_dir)
-    ex = Path(exclude).resolve() if exclude is not None else None
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        d = Path(dirpath)
-        if ex is not None and (d.resolve() == ex or ex in d.resolve().parents):
-            dirnames[:] = []
-            continue
-        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTS and (d / name).is_file():
-                found.append(d / name)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    return find_files(pano_dir, IMAGE_EXTS, exclude)
 
 
 def read_panorama(path: str | Path) -> np.ndarray:

@@ -141,7 +141,12 @@ def write_demo_report(out: str | Path, names: Sequence[str], times: dict[str, fl
     out = Path(out)
     reports = {n: load_report(out / "reports" / n) for n in names if (out / "reports" / n / "metrics.json").is_file()}
     labels, cells, better = comparison_rows(reports)
-    cmp_rows = [[html.escape(lab), html.escape(b)] + c for lab, b, c in zip(labels, better, cells)]
+    # rows scored on the references themselves are the same for every method: one line for them
+    ref_rows = [(lab, c) for lab, b, c in zip(labels, better, cells) if b == "reference"]
+    cmp_rows = [[html.escape(lab), html.escape(b)] + c for lab, b, c in zip(labels, better, cells)
+                if b != "reference"]
+    ref_line = ("On the references themselves: " + "; ".join(f"{html.escape(lab)} {c[0]}" for lab, c in ref_rows)
+                if ref_rows else "")
     missing = missing_lines(next(iter(reports.values()))["metrics"]) if reports else []
     sig = []
     for a in [n for n in names if n.startswith("trained")]:
@@ -186,6 +191,7 @@ def write_demo_report(out: str | Path, names: Sequence[str], times: dict[str, fl
         "<p>Mean over panoramas with its 95% bootstrap interval; best value per row in bold "
         "(<i>better</i>: lower, higher, or 1.0 = closest to 1).</p>",
         _table(["metric", "better", *reports.keys()], cmp_rows, escape=False),
+        f"<p>{ref_line}</p>" if ref_line else "",
         "".join(f"<p>{html.escape(s)}</p>" for s in sig),
         "".join(f"<p><i>{html.escape(m)}</i></p>" for m in missing),
         "<h2>Time per panorama</h2>",

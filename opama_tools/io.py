@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 __all__ = [
     "TEMP_PATTERN",
+    "find_files",
     "OutputPathError",
     "atomic_dir",
     "atomic_path",
@@ -242,3 +243,22 @@ def ensure_output_file(path: str | Path, what: str = "output file") -> Path:
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputPathError(f"{shown}: the {what} is not writable")
     return path
+
+
+def find_files(root: str | Path, exts: tuple[str, ...], exclude: str | Path | None = None) -> list[Path]:
+    """Files under ``root`` whose suffix is in ``exts`` (lower case, with the dot; any case on
+    disk), recursively, sorted by relative path. Hidden files and folders, and anything under
+    ``exclude`` (e.g. the output folder inside the input folder), are left out."""
+    root = Path(root)
+    ex = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        if ex is not None and (d.resolve() == ex or ex in d.resolve().parents):
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in exts and (d / name).is_file():
+                found.append(d / name)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())

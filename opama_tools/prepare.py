@@ -34,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from opama_tools.io import atomic_path, printable_path, remove_stale_temps, utf8_name_problem
+from opama_tools.io import atomic_path, find_files, printable_path, remove_stale_temps, utf8_name_problem
 from opama_tools.jobs import NoInputsError, Terminated, die_with_parent, stop_name, stop_raises
 
 __all__ = [
@@ -362,20 +362,7 @@ def _write_png(dst: Path, u8: np.ndarray, on_commit: Callable[[], None] | None =
 def find_sources(src_dir: str | Path, exclude: str | Path | None = None) -> list[Path]:
     """Every ``.exr/.png/.jpg/.jpeg`` (any case) under ``src_dir``, recursively, sorted;
     hidden files/folders and anything under ``exclude`` (the output folder) are left out."""
-    root = Path(src_dir)
-    ex = Path(exclude).resolve() if exclude is not None else None
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        d = Path(dirpath)
-        if ex is not None and (d.resolve() == ex or ex in d.resolve().parents):
-            dirnames[:] = []
-            continue
-        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in HDR_EXTS + LDR_EXTS \
-                    and (d / name).is_file():
-                found.append(d / name)
-    return sorted(found)
+    return find_files(src_dir, tuple(HDR_EXTS) + tuple(LDR_EXTS), exclude)
 
 
 @dataclass
