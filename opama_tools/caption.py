@@ -591,7 +591,7 @@ def run_caption_job(
     paths = dict(todo)
 
     from opama_tools.io import utf8_name_problem
-    from opama_tools.jobs import Terminated, stop_name, stop_raises
+    from opama_tools.jobs import Terminated, check_stop, stop_name, stop_raises
 
     def load(item):
         _, p = item
@@ -625,9 +625,10 @@ def run_caption_job(
         finish_ready(advance)
 
     try:
-        with stop_raises(), _progress(len(todo), "captioning", progress) as advance:
+        with stop_raises(deferred=True), _progress(len(todo), "captioning", progress) as advance:
             try:
                 for (rel, p), images, err in _prefetch(load, todo):
+                    check_stop()  # SIGTERM takes effect between images, never inside a library call
                     if err is not None:
                         _fail_image(out, summary, rel, _err_text(err))
                         advance()
@@ -636,8 +637,10 @@ def run_caption_job(
                     pending.append(entry)
                     queue.extend((entry, im) for im in images)
                     while len(queue) >= captioner.batch_size:
+                        check_stop()
                         run_batch(captioner.batch_size, advance)
                 while queue:
+                    check_stop()
                     run_batch(captioner.batch_size, advance)
             except (Terminated, KeyboardInterrupt) as e:
                 summary.interrupted = stop_name(e)
@@ -837,7 +840,7 @@ def run_metadata_job(
     without a scene record is recorded as failed.
     """
     from opama_tools.io import utf8_name_problem
-    from opama_tools.jobs import Terminated, stop_name, stop_raises
+    from opama_tools.jobs import Terminated, check_stop, stop_name, stop_raises
 
     scenes = read_scenes(scenes_jsonl)
     root = Path(pano_dir)
@@ -849,8 +852,9 @@ def run_metadata_job(
     out, summary, todo = _open_job(root, out_jsonl, overwrite, key_of)
     yaws = settings.yaws()
     try:
-        with stop_raises(), _progress(len(todo), "captions from metadata", progress) as advance:
+        with stop_raises(deferred=True), _progress(len(todo), "captions from metadata", progress) as advance:
             for rel, p in todo:
+                check_stop()  # SIGTERM takes effect between images, never inside a library call
                 try:
                     if utf8_name_problem(p):
                         raise ValueError("file name is not valid UTF-8; rename the file")

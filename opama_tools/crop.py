@@ -54,7 +54,7 @@ from opama_tools.io import (
     remove_stale_temps,
     utf8_name_problem,
 )
-from opama_tools.jobs import NoInputsError, Terminated, stop_name, stop_raises
+from opama_tools.jobs import NoInputsError, Terminated, check_stop, stop_name, stop_raises
 
 __all__ = [
     "IMAGE_EXTS",
@@ -309,9 +309,10 @@ def run_crop(
     result = CropResult()
     rows: list[dict] = []
     seen: dict[str, Path] = {}
-    with stop_raises():
+    with stop_raises(deferred=True):
         try:
             for k, path in enumerate(paths):
+                check_stop()  # SIGTERM takes effect between panoramas, never inside a library call
                 try:
                     bad_name = utf8_name_problem(path)
                     if bad_name:

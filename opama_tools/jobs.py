@@ -4,6 +4,10 @@
   ``BaseException``, so per-file ``except Exception`` never swallows it); Ctrl-C raises
   ``KeyboardInterrupt`` as usual. The batch then unwinds (atomic writes remove their temp
   file), records what finished and returns ``interrupted`` = ``"SIGTERM"`` / ``"SIGINT"``.
+  With ``deferred=True`` SIGTERM is only recorded and :func:`check_stop`, called by the batch
+  loop between files, raises it: an exception raised asynchronously inside a library call
+  can leave a half-built object whose finaliser prints a traceback (imageio's Pillow writer
+  did, when SIGTERM landed in its constructor).
 * :func:`stop_exit_code`: 143 for SIGTERM, 130 for SIGINT (the shell's ``128 + signal``).
 * :func:`die_with_parent`: called in a worker process, makes it end when its parent dies,
   even by SIGKILL: Linux ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` plus a watchdog thread
@@ -19,7 +23,7 @@ import threading
 import time
 from typing import Iterator
 
-__all__ = ["NoInputsError", "Terminated", "stop_raises", "stop_exit_code", "die_with_parent", "RESUME_HINT"]
+__all__ = ["NoInputsError", "Terminated", "stop_raises", "check_stop", "stop_exit_code", "die_with_parent", "RESUME_HINT"]
 
 RESUME_HINT = "re-run the same command to finish (finished outputs are kept)"
 
@@ -36,17 +40,32 @@ def _raise_terminated(signum, frame):  # noqa: ARG001
     raise Terminated(signal.Signals(signum).name)
 
 
+_PENDING: list[str] = []
+
+
+def _record_stop(signum, frame):  # noqa: ARG001
+    _PENDING.append(signal.Signals(signum).name)
+
+
 @contextlib.contextmanager
-def stop_raises() -> Iterator[None]:
-    """In the main thread, turn SIGTERM into :class:`Terminated` for the duration (no-op elsewhere)."""
+def stop_raises(deferred: bool = False) -> Iterator[None]:
+    """In the main thread, turn SIGTERM into :class:`Terminated` for the duration (no-op elsewhere):
+    at once, or with ``deferred`` at the next :func:`check_stop`."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    prev = signal.signal(signal.SIGTERM, _raise_terminated)
+    _PENDING.clear()
+    prev = signal.signal(signal.SIGTERM, _record_stop if deferred else _raise_terminated)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, prev)
+
+
+def check_stop() -> None:
+    """Raise :class:`Terminated` if SIGTERM arrived under ``stop_raises(deferred=True)``."""
+    if _PENDING:
+        raise Terminated(_PENDING[0])
 
 
 def stop_name(exc: BaseException) -> str:

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from opama_tools.io import atomic_path, find_files, printable_path, remove_stale_temps, utf8_name_problem
-from opama_tools.jobs import NoInputsError, Terminated, die_with_parent, stop_name, stop_raises
+from opama_tools.jobs import NoInputsError, Terminated, check_stop, die_with_parent, stop_name, stop_raises
 
 __all__ = [
     "HDR_EXTS",
@@ -591,10 +591,13 @@ def prepare_dataset(
         tasks.append((str(src_abs), str(dst), cfg, rel_txt, str(journal)))
 
     n_workers = min(workers or _default_workers(), max(1, len(tasks)))
-    with stop_raises():
+    # in-process work: SIGTERM takes effect between files (never inside a library call); with workers the
+    # main thread only waits and records, and the workers clean up their own write
+    with stop_raises(deferred=n_workers <= 1):
         try:
             if n_workers <= 1:
                 for t in tasks:
+                    check_stop()
                     record(process_file(*t))
             else:
                 _run_pool(tasks, n_workers, record, record_failed_here)
