@@ -237,7 +237,7 @@ def test_crop_killed(pano_dir, crop_reference, tmp_path, sig):
 
 
 # ----------------------------------------------------------------------------- caption
-N_CAPTION = 30
+N_CAPTION = 300  # enough that a stop sent after the first line lands mid-way (each takes ~ms)
 
 
 @pytest.fixture(scope="module")
