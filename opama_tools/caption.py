@@ -468,7 +468,7 @@ def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=Console(stderr=True, soft_wrap=True),
     ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda: bar.advance(task)

@@ -41,7 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from opama_tools.io import atomic_path, atomic_write_text
 from opama_tools.synthetic import generate_dataset
 
-console = Console()
+console = Console(soft_wrap=True)  # messages are lines: never hard-wrapped at the terminal width
 
 __all__ = ["DemoSettings", "DemoError", "run_demo", "write_synthetic", "run_cli", "FAST", "STAGES"]
 

@@ -162,7 +162,7 @@ def _print_table(res) -> None:
             group = m.group
             t.add_row(Text(GROUP_TITLES.get(group, group), style="bold"), "", "", "", "")
         t.add_row(Text("  " + m.label), fmt(m.value), _ci(vars(m)), m.better, str(m.n))
-    console.print(t)
+    console.print(t, soft_wrap=False)
     for line in missing_lines([vars(m) for m in res.metrics]):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
@@ -196,7 +196,7 @@ def _compare(reports: list[str], out: Optional[Path], names: Optional[str]) -> N
     for lab in disp.index:
         cells = [Text(str(x), style="bold green" if str(x).endswith("*") else "") for x in disp.loc[lab]]
         t.add_row(Text(str(lab)), better[lab], *cells)
-    console.print(t)
+    console.print(t, soft_wrap=False)
     try:
         paths = write_compare(disp, vals, better, base)
     except OSError as e:
