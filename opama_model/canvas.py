@@ -24,7 +24,7 @@ import torch
 from .gma import build_gma_input
 from .spherical import equi_to_cube, equi_to_pers, view_coverage_mask
 
-__all__ = ["ViewInputs", "cut_view", "known_after_steps", "masked_canvas", "UNKNOWN_VALUE"]
+__all__ = ["ViewInputs", "cut_view", "cut_view_only", "known_after_steps", "masked_canvas", "UNKNOWN_VALUE"]
 
 UNKNOWN_VALUE = -1.0
 """Value of unknown pixels in the views and faces given to CLIP and the GMA."""
@@ -72,19 +72,25 @@ def cut_view(canvas: torch.Tensor, known: torch.Tensor, yaw: float, pitch: float
         size: view and face side in pixels.
         mode: sampling mode (``nearest``, as the reference).
     """
+    view, unknown, masked_image = cut_view_only(canvas, known, yaw, pitch, fov, size, mode=mode)
+    faces = equi_to_cube(masked_canvas(canvas, known), size, mode=mode)  # (B, 6, 3, S, S)
+    gma = build_gma_input(faces, view, yaw, pitch, fov)
+    return ViewInputs(view=view, unknown=unknown, masked_image=masked_image, faces=faces, gma_images=gma)
+
+
+def cut_view_only(canvas: torch.Tensor, known: torch.Tensor, yaw: float, pitch: float, fov: float, size: int,
+                  *, mode: str = "nearest") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The UNet's part of :func:`cut_view` (no cube faces, no GMA images): ``(view, unknown,
+    masked_image)``, each ``(B, C, S, S)`` as in :class:`ViewInputs`. Same arguments."""
     if canvas.ndim != 4 or known.shape != (canvas.shape[0], 1, *canvas.shape[-2:]):
         raise ValueError(f"canvas (B, 3, H, W) and known (B, 1, H, W) expected, got {tuple(canvas.shape)} "
                          f"and {tuple(known.shape)}")
-    masked = masked_canvas(canvas, known)
-    both = torch.cat((masked, known.to(canvas.dtype)), dim=1)
+    both = torch.cat((masked_canvas(canvas, known), known.to(canvas.dtype)), dim=1)
     cut = equi_to_pers(both, yaw, pitch, fov, (size, size), mode=mode)[:, 0]  # (B, 4, S, S)
     view, known_view = cut[:, :3], cut[:, 3:4] > 0.5
     unknown = (~known_view).to(canvas.dtype)
     view = torch.where(known_view, view, torch.full_like(view, UNKNOWN_VALUE))
-    masked_image = view * (1 - unknown)
-    faces = equi_to_cube(masked, size, mode=mode)  # (B, 6, 3, S, S)
-    gma = build_gma_input(faces, view, yaw, pitch, fov)
-    return ViewInputs(view=view, unknown=unknown, masked_image=masked_image, faces=faces, gma_images=gma)
+    return view, unknown, view * (1 - unknown)
 
 
 def known_after_steps(schedule: Sequence[View], equi_hw: tuple[int, int], view_size: int, fov: float = 90.0,

@@ -9,6 +9,8 @@ Layout (no copy of a frozen pretrained backbone; the backbone is named, not stor
                             "backbone_seed": int, "trained": ["conditioner", ...], ...extra}
       conditioner/         save_pretrained of the conditioner (config.json + safetensors)
       unet/, vae/          only when they were trained (e.g. the tiny preset's demo recipe)
+      scheduler/           scheduler_config.json: the noise schedule and prediction type trained
+                           with (folders without it use the preset's)
 
 A random backbone (``random_backbone``, always the case for ``tiny``) is rebuilt from the
 preset's architecture configs with ``backbone_seed`` (deterministic on CPU); a pretrained one
@@ -61,6 +63,7 @@ def save_model_dir(components, path: str | Path, *, trained: tuple[str, ...] = (
     try:
         for part in trained:
             getattr(components, part).save_pretrained(tmp / part)
+        components.scheduler.save_pretrained(tmp / "scheduler")
         (tmp / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n")
         _usual_modes(tmp)
         old = None
@@ -111,6 +114,12 @@ def read_model_info(path: str | Path) -> dict:
             raise ModelFolderError(f"{f}: unknown part {part!r}")
         if not (path / part / "config.json").is_file():
             raise ModelFolderError(f"{path / part}: missing or incomplete ({part} listed as trained)")
+    sched = path / "scheduler" / "scheduler_config.json"
+    if sched.exists():
+        try:
+            json.loads(sched.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelFolderError(f"{sched}: unreadable ({e})") from None
     return info
 
 
@@ -137,6 +146,8 @@ def load_model_dir(path: str | Path, *, paths: Mapping[str, Any] | None = None, 
             m.requires_grad_(False)
             m.eval()
             setattr(comps, part, m)
+    if (path / "scheduler" / "scheduler_config.json").is_file():
+        comps.scheduler = type(comps.scheduler).from_pretrained(path / "scheduler")
     comps.conditioner.eval()
     if device is not None or dtype is not None:
         comps.to(device=device, dtype=dtype)

@@ -40,6 +40,8 @@ __all__ = [
     "build_components",
     "CLIP_MEAN",
     "CLIP_STD",
+    "PREDICTION_TYPES",
+    "with_prediction_type",
 ]
 
 CONFIG_DIR = Path(__file__).with_name("configs")
@@ -160,6 +162,17 @@ def conditioner_kwargs(preset: str | Preset, kind: str = "opama", *, unet_config
             fusion_depth=a["fusion_depth"], query_mlp_hidden=a.get("query_mlp_hidden", 512),
         )
     raise ValueError(f"unknown conditioner kind {kind!r}; choose 'opama' or 'aog'")
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def with_prediction_type(scheduler, prediction_type: str):
+    """A copy of the noise ``scheduler`` (same class and schedule) whose UNet target is
+    ``prediction_type`` (``"epsilon"`` or ``"v_prediction"``)."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+    return type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
 
 
 @dataclass

@@ -75,6 +75,7 @@ class DemoSettings:
     batch_size: int = 2
     lr: float = 2e-3
     ema: float = 0.0
+    prediction_type: str = "v_prediction"
     outpaint_steps: int | None = None
     procedures: tuple[str, ...] = ("fast", "reference")
     aog: bool = False
@@ -90,7 +91,7 @@ class DemoSettings:
         data_tr = dict(n_train=self.n_train, height=self.height, seed=self.seed)
         data_te = dict(n_test=self.n_test, height=self.height, seed=self.seed)
         train = dict(data_tr, steps=self.steps, vae_steps=self.vae_steps, batch_size=self.batch_size, lr=self.lr,
-                     ema=self.ema, aog=self.aog)
+                     ema=self.ema, aog=self.aog, prediction_type=self.prediction_type)
         results = dict(train, **data_te, procedures=list(self.procedures), outpaint_steps=self.outpaint_steps,
                        bootstrap=self.bootstrap)
         return {"train-data": data_tr, "test-data": data_te, "train": train, "results": results}
@@ -236,7 +237,7 @@ def _train_args(r: _Run, kind: str) -> list:
             "--captions", r.out / "captions" / "train.jsonl", "--out", run, "--steps", s.steps,
             "--batch-size", s.batch_size, "--lr", s.lr, "--train-backbone", "--vae-steps", s.vae_steps,
             "--canvas", f"{s.height}x{s.width}", "--seed", s.seed, "--save-every", max(s.steps // 4, 1),
-            "--keep", 1, "--val-every", max(s.steps // 4, 1), "--ema", s.ema]
+            "--keep", 1, "--val-every", max(s.steps // 4, 1), "--ema", s.ema, "--prediction-type", s.prediction_type]
     if any(run.glob("checkpoint-*")):
         args.append("--resume")
     return args
@@ -250,7 +251,8 @@ def _stage_train(r: _Run) -> str:
             continue
         _cli("train", _train_args(r, kind))
     return (f"tiny preset trained {r.s.steps} steps after {r.s.vae_steps} VAE warm-up steps "
-            f"({', '.join(kinds)}; conditioner + UNet + VAE trained: the tiny backbone is random) in {r.out / 'runs'}")
+            f"({', '.join(kinds)}; conditioner + UNet + VAE trained: the tiny backbone is random; "
+            f"{r.s.prediction_type}) in {r.out / 'runs'}")
 
 
 def _stage_outpaint(r: _Run) -> str:

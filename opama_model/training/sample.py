@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..canvas import cut_view, known_after_steps
+from ..canvas import cut_view, cut_view_only, known_after_steps
 from ..spherical import equi_to_pers, rotate_equi
 from ..views import AOG21, AOG21_TRAIN_STEPS
 
@@ -114,12 +114,15 @@ def draw_sample_params(rng: np.random.Generator, settings: SampleSettings) -> tu
     return k, yaw
 
 
-def make_sample(pano: torch.Tensor, k: int, yaw: float, settings: SampleSettings) -> dict[str, torch.Tensor]:
+def make_sample(pano: torch.Tensor, k: int, yaw: float, settings: SampleSettings, *,
+                unet_only: bool = False) -> dict[str, torch.Tensor]:
     """Build one sample from a panorama ``(3, H, W)`` in [-1, 1] at the canvas size.
 
     Args:
         k: step index in ``0 .. train_steps - 1``, or ``-1`` for an empty canvas.
         yaw: rotation in degrees (the panorama's content turns; the canvas frame stays).
+        unet_only: only ``target``, ``unknown``, ``masked_image`` and ``k`` (no CLIP / GMA
+            images; the UNet warm-up of the tiny recipe).
 
     Returns:
         dict of tensors without batch dimension (``S`` = view size): ``target (3, S, S)`` in
@@ -141,8 +144,12 @@ def make_sample(pano: torch.Tensor, k: int, yaw: float, settings: SampleSettings
                             settings.train_steps)[k:k + 1]
         view_yaw, view_pitch = settings.schedule[k]
     s = settings.view_size
-    inp = cut_view(x, known, view_yaw, view_pitch, FOV, s)
     target = equi_to_pers(x, view_yaw, view_pitch, FOV, (s, s), mode="nearest")[:, 0]
+    if unet_only:
+        _, unknown, masked_image = cut_view_only(x, known, view_yaw, view_pitch, FOV, s)
+        return dict(target=target[0], unknown=unknown[0], masked_image=masked_image[0],
+                    k=torch.tensor(k, dtype=torch.long))
+    inp = cut_view(x, known, view_yaw, view_pitch, FOV, s)
     return dict(
         target=target[0],
         unknown=inp.unknown[0],

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from .sample import seeded_rng
 
-__all__ = ["StepDraws", "draw_step", "GuidanceProbs", "Parts", "diffusion_loss", "encode_latents", "generate_view",
+__all__ = ["StepDraws", "draw_step", "GuidanceProbs", "Parts", "diffusion_loss", "unet_inputs", "encode_latents",
+           "generate_view",
            "MODE_NULL", "MODE_EMPTY", "MODE_CAPTION"]
 
 MODE_NULL, MODE_EMPTY, MODE_CAPTION = 0, 1, 2
@@ -136,21 +137,29 @@ def diffusion_loss(parts: Parts, batch: dict, draws: StepDraws, *, offset_noise:
     comps = parts.components
     device = device or comps.device
     draws = draws.to(device)
-    vae, sched = parts.vae, parts.scheduler
+    x, t, target = unet_inputs(parts.vae, parts.scheduler, batch, draws, offset_noise=offset_noise, device=device)
     with torch.no_grad():
-        latents = encode_latents(vae, batch["target"].to(device), draws.eps_target)
-        masked = encode_latents(vae, batch["masked_image"].to(device), draws.eps_masked)
         text, emb, null = _conditions(parts, batch, draws.modes, device)
-    latents = latents.float()
-    noise = draws.noise + offset_noise * draws.offset
-    t = draws.timesteps
-    noisy = sched.add_noise(latents, noise, t)
-    mask = F.interpolate(batch["unknown"].to(device).float(), size=latents.shape[-2:])
-    x = torch.cat((noisy, mask, masked.float()), dim=1)
     tokens, residuals, attn_mask = parts.conditioner(batch["gma_images"].to(device), emb, text, unconditional=null,
                                                      return_dict=False)
     pred = parts.unet(x, t, encoder_hidden_states=tokens, encoder_attention_mask=attn_mask,
                       down_intrablock_additional_residuals=list(residuals), return_dict=False)[0]
+    return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+
+
+def unet_inputs(vae, sched, batch: dict, draws: StepDraws, *, offset_noise: float = 0.1,
+                device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The UNet's 9-channel input ``[noisy latent, unknown mask, masked-image latent]``, the
+    timesteps ``(B,)`` and the regression target (the noise, or the velocity when the scheduler's
+    ``prediction_type`` is ``v_prediction``) of ``batch["target"]`` / ``["masked_image"]`` /
+    ``["unknown"]`` under ``draws`` (already on ``device``)."""
+    with torch.no_grad():
+        latents = encode_latents(vae, batch["target"].to(device), draws.eps_target).float()
+        masked = encode_latents(vae, batch["masked_image"].to(device), draws.eps_masked).float()
+    noise = draws.noise + offset_noise * draws.offset
+    t = draws.timesteps
+    noisy = sched.add_noise(latents, noise, t)
+    mask = F.interpolate(batch["unknown"].to(device).float(), size=latents.shape[-2:])
     kind = sched.config.prediction_type
     if kind == "epsilon":
         target = noise
@@ -158,7 +167,7 @@ def diffusion_loss(parts: Parts, batch: dict, draws: StepDraws, *, offset_noise:
         target = sched.get_velocity(latents, noise, t)
     else:
         raise ValueError(f"unsupported prediction_type {kind!r} in the scheduler config")
-    return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+    return torch.cat((noisy, mask, masked), dim=1), t, target
 
 
 @torch.no_grad()

@@ -29,8 +29,8 @@ import torch
 from .checkpoint import (STATE_FILE, CheckpointError, finish_checkpoint, latest_checkpoint, load_optimizer_state,
                          load_safetensors, prune_checkpoints, read_state, tmp_dir_for)
 from .data import PanoramaDataset, PanoramaRecord, StreamSampler
-from .sample import SampleSettings, canvas_size, seeded_rng
-from .step import MODE_CAPTION, GuidanceProbs, Parts, diffusion_loss, draw_step, generate_view
+from .sample import SampleSettings, canvas_size, draw_sample_params, make_sample, seeded_rng
+from .step import MODE_CAPTION, GuidanceProbs, Parts, diffusion_loss, draw_step, generate_view, unet_inputs
 
 __all__ = ["TrainConfig", "TrainProgress", "RunResult", "TrainError", "train", "optimizer_groups",
            "embedding_parameter_names", "LOG_COLUMNS"]
@@ -38,6 +38,7 @@ __all__ = ["TrainConfig", "TrainProgress", "RunResult", "TrainError", "train", "
 LOG_COLUMNS = ("step", "phase", "time_s", "loss", "lr", "samples_per_s", "val_loss")
 VAL_SEED = 20240710  # fixed: validation draws never change across steps or runs
 VAE_KEY = 5
+UNET_KEY = 6
 
 
 class TrainError(ValueError):
@@ -51,6 +52,12 @@ class TrainConfig:
     Reference values (OPa-Ma ``configs/train_indoor_mamba.yaml``): AdamW lr 1e-4, betas
     (0.9, 0.999), weight decay 0.01 on everything, constant LR, grad-clip 0.5, no EMA, offset
     noise 0.1, guidance dropout 20% null / 40% empty caption, frozen UNet/VAE/CLIP.
+
+    ``prediction_type`` (None = the backbone scheduler's, epsilon for sd2-inpainting and tiny)
+    overrides what the UNet predicts, ``"epsilon"`` or ``"v_prediction"``; the model folder keeps
+    the scheduler config so outpainting samples with the same parametrisation. Beyond the
+    reference (off by default); the tiny demo recipe uses v because a UNet trained from scratch
+    for minutes with epsilon does not learn the colours of the unknown region (see README).
     """
 
     out: str
@@ -82,9 +89,13 @@ class TrainConfig:
     vae_steps: int = 0
     vae_lr: float = 1e-3
     vae_batch: int = 8
+    unet_steps: int = 0
+    unet_lr: float = 2e-3
+    unet_batch: int = 8
     empty_canvas_prob: float = 0.0
     canvas_hw: tuple[int, int] | None = None
     offset_noise: float = 0.1
+    prediction_type: str | None = None
     null_prob: float = 0.2
     empty_caption_prob: float = 0.4
     max_view_captions: int = 4
@@ -101,7 +112,7 @@ class TrainConfig:
 
 @dataclass
 class TrainProgress:
-    """One progress event: ``phase`` is ``"vae"`` (VAE warm-up), ``"train"`` or ``"val"``."""
+    """One progress event: ``phase`` is ``"vae"`` / ``"unet"`` (warm-ups), ``"train"`` or ``"val"``."""
 
     phase: str
     step: int
@@ -210,11 +221,21 @@ def _check_config(cfg: TrainConfig, n_train: int) -> int:
         bad(f"--conditioner: {cfg.conditioner!r} is not opama or aog")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         bad(f"--mixed-precision: {cfg.mixed_precision!r} is not no, fp16 or bf16")
+    if cfg.prediction_type not in (None, "epsilon", "v_prediction"):
+        bad(f"--prediction-type: {cfg.prediction_type!r} is not epsilon or v_prediction")
     for name, v in (("--batch-size", cfg.batch_size), ("--grad-accum", cfg.grad_accum)):
         if v < 1:
             bad(f"{name}: must be at least 1, got {v}")
     if cfg.lr <= 0 or not math.isfinite(cfg.lr):
         bad(f"--lr: must be a positive number, got {cfg.lr}")
+    for name, v in (("--vae-steps", cfg.vae_steps), ("--unet-steps", cfg.unet_steps)):
+        if v < 0:
+            bad(f"{name}: must be 0 or more, got {v}")
+    if cfg.unet_steps > 0:
+        if _pretrained(cfg.preset) and not cfg.random_weights:
+            bad(f"--unet-steps: the {cfg.preset} UNet is pretrained; the warm-up is for random backbones (tiny)")
+        if cfg.unet_lr <= 0 or not math.isfinite(cfg.unet_lr) or cfg.unet_batch < 1:
+            bad(f"--unet-lr / unet batch: must be positive, got {cfg.unet_lr} / {cfg.unet_batch}")
     for name, v in (("--empty-canvas-prob", cfg.empty_canvas_prob), ("null_prob", cfg.null_prob),
                     ("empty_caption_prob", cfg.empty_caption_prob)):
         if not 0 <= v <= 1:
@@ -343,6 +364,46 @@ def _vae_warmup(cfg: TrainConfig, comps, dataset: PanoramaDataset, device, repor
     return loss_v
 
 
+# ----------------------------------------------------------------------------- UNet warm-up
+def _unet_warmup(cfg: TrainConfig, comps, dataset: PanoramaDataset, device, report) -> float:
+    """Pre-train the (random) UNet as a plain inpainting model, standing in for the inpainting
+    pre-training of SD-2-inpainting: samples drawn as the training samples (step ``k``, yaw,
+    target view, unknown mask, masked image), the same noise and loss, the conditioner's null
+    tokens (as initialised, not trained here) as the whole context and no adapter residuals.
+    Leaves the UNet in train mode with gradients on; returns the last loss."""
+    unet = comps.unet
+    unet.requires_grad_(True)
+    unet.train()
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
+    settings = dataset.settings
+    n = len(dataset)
+    latent_shape = (int(comps.unet.config.out_channels), comps.preset.latent_size, comps.preset.latent_size)
+    num_t = int(comps.scheduler.config.num_train_timesteps)
+    with torch.no_grad():
+        context = comps.conditioner.null_condition(cfg.unet_batch).detach().to(device)
+    loss_v = float("nan")
+    for step in range(cfg.unet_steps):
+        rng = seeded_rng(cfg.seed, UNET_KEY, step)
+        samples = []
+        for _ in range(cfg.unet_batch):
+            k, yaw = draw_sample_params(rng, settings)
+            samples.append(make_sample(dataset.panorama(int(rng.integers(0, n))), k, yaw, settings, unet_only=True))
+        batch = {key: torch.stack([b[key] for b in samples]) for key in ("target", "unknown", "masked_image")}
+        draws = draw_step(cfg.seed, step, range(cfg.unet_batch), latent_shape, num_t, stream=UNET_KEY).to(device)
+        x, t, target = unet_inputs(comps.vae, comps.scheduler, batch, draws, offset_noise=cfg.offset_noise,
+                                   device=device)
+        pred = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.clip)
+        opt.step()
+        loss_v = float(loss.detach())
+        report(TrainProgress("unet", step + 1, cfg.unet_steps, loss=loss_v, lr=cfg.unet_lr))
+    return loss_v
+
+
 # ----------------------------------------------------------------------------- train
 def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[PanoramaRecord] | None = None,
           progress: Callable[[TrainProgress], None] | None = None) -> RunResult:
@@ -392,20 +453,23 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
     state = read_state(ckpt) if ckpt is not None else None
     if state is not None:
         old = state.get("config", {})
-        for key in ("preset", "conditioner", "train_backbone", "canvas_hw"):
+        for key in ("preset", "conditioner", "train_backbone", "canvas_hw", "prediction_type"):
             if key in old and old[key] != cfg.to_json()[key]:
                 raise TrainError(f"{ckpt / STATE_FILE}: made with {key}={old[key]!r}, this run has "
                                  f"{cfg.to_json()[key]!r}")
 
     # ---- model
-    from ..presets import build_components
+    from ..presets import build_components, with_prediction_type
 
     comps = build_components(cfg.preset, random_weights=cfg.random_weights or not _pretrained(cfg.preset),
                              paths=cfg.weights, conditioner=cfg.conditioner, seed=cfg.seed)
+    if cfg.prediction_type is not None:
+        comps.scheduler = with_prediction_type(comps.scheduler, cfg.prediction_type)
     settings = SampleSettings(view_size=comps.preset.image_size,
                               canvas_hw=tuple(cfg.canvas_hw) if cfg.canvas_hw else canvas_size(comps.preset.image_size),
                               empty_canvas_prob=cfg.empty_canvas_prob, max_view_captions=cfg.max_view_captions)
-    trained = ["conditioner"] + (["unet"] if cfg.train_backbone else []) + (["vae"] if cfg.vae_steps > 0 else [])
+    trained = (["conditioner"] + (["unet"] if cfg.train_backbone or cfg.unet_steps > 0 else [])
+               + (["vae"] if cfg.vae_steps > 0 else []))
     if (comps.device.type, comps.device.index or 0) != (device.type, device.index or 0):
         comps.to(device=device)
     cond = comps.conditioner
@@ -417,19 +481,27 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
         comps.unet.train()
         modules["unet"] = comps.unet
 
-    step, micro_done, vae_done = 0, 0, cfg.vae_steps == 0
+    step, micro_done, warmed_up = 0, 0, cfg.vae_steps == 0 and cfg.unet_steps == 0
     if state is not None:
         _load_modules(ckpt, comps, trained)
         step, micro_done = int(state["step"]), int(state.get("micro_done", 0))
-        vae_done = True
+        warmed_up = True
         if state.get("global_batch", global_batch) != global_batch:
             micro_done = int(state.get("samples_done", micro_done * global_batch)) // global_batch
 
     dataset = PanoramaDataset(data, settings, seed=cfg.seed)
-    if not vae_done:
-        _vae_warmup(cfg, comps, dataset, device, report if main else (lambda p: None))
-        if world > 1:
-            _broadcast_module(comps.vae)
+    if not warmed_up:
+        if cfg.vae_steps > 0:
+            _vae_warmup(cfg, comps, dataset, device, report if main else (lambda p: None))
+            if world > 1:
+                _broadcast_module(comps.vae)
+        if cfg.unet_steps > 0:
+            _unet_warmup(cfg, comps, dataset, device, report if main else (lambda p: None))
+            if world > 1:
+                _broadcast_module(comps.unet)
+            if not cfg.train_backbone:  # then frozen, as the reference freezes SD-2-inpainting's UNet
+                comps.unet.requires_grad_(False)
+                comps.unet.eval()
 
     named = {f"{k}.{n}": p for k, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(optimizer_groups(modules, cfg.weight_decay, cfg.no_decay_ssm), lr=cfg.lr,
@@ -566,6 +638,8 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
         for k, m in wrapped.items():
             setattr(comps, k, accelerator.unwrap_model(m))
         extra = {"training": {"steps": step, "seed": cfg.seed, "ema": cfg.ema, "vae_steps": cfg.vae_steps,
+                              "unet_steps": cfg.unet_steps, "train_backbone": cfg.train_backbone,
+                              "prediction_type": comps.scheduler.config.prediction_type,
                               "canvas_hw": list(settings.canvas_hw), "empty_canvas_prob": cfg.empty_canvas_prob}}
         with (ema.applied() if ema is not None else contextlib.nullcontext()):
             result.model_dir = save_model_dir(comps, run_dir / "model", trained=tuple(trained),

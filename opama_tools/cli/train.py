@@ -57,6 +57,10 @@ def train(
     num_workers: int = typer.Option(0, "--num-workers", help="Data-loader worker processes."),
     train_backbone: bool = typer.Option(False, "--train-backbone", help="Also train the UNet (tiny demo recipe; the reference freezes it)."),
     vae_steps: int = typer.Option(0, "--vae-steps", help="First fit the VAE on views for N steps, then freeze it (tiny demo recipe)."),
+    unet_steps: int = typer.Option(0, "--unet-steps", help="Then pre-train the random UNet as a plain inpainting model for N steps (stands in for SD-2-inpainting's pre-training; tiny demo recipe); frozen afterwards unless --train-backbone."),
+    unet_lr: float = typer.Option(2e-3, "--unet-lr", help="Learning rate of the --unet-steps warm-up."),
+    unet_batch: int = typer.Option(8, "--unet-batch", help="Batch size of the --unet-steps warm-up."),
+    prediction_type: Optional[str] = typer.Option(None, "--prediction-type", help="epsilon or v_prediction: what the UNet learns to predict (default: the backbone scheduler's, epsilon; the tiny demo recipe uses v_prediction). Kept in the model folder for outpainting."),
     empty_canvas_prob: float = typer.Option(0.0, "--empty-canvas-prob", help="Fraction of samples with nothing known (text-only outpainting; 0 = reference)."),
     canvas: Optional[str] = typer.Option(None, "--canvas", help="Canvas HxW (default: 4 x 8 view sizes; sd2 2048x4096, tiny 256x512)."),
     sd2_inpaint: Optional[Path] = typer.Option(None, "--sd2-inpaint", help="Local stable-diffusion-2-inpainting folder."),
@@ -83,7 +87,8 @@ def train(
         grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, no_decay_ssm=no_decay_ssm, warmup_steps=warmup,
         clip=clip, ema=ema, mixed_precision=mixed_precision, save_every=save_every, keep=keep, val_every=val_every,
         val_count=val_count, seed=seed, resume=resume, num_workers=num_workers, train_backbone=train_backbone,
-        vae_steps=vae_steps, empty_canvas_prob=empty_canvas_prob, canvas_hw=_canvas(canvas),
+        vae_steps=vae_steps, unet_steps=unet_steps, unet_lr=unet_lr, unet_batch=unet_batch,
+        prediction_type=prediction_type, empty_canvas_prob=empty_canvas_prob, canvas_hw=_canvas(canvas),
         random_weights=random_weights, weights=weights or None, cpu=cpu,
     )
     main = os.environ.get("RANK", "0") == "0"
@@ -98,7 +103,8 @@ def train(
 
             def show(p) -> None:
                 if p.phase not in tasks:
-                    tasks[p.phase] = bar.add_task("VAE warm-up" if p.phase == "vae" else "train", total=p.total, info="")
+                    label = {"vae": "VAE warm-up", "unet": "UNet warm-up"}.get(p.phase, "train")
+                    tasks[p.phase] = bar.add_task(label, total=p.total, info="")
                 info = f"loss {p.loss:.4f}" if p.loss is not None else ""
                 if p.phase == "train":
                     info += f" lr {p.lr:.2e}" + (f" {p.steps_per_s:.2f} it/s" if p.steps_per_s else "")
