@@ -63,7 +63,8 @@ def save_model_dir(components, path: str | Path, *, trained: tuple[str, ...] = (
     try:
         for part in trained:
             getattr(components, part).save_pretrained(tmp / part)
-        components.scheduler.save_pretrained(tmp / "scheduler")
+        if getattr(components, "scheduler", None) is not None:  # convert-reference has none: the preset's
+            components.scheduler.save_pretrained(tmp / "scheduler")
         (tmp / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n")
         _usual_modes(tmp)
         old = None
