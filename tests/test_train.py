@@ -49,14 +49,6 @@ def data(tmp_path_factory):
     return root / "png", cap
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(out, **kw):
     base = dict(out=str(out), steps=2, canvas_hw=CANVAS, save_every=0, val_every=0, seed=0)
     base.update(kw)

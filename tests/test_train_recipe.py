@@ -29,14 +29,6 @@ def data(tmp_path_factory):
     return root / "png", cap
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_unet_only_sample_is_the_full_sample_without_the_conditioner_images():
     g = torch.Generator().manual_seed(0)
     pano = torch.rand(3, *CANVAS, generator=g) * 2 - 1
