@@ -221,7 +221,9 @@ def _check_config(cfg: TrainConfig, n_train: int) -> int:
         bad(f"--conditioner: {cfg.conditioner!r} is not opama or aog")
     if cfg.mixed_precision not in ("no", "fp16", "bf16"):
         bad(f"--mixed-precision: {cfg.mixed_precision!r} is not no, fp16 or bf16")
-    if cfg.prediction_type not in (None, "epsilon", "v_prediction"):
+    from ..presets import PREDICTION_TYPES
+
+    if cfg.prediction_type is not None and cfg.prediction_type not in PREDICTION_TYPES:
         bad(f"--prediction-type: {cfg.prediction_type!r} is not epsilon or v_prediction")
     for name, v in (("--batch-size", cfg.batch_size), ("--grad-accum", cfg.grad_accum)):
         if v < 1:
