@@ -104,6 +104,34 @@ def test_unet_warmup_trains_the_unet_then_freezes_it(data, tmp_path, one_thread)
     assert UNet2DConditionModel.from_pretrained(one.model_dir / "unet").config.in_channels == 9
 
 
+def test_vae_warmup_leaves_a_deterministic_posterior(data, tmp_path, one_thread):
+    """The training step samples the VAE posterior (as the reference does with SD's VAE, whose spread is
+    negligible). A random VAE fitted for a few steps must not keep its initial spread (std ~1 before the
+    fix, ~0.65 of the latent std after 250 steps): the saved VAE's posterior is its mean."""
+    from diffusers import AutoencoderKL
+
+    from opama_model.training.trainer import deterministic_posterior_
+
+    fresh = build_components("tiny", random_weights=True, seed=0).vae
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        assert float(fresh.encode(x).latent_dist.std.mean()) > 0.3  # a random VAE is far from deterministic
+        before = fresh.encode(x).latent_dist.mean
+        deterministic_posterior_(fresh)
+        after = fresh.encode(x).latent_dist
+    assert torch.equal(after.mean, before)  # the mean half is untouched
+    assert float(after.std.max()) < 1e-6
+
+    png, cap = data
+    run = train(_cfg(tmp_path / "vae", steps=1, vae_steps=2, vae_batch=2, train_backbone=True),
+                load_records(png, [cap]))
+    vae = AutoencoderKL.from_pretrained(run.model_dir / "vae")
+    with torch.no_grad():
+        d = vae.encode(x).latent_dist
+    assert float((d.std * vae.config.scaling_factor).max()) < 1e-6
+    assert float((d.mean * vae.config.scaling_factor).std()) > 0.1
+
+
 def _conditioner(model_dir):
     out = {}
     for f in sorted((model_dir / "conditioner").glob("*.safetensors")):

@@ -323,9 +323,31 @@ def _save_panel(path: Path, rows: list[tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 # ----------------------------------------------------------------------------- VAE warm-up
+POSTERIOR_LOGVAR = -30.0
+"""Log-variance the VAE warm-up gives every latent: the floor diffusers clamps to, so the posterior is
+the mean (standard deviation ``exp(-15)``), as good as deterministic like SD's pretrained VAE."""
+
+
+def deterministic_posterior_(vae) -> None:
+    """Make ``vae``'s posterior a point mass at its mean, in place: the log-variance half of the
+    layer that outputs the moments (``quant_conv``, or the encoder's ``conv_out`` without one) gets
+    zero weights and bias :data:`POSTERIOR_LOGVAR`. The mean half is untouched."""
+    layer = vae.quant_conv if getattr(vae, "quant_conv", None) is not None else vae.encoder.conv_out
+    c = layer.out_channels // 2
+    with torch.no_grad():
+        layer.weight[c:].zero_()
+        layer.bias[c:].fill_(POSTERIOR_LOGVAR)
+
+
 def _vae_warmup(cfg: TrainConfig, comps, dataset: PanoramaDataset, device, report) -> float:
-    """Fit the (random) VAE by reconstruction on random views, set ``scaling_factor`` to
-    1 / std of its latents (as SD chose 0.18215), then freeze it. Returns the last loss."""
+    """Fit the (random) VAE as an autoencoder on random views (decoding the posterior mean), make
+    its posterior deterministic (:func:`deterministic_posterior_`), set ``scaling_factor`` to 1 / std
+    of its latents (as SD chose 0.18215), then freeze it. Returns the last loss.
+
+    Stands in for SD's pretrained VAE, whose posterior spread is negligible next to its latents. A
+    random VAE trained for a few hundred steps on sampled latents keeps a spread of ~0.65 of the
+    latent std (measured), and the training step samples the posterior: that noise went into every
+    target and masked-image latent, an error floor no UNet or conditioner could learn below."""
     from ..spherical import equi_to_pers
 
     vae = comps.vae
@@ -345,13 +367,10 @@ def _vae_warmup(cfg: TrainConfig, comps, dataset: PanoramaDataset, device, repor
         return torch.stack(out).to(device)
 
     loss_v = float("nan")
-    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
     for step in range(cfg.vae_steps):
         x = views(step, cfg.vae_batch)
-        dist = vae.encode(x).latent_dist
-        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g).to(device)
-        rec = vae.decode(z).sample
-        loss = torch.nn.functional.mse_loss(rec, x) + 1e-6 * dist.kl().mean()
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+        loss = torch.nn.functional.mse_loss(rec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -359,6 +378,7 @@ def _vae_warmup(cfg: TrainConfig, comps, dataset: PanoramaDataset, device, repor
         report(TrainProgress("vae", step + 1, cfg.vae_steps, loss=loss_v, lr=cfg.vae_lr))
     vae.eval()
     vae.requires_grad_(False)
+    deterministic_posterior_(vae)
     with torch.no_grad():
         z = torch.cat([vae.encode(views(10_000 + i, cfg.vae_batch)).latent_dist.mean for i in range(4)])
         std = float(z.float().std())
