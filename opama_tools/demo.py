@@ -68,8 +68,11 @@ class DemoSettings:
     out: str = "opama-demo"
     n_train: int = 24
     n_test: int = 6
-    steps: int = 350
+    steps: int = 150
     vae_steps: int = 250
+    unet_steps: int = 1000
+    unet_batch: int = 8
+    train_backbone: bool = False
     height: int = 128
     seed: int = 0
     batch_size: int = 2
@@ -90,14 +93,15 @@ class DemoSettings:
         and so is every group built on it."""
         data_tr = dict(n_train=self.n_train, height=self.height, seed=self.seed)
         data_te = dict(n_test=self.n_test, height=self.height, seed=self.seed)
-        train = dict(data_tr, steps=self.steps, vae_steps=self.vae_steps, batch_size=self.batch_size, lr=self.lr,
-                     ema=self.ema, aog=self.aog, prediction_type=self.prediction_type)
+        train = dict(data_tr, steps=self.steps, vae_steps=self.vae_steps, unet_steps=self.unet_steps,
+                     unet_batch=self.unet_batch, train_backbone=self.train_backbone, batch_size=self.batch_size,
+                     lr=self.lr, ema=self.ema, aog=self.aog, prediction_type=self.prediction_type)
         results = dict(train, **data_te, procedures=list(self.procedures), outpaint_steps=self.outpaint_steps,
                        bootstrap=self.bootstrap)
         return {"train-data": data_tr, "test-data": data_te, "train": train, "results": results}
 
 
-FAST = dict(n_train=4, n_test=2, steps=40, vae_steps=40, procedures=("fast",), outpaint_steps=4, bootstrap=200)
+FAST = dict(n_train=4, n_test=2, steps=40, vae_steps=40, unet_steps=20, procedures=("fast",), outpaint_steps=4, bootstrap=200)
 """``--fast`` overrides: a smoke run of every stage (under 2 minutes on 2 cores), not a result."""
 
 
@@ -235,9 +239,12 @@ def _train_args(r: _Run, kind: str) -> list:
     run = r.out / "runs" / kind
     args = ["train", "--preset", "tiny", "--conditioner", kind, "--data", r.out / "png" / "train",
             "--captions", r.out / "captions" / "train.jsonl", "--out", run, "--steps", s.steps,
-            "--batch-size", s.batch_size, "--lr", s.lr, "--train-backbone", "--vae-steps", s.vae_steps,
+            "--batch-size", s.batch_size, "--lr", s.lr, "--vae-steps", s.vae_steps, "--unet-steps", s.unet_steps,
+            "--unet-batch", s.unet_batch, "--unet-lr", s.lr,
             "--canvas", f"{s.height}x{s.width}", "--seed", s.seed, "--save-every", max(s.steps // 4, 1),
             "--keep", 1, "--val-every", max(s.steps // 4, 1), "--ema", s.ema, "--prediction-type", s.prediction_type]
+    if s.train_backbone:
+        args.append("--train-backbone")
     if any(run.glob("checkpoint-*")):
         args.append("--resume")
     return args
