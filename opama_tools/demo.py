@@ -70,9 +70,9 @@ class DemoSettings:
     n_test: int = 6
     steps: int = 150
     vae_steps: int = 250
-    unet_steps: int = 1000
+    unet_steps: int = 600
     unet_batch: int = 8
-    train_backbone: bool = False
+    train_backbone: bool = True
     height: int = 128
     seed: int = 0
     batch_size: int = 2
@@ -257,9 +257,10 @@ def _stage_train(r: _Run) -> str:
             console.print(f"runs/{kind}/model exists: training already done")
             continue
         _cli("train", _train_args(r, kind))
-    return (f"tiny preset trained {r.s.steps} steps after {r.s.vae_steps} VAE warm-up steps "
-            f"({', '.join(kinds)}; conditioner + UNet + VAE trained: the tiny backbone is random; "
-            f"{r.s.prediction_type}) in {r.out / 'runs'}")
+    unet = "with the UNet" if r.s.train_backbone else "on the frozen UNet"
+    return (f"tiny preset: {r.s.vae_steps} VAE and {r.s.unet_steps} UNet warm-up steps (the tiny backbone is "
+            f"random), then {r.s.steps} conditioner steps {unet} ({', '.join(kinds)}; {r.s.prediction_type}) "
+            f"in {r.out / 'runs'}")
 
 
 def _stage_outpaint(r: _Run) -> str:
