@@ -371,7 +371,7 @@ def make_scene(seed: int, kind: SceneKind | Literal["random"] = "random") -> Sce
                       float(rng.uniform(lo[2] + 0.5, hi[2] - 0.5))))
     area = (hi[0] - lo[0]) * (hi[2] - lo[2])
     size = "small" if area < 20 else ("large" if area > 50 else "medium-sized")
-    main_wall = max(set(wall_colours), key=wall_colours.count)
+    main_wall = max(wall_colours, key=wall_colours.count)  # ties: the first wall (not set order: hash-seeded)
     nw, nl = len(windows), len(lamps)
     desc = (
         f"an indoor panorama of a {size} room with {main_wall} walls, a wooden floor, "

@@ -97,3 +97,20 @@ def test_perspective_yaw_turns_right():
 def test_equirect_rejects_non_2to1():
     with pytest.raises(ValueError, match="2:1"):
         render_equirect(make_scene(0), 10, 30)
+
+
+def test_scene_descriptions_do_not_depend_on_the_hash_seed():
+    """A caption must not change between processes (a tie between wall colours was broken by set
+    order, which follows PYTHONHASHSEED: re-runs of the caption job then redid those panoramas)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from opama_tools.synthetic import make_scene; "
+            "print('\\n'.join(make_scene(s, 'indoor').description for s in range(40)))")
+    outs = []
+    for seed in ("1", "2", "3"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        outs.append(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                   check=True).stdout)
+    assert outs[0] == outs[1] == outs[2] and outs[0].count("\n") == 40
