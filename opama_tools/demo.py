@@ -70,9 +70,9 @@ class DemoSettings:
     n_test: int = 6
     steps: int = 150
     vae_steps: int = 250
-    unet_steps: int = 600
+    unet_steps: int = 800
     unet_batch: int = 8
-    train_backbone: bool = True
+    train_backbone: bool = False
     height: int = 128
     seed: int = 0
     batch_size: int = 2
