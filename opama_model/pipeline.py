@@ -277,7 +277,7 @@ def _to_image_tensor(image: Any) -> torch.Tensor:
         if x.ndim != 4 or x.shape[:2] != (1, 3):
             raise ValueError(f"image tensor must be (3, h, w) or (1, 3, h, w), got {tuple(image.shape)}")
         return x.cpu().clamp(-1, 1)
-    a = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    a = np.array(image.convert("RGB") if hasattr(image, "convert") else image)  # a writable copy
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] < 3:

@@ -77,10 +77,12 @@ def write_tiny_clip_vocab(directory: str | Path, num_merges: int = 200) -> tuple
 def build_tiny_clip_tokenizer(directory: str | Path | None = None, max_length: int = 77) -> CLIPTokenizer:
     """A :class:`CLIPTokenizer` over the tiny local BPE (padding to ``max_length`` with ``<|endoftext|>``).
 
-    ``directory``: where to write the vocabulary files (a temporary folder when None).
+    ``directory``: where to write the vocabulary files (when None, a temporary folder that is
+    removed once the tokenizer has read them).
     """
-    if directory is None:
-        directory = tempfile.mkdtemp(prefix="opama-tok-")
+    if directory is None:  # the tokenizer reads the files when built: a folder that is removed after
+        with tempfile.TemporaryDirectory(prefix="opama-tok-") as tmp:
+            return build_tiny_clip_tokenizer(tmp, max_length)
     vocab_path, merges_path = write_tiny_clip_vocab(directory)
     return CLIPTokenizer(
         vocab=str(vocab_path),
