@@ -69,8 +69,8 @@ class DemoSettings:
     n_train: int = 24
     n_test: int = 6
     steps: int = 150
-    vae_steps: int = 250
-    unet_steps: int = 800
+    vae_steps: int = 600
+    unet_steps: int = 600
     unet_batch: int = 8
     train_backbone: bool = False
     height: int = 128

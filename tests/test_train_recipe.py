@@ -132,6 +132,31 @@ def test_vae_warmup_leaves_a_deterministic_posterior(data, tmp_path, one_thread)
     assert float((d.mean * vae.config.scaling_factor).std()) > 0.1
 
 
+
+def test_warmup_lr_shapes(data, tmp_path, one_thread):
+    """--warmup-lr cosine: each warm-up's lr goes from its set value down to ~0 by its last step
+    (reported per step); constant keeps it; the conditioner phase is not affected (reference)."""
+    import math
+
+    from opama_model.training.trainer import warmup_lr_factor
+
+    assert warmup_lr_factor("constant", 7, 10) == 1.0
+    assert warmup_lr_factor("cosine", 0, 10) == 1.0 and warmup_lr_factor("cosine", 5, 10) == pytest.approx(0.5)
+    assert warmup_lr_factor("cosine", 9, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.9)))
+    with pytest.raises(ValueError, match="cosine"):
+        warmup_lr_factor("linear", 0, 10)
+    png, cap = data
+    recs = load_records(png, [cap])
+    kw = dict(steps=1, vae_steps=4, vae_batch=1, unet_steps=4, unet_batch=1, vae_lr=1e-3, unet_lr=2e-3, lr=5e-4)
+    for shape in ("constant", "cosine"):
+        seen = []
+        train(_cfg(tmp_path / shape, warmup_lr=shape, **kw), recs, progress=seen.append)
+        for phase, base in (("vae", 1e-3), ("unet", 2e-3)):
+            lrs = [p.lr for p in seen if p.phase == phase]
+            want = [base * warmup_lr_factor(shape, k, 4) for k in range(4)]
+            assert lrs == pytest.approx(want), (shape, phase)
+        assert [p.lr for p in seen if p.phase == "train"] == [5e-4]
+
 def _conditioner(model_dir):
     out = {}
     for f in sorted((model_dir / "conditioner").glob("*.safetensors")):
@@ -145,6 +170,7 @@ def test_recipe_options_bad_input_one_line_exit_2(data, tmp_path):
             "--canvas", "64x128"]
     for extra, word in ((["--prediction-type", "x0"], "--prediction-type"), (["--unet-steps", "-1"], "--unet-steps"),
                         (["--unet-steps", "2", "--unet-lr", "0"], "--unet-lr"),
+                        (["--unet-steps", "2", "--warmup-lr", "linear"], "--warmup-lr"),
                         (["--preset", "sd2", "--unet-steps", "2"], "--unet-steps")):
         res = runner.invoke(app, base + extra)
         assert res.exit_code == 2 and word in res.output and "Traceback" not in res.output, (extra, res.output)

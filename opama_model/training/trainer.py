@@ -92,6 +92,7 @@ class TrainConfig:
     unet_steps: int = 0
     unet_lr: float = 2e-3
     unet_batch: int = 8
+    warmup_lr: str = "constant"
     empty_canvas_prob: float = 0.0
     canvas_hw: tuple[int, int] | None = None
     offset_noise: float = 0.1
@@ -230,6 +231,8 @@ def _check_config(cfg: TrainConfig, n_train: int) -> int:
             bad(f"{name}: must be at least 1, got {v}")
     if cfg.lr <= 0 or not math.isfinite(cfg.lr):
         bad(f"--lr: must be a positive number, got {cfg.lr}")
+    if cfg.warmup_lr not in WARMUP_LR:
+        bad(f"--warmup-lr: must be one of {', '.join(WARMUP_LR)}, got {cfg.warmup_lr!r}")
     for name, v in (("--vae-steps", cfg.vae_steps), ("--unet-steps", cfg.unet_steps)):
         if v < 0:
             bad(f"{name}: must be 0 or more, got {v}")
@@ -323,6 +326,21 @@ def _save_panel(path: Path, rows: list[tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 # ----------------------------------------------------------------------------- VAE warm-up
+WARMUP_LR = ("constant", "cosine")
+"""Learning-rate shapes of the VAE and UNet warm-ups (``TrainConfig.warmup_lr``)."""
+
+
+def warmup_lr_factor(kind: str, step: int, steps: int) -> float:
+    """Factor on a warm-up's learning rate at ``step`` (0-based) of ``steps``: 1 (``constant``),
+    or ``cosine``: ``(1 + cos(pi * step / steps)) / 2``, from 1 down towards 0 at the end, so the
+    warmed-up weights are not wherever the last full-size noisy updates left them."""
+    if kind == "constant":
+        return 1.0
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / max(steps, 1)))
+    raise ValueError(f"warm-up lr shape must be one of {', '.join(WARMUP_LR)}, got {kind!r}")
+
+
 POSTERIOR_LOGVAR = -30.0
 """Log-variance the VAE warm-up gives every latent: the floor diffusers clamps to, so the posterior is
 the mean (standard deviation ``exp(-15)``), as good as deterministic like SD's pretrained VAE."""
@@ -368,6 +386,9 @@ def _vae_warmup(cfg: TrainConfig, comps, dataset: PanoramaDataset, device, repor
 
     loss_v = float("nan")
     for step in range(cfg.vae_steps):
+        lr = cfg.vae_lr * warmup_lr_factor(cfg.warmup_lr, step, cfg.vae_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
         x = views(step, cfg.vae_batch)
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample
         loss = torch.nn.functional.mse_loss(rec, x)
@@ -375,7 +396,7 @@ def _vae_warmup(cfg: TrainConfig, comps, dataset: PanoramaDataset, device, repor
         loss.backward()
         opt.step()
         loss_v = float(loss.detach())
-        report(TrainProgress("vae", step + 1, cfg.vae_steps, loss=loss_v, lr=cfg.vae_lr))
+        report(TrainProgress("vae", step + 1, cfg.vae_steps, loss=loss_v, lr=lr))
     vae.eval()
     vae.requires_grad_(False)
     deterministic_posterior_(vae)
@@ -405,6 +426,9 @@ def _unet_warmup(cfg: TrainConfig, comps, dataset: PanoramaDataset, device, repo
         context = comps.conditioner.null_condition(cfg.unet_batch).detach().to(device)
     loss_v = float("nan")
     for step in range(cfg.unet_steps):
+        lr = cfg.unet_lr * warmup_lr_factor(cfg.warmup_lr, step, cfg.unet_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
         rng = seeded_rng(cfg.seed, UNET_KEY, step)
         samples = []
         for _ in range(cfg.unet_batch):
@@ -422,7 +446,7 @@ def _unet_warmup(cfg: TrainConfig, comps, dataset: PanoramaDataset, device, repo
             torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.clip)
         opt.step()
         loss_v = float(loss.detach())
-        report(TrainProgress("unet", step + 1, cfg.unet_steps, loss=loss_v, lr=cfg.unet_lr))
+        report(TrainProgress("unet", step + 1, cfg.unet_steps, loss=loss_v, lr=lr))
     return loss_v
 
 

@@ -60,6 +60,7 @@ def train(
     unet_steps: int = typer.Option(0, "--unet-steps", help="Then pre-train the random UNet as a plain inpainting model for N steps (stands in for SD-2-inpainting's pre-training; tiny demo recipe); frozen afterwards unless --train-backbone."),
     unet_lr: float = typer.Option(2e-3, "--unet-lr", help="Learning rate of the --unet-steps warm-up."),
     unet_batch: int = typer.Option(8, "--unet-batch", help="Batch size of the --unet-steps warm-up."),
+    warmup_lr: str = typer.Option("constant", "--warmup-lr", help="Learning-rate shape of the --vae-steps and --unet-steps warm-ups: constant, or cosine (decays to 0 by the warm-up's end)."),
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type", help="epsilon or v_prediction: what the UNet learns to predict (default: the backbone scheduler's, epsilon; the tiny demo recipe uses v_prediction). Kept in the model folder for outpainting."),
     empty_canvas_prob: float = typer.Option(0.0, "--empty-canvas-prob", help="Fraction of samples with nothing known (text-only outpainting; 0 = reference)."),
     canvas: Optional[str] = typer.Option(None, "--canvas", help="Canvas HxW (default: 4 x 8 view sizes; sd2 2048x4096, tiny 256x512)."),
@@ -87,7 +88,7 @@ def train(
         grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, no_decay_ssm=no_decay_ssm, warmup_steps=warmup,
         clip=clip, ema=ema, mixed_precision=mixed_precision, save_every=save_every, keep=keep, val_every=val_every,
         val_count=val_count, seed=seed, resume=resume, num_workers=num_workers, train_backbone=train_backbone,
-        vae_steps=vae_steps, unet_steps=unet_steps, unet_lr=unet_lr, unet_batch=unet_batch,
+        vae_steps=vae_steps, unet_steps=unet_steps, unet_lr=unet_lr, unet_batch=unet_batch, warmup_lr=warmup_lr,
         prediction_type=prediction_type, empty_canvas_prob=empty_canvas_prob, canvas_hw=_canvas(canvas),
         random_weights=random_weights, weights=weights or None, cpu=cpu,
     )
