@@ -64,7 +64,6 @@ def test_tiny_tokenizer(tmp_path):
     assert tok.decode(enc.input_ids[1], skip_special_tokens=True).strip() == "zürich ☀"
 
 
-
 def test_tiny_tokenizer_leaves_no_temporary_folder(tmp_path, monkeypatch):
     """Without a folder, the vocabulary goes to a temporary one that is removed (it used to stay
     in the temp dir, one per model built); the tokenizer still works and saves its vocabulary."""
@@ -79,6 +78,7 @@ def test_tiny_tokenizer_leaves_no_temporary_folder(tmp_path, monkeypatch):
     tok.save_pretrained(tmp_path / "saved")
     back = type(tok).from_pretrained(tmp_path / "saved")
     assert back("a bright room").input_ids == ref("a bright room").input_ids
+
 
 def test_missing_sd2_folder_raises_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

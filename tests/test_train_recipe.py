@@ -132,7 +132,6 @@ def test_vae_warmup_leaves_a_deterministic_posterior(data, tmp_path, one_thread)
     assert float((d.mean * vae.config.scaling_factor).std()) > 0.1
 
 
-
 def test_warmup_lr_shapes(data, tmp_path, one_thread):
     """--warmup-lr cosine: each warm-up's lr goes from its set value down to ~0 by its last step
     (reported per step); constant keeps it; the conditioner phase is not affected (reference)."""
@@ -156,6 +155,7 @@ def test_warmup_lr_shapes(data, tmp_path, one_thread):
             want = [base * warmup_lr_factor(shape, k, 4) for k in range(4)]
             assert lrs == pytest.approx(want), (shape, phase)
         assert [p.lr for p in seen if p.phase == "train"] == [5e-4]
+
 
 def _conditioner(model_dir):
     out = {}

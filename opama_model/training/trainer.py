@@ -684,7 +684,8 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
         for k, m in wrapped.items():
             setattr(comps, k, accelerator.unwrap_model(m))
         extra = {"training": {"steps": step, "seed": cfg.seed, "ema": cfg.ema, "vae_steps": cfg.vae_steps,
-                              "unet_steps": cfg.unet_steps, "train_backbone": cfg.train_backbone,
+                              "unet_steps": cfg.unet_steps, "warmup_lr": cfg.warmup_lr,
+                              "train_backbone": cfg.train_backbone,
                               "prediction_type": comps.scheduler.config.prediction_type,
                               "canvas_hw": list(settings.canvas_hw), "empty_canvas_prob": cfg.empty_canvas_prob}}
         with (ema.applied() if ema is not None else contextlib.nullcontext()):
