@@ -8,7 +8,7 @@ the real formats and loaded through the real loaders): cube/NFoV cutting, clean-
 preprocessing, FID/KID/IS/OmniFID/FID-h/FAED/LPIPS/CLIP score. With the real Inception/CLIP
 networks side B is slower by their forward cost; this measures everything around them.
 
-Panoramas are rendered once (opama_tools.synthetic) and cached under the system temp
+Panoramas are rendered once (opama_tools.data.synthetic) and cached under the system temp
 folder (opama-bench-eval/). Run: python benchmarks/bench_eval.py [--n 200]
 """
 
@@ -32,7 +32,7 @@ def make_data(root: Path, n: int, height: int) -> tuple[Path, Path]:
     from PIL import Image
 
     from test_metrics_helpers import tonemap8
-    from opama_tools.synthetic import make_scene, render_equirect
+    from opama_tools.data.synthetic import make_scene, render_equirect
 
     gen, ref = root / "gen", root / "ref"
     gen.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--skip-b", action="store_true", help="only the weight-free sides A and A+")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from opama_tools.evaluate import EvalOptions, evaluate
+    from opama_tools.eval.evaluate import EvalOptions, evaluate
     from test_metrics_helpers import (
         save_tiny_faed, save_tiny_hf_clip, save_tiny_inception, save_tiny_open_clip, save_tiny_squeezenet,
     )

@@ -268,8 +268,8 @@ def part_quality(args) -> None:
 
     from opama_model.spherical import equi_to_pers
     from opama_tools.outpaint import load_model
-    from opama_tools.synthetic import make_scene, render_equirect
-    from opama_tools.tonemap import tonemap
+    from opama_tools.data.synthetic import make_scene, render_equirect
+    from opama_tools.data.tonemap import tonemap
 
     if args.threads:
         torch.set_num_threads(args.threads)

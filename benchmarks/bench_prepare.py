@@ -3,7 +3,7 @@
 Both sides turn the same synthetic 2048x4096 float32 EXR into a 1024x2048 PNG with the
 percentile operator (AOG-Net's), one process each (= images/s per worker):
 
-* prepare: :func:`opama_tools.prepare.process_file` (bad-value check, exact median by
+* prepare: :func:`opama_tools.data.prepare.process_file` (bad-value check, exact median by
   sampled-bracket selection on the raw values, fused in-place clip/pow/scale, Lanczos-3
   resize as two sparse products with wrapped columns, atomic PNG write);
 * reference: ``read_exr`` → ``x ** (1/2.4)`` → ``np.percentile(xg[xg > 0], 50)`` →
@@ -35,8 +35,8 @@ from _common import machine_info  # noqa: E402
 
 
 def make_data(folder: Path, n: int, compression: str) -> list[Path]:
-    from opama_tools.exr import write_exr
-    from opama_tools.synthetic import make_scene, render_equirect
+    from opama_tools.data.exr import write_exr
+    from opama_tools.data.synthetic import make_scene, render_equirect
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -57,7 +57,7 @@ def reference(src: Path, dst: Path, out_h: int = 1024, out_w: int = 2048) -> dic
     import imageio.v3 as iio
     from PIL import Image
 
-    from opama_tools.exr import read_exr
+    from opama_tools.data.exr import read_exr
 
     t0 = time.perf_counter()
     x = read_exr(src)
@@ -80,9 +80,9 @@ def reference(src: Path, dst: Path, out_h: int = 1024, out_w: int = 2048) -> dic
 
 def prepare_stages(src: Path, dst: Path, out_h: int = 1024, out_w: int = 2048) -> dict:
     """The stages of ``process_file`` called one by one, for the breakdown only."""
-    from opama_tools.exr import read_exr
-    from opama_tools.prepare import _write_png, resize_equirect, to_uint8
-    from opama_tools.tonemap import repair_hdr, tonemap
+    from opama_tools.data.exr import read_exr
+    from opama_tools.data.prepare import _write_png, resize_equirect, to_uint8
+    from opama_tools.data.tonemap import repair_hdr, tonemap
 
     t0 = time.perf_counter()
     x = read_exr(src)
@@ -107,7 +107,7 @@ def main() -> None:
 
     import imageio.v3 as iio
 
-    from opama_tools.prepare import PrepareConfig, process_file
+    from opama_tools.data.prepare import PrepareConfig, process_file
 
     print("machine:", machine_info(("numpy", "scipy", "PIL", "OpenEXR"), gpu=False,
                                    torch_note="not used by either side"))

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from opama_tools.cli import app
-from opama_tools.exr import write_exr
+from opama_tools.data.exr import write_exr
 from opama_tools.io import printable_path
 
 runner = CliRunner()
@@ -134,7 +134,7 @@ def test_prepare_zoo(tmp_path, ldr):
         assert len(hits) == 1 and word in hits[0], (name, hits)
         stem = name.rsplit(".", 1)[0]
         assert not list(out.glob(f"{stem}.png")), name  # no output for a failed input
-    from opama_tools.prepare import read_manifest
+    from opama_tools.data.prepare import read_manifest
 
     m = read_manifest(out / "manifest.csv").set_index("output")
     assert len(m) == len(bad) + 2 + len(odd) and (m["error"].str.count("\n") == 0).all()
@@ -258,7 +258,7 @@ def test_crop_bad_options_and_folders(tmp_path, ldr):
 
 # ----------------------------------------------------------------------------------------- caption
 def _scenes(d: Path, names: list[str]) -> Path:
-    from opama_tools.synthetic import make_scene
+    from opama_tools.data.synthetic import make_scene
 
     recs = []
     for k, n in enumerate(names):
@@ -388,7 +388,7 @@ def test_printable_path_shows_undecodable_bytes():
 
 def test_every_reader_scales_16_bit_and_expands_grey(tmp_path, ldr):
     """prepare, crop and caption read the same pixels from 8/16-bit, grey/RGB(A) PNGs."""
-    from opama_tools import caption, crop, prepare
+    from opama_tools.data import caption, crop, prepare
 
     odd = write_odd_but_valid(tmp_path, ldr)
     for stem in odd:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from opama_tools.caption import (
+from opama_tools.data.caption import (
     CaptionSettings,
     cut_views,
     load_captioner,
@@ -25,7 +25,7 @@ from opama_tools.caption import (
     visible_objects,
 )
 from opama_tools.cli import app
-from opama_tools.synthetic import Box, Scene, make_scene, render_equirect, render_perspective
+from opama_tools.data.synthetic import Box, Scene, make_scene, render_equirect, render_perspective
 
 runner = CliRunner()
 WORDS = "a the of photography room with window wall floor lamp building sky sun view and on under blue grey".split()
@@ -385,8 +385,8 @@ def test_scene_view_captions_follow_the_view():
 
 
 def test_from_metadata_without_weights(tmp_path, no_weights):
-    from opama_tools.exr import read_exr
-    from opama_tools.synthetic import generate_dataset
+    from opama_tools.data.exr import read_exr
+    from opama_tools.data.synthetic import generate_dataset
 
     src = tmp_path / "synth"
     paths = generate_dataset(src, 2, height=16, seed=2, supersample=1)
@@ -419,7 +419,7 @@ def test_from_metadata_without_weights(tmp_path, no_weights):
 
 def test_resume_redoes_changed_images_and_settings(tmp_path, no_weights):
     """A record is reused only for the same image content and the same settings / scene record."""
-    from opama_tools.caption import run_metadata_job
+    from opama_tools.data.caption import run_metadata_job
 
     d = tmp_path / "png"
     d.mkdir()

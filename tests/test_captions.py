@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from opama_tools.captions import (
+from opama_tools.data.captions import (
     LAVAL_CAPTIONS,
     laval_split,
     CaptionIndex,
@@ -142,8 +142,8 @@ def test_jsonl_and_aognet_merge(tmp_path):
 
 
 def test_loader_reads_what_the_caption_job_writes(tmp_path):
-    from opama_tools.caption import CaptionSettings, run_metadata_job
-    from opama_tools.synthetic import make_scene
+    from opama_tools.data.caption import CaptionSettings, run_metadata_job
+    from opama_tools.data.synthetic import make_scene
 
     png = tmp_path / "png"
     png.mkdir()
@@ -172,7 +172,7 @@ def test_laval_splits_have_published_sizes():
 
 
 def test_broken_caption_files_name_the_file_and_line(tmp_path):
-    from opama_tools.captions import read_aognet_json, read_caption_jsonl
+    from opama_tools.data.captions import read_aognet_json, read_caption_jsonl
 
     cases = {
         "a.jsonl": ('{"image": "a.png", "caption": "x"}\n{"image": "b.png" "caption": 1}\n{"image": "c.png"}\n',

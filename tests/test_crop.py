@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from opama_model.spherical import equi_to_cube, equi_to_pers, view_coverage_mask
 from opama_model.views import AOG21
 from opama_tools.cli import app
-from opama_tools.crop import CropSettings, run_crop
-from opama_tools.synthetic import make_scene, render_equirect
+from opama_tools.data.crop import CropSettings, run_crop
+from opama_tools.data.synthetic import make_scene, render_equirect
 
 runner = CliRunner()
 

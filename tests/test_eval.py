@@ -29,7 +29,7 @@ N = 4
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("evaldata")
-    from opama_tools.synthetic import make_scene
+    from opama_tools.data.synthetic import make_scene
 
     refs = {f"scene/p{k}.png": synthetic_pano8(k, 64) for k in range(N)}
     gens = {f"scene/p{k}.png": synthetic_pano8(k + 40, 64) for k in range(N)}
@@ -111,7 +111,7 @@ def test_sc_with_the_installed_sentence_model(data, tmp_path, monkeypatch):
 
 
 def test_tiny_networks_identical_and_different_sets(data, tmp_path):
-    from opama_tools.evaluate import EvalOptions, evaluate
+    from opama_tools.eval.evaluate import EvalOptions, evaluate
 
     nets = tmp_path / "nets"
     opts = dict(
@@ -141,7 +141,7 @@ def test_tiny_networks_identical_and_different_sets(data, tmp_path):
     assert d["PSNR (input region, dB)"].value < 40
     assert diff.gen_only == ["extra_only_in_gen.png"]
 
-    from opama_tools.report import write_report
+    from opama_tools.eval.report import write_report
 
     write_report(same, tmp_path / "same")
     write_report(diff, tmp_path / "diff")

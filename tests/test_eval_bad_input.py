@@ -131,7 +131,7 @@ def _png16(path, a: np.ndarray) -> None:
 
 
 def test_16bit_and_grey_pngs_read_right(tmp_path):
-    from opama_tools.evaluate import load_image
+    from opama_tools.eval.evaluate import load_image
 
     a8 = synthetic_pano8(3, H)
     _png16(tmp_path / "rgb16.png", a8.astype(np.uint16) * 257)  # v * 257 = exact 16-bit of 8-bit v
@@ -177,7 +177,7 @@ def test_interrupted_report_write_is_not_taken_for_done(folders, monkeypatch):
     out = folders / "rep"
     args = [folders / "gen", folders / "ref", "--metrics", "seam", "--out", out, "--bootstrap", "5"]
     assert _run(args).exit_code == 0 and (out / "metrics.json").is_file()
-    import opama_tools.report as report
+    import opama_tools.eval.report as report
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")

@@ -30,7 +30,7 @@ def refs(tmp_path_factory):
 
 
 def _mask(h: int = H) -> np.ndarray:
-    from opama_tools.metrics.panorama import input_coverage_mask
+    from opama_tools.eval.metrics.panorama import input_coverage_mask
 
     return input_coverage_mask(h, 2 * h, 0.0, 0.0, 90.0, (512, 512)).numpy()
 
@@ -40,7 +40,7 @@ def _by_label(res) -> dict:
 
 
 def test_generated_region_perfect_when_equal_and_bad_when_grey(refs, tmp_path):
-    from opama_tools.evaluate import EvalOptions, evaluate
+    from opama_tools.eval.evaluate import EvalOptions, evaluate
 
     m_in = _mask()
     ref = {f"p{k}.png": synthetic_pano8(k, H) for k in range(N)}
@@ -81,7 +81,7 @@ def test_generated_region_perfect_when_equal_and_bad_when_grey(refs, tmp_path):
 def test_region_distances_known_cases():
     import torch
 
-    from opama_tools.metrics.region import colour_distance, gradient_distance
+    from opama_tools.eval.metrics.region import colour_distance, gradient_distance
 
     m = torch.from_numpy(~_mask())
     x = torch.rand(1, 3, H, 2 * H, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -191,7 +191,7 @@ def test_size_mismatch_is_an_error_unless_resize(refs, tmp_path, monkeypatch):
 def test_one_ssim_map_for_both_regions_equals_the_cropped_ones():
     import torch
 
-    from opama_tools.metrics.panorama import masked_ssim, ssim_means
+    from opama_tools.eval.metrics.panorama import masked_ssim, ssim_means
 
     a = torch.from_numpy(synthetic_pano8(1, H)).permute(2, 0, 1)[None].float() / 255
     b = torch.from_numpy(synthetic_pano8(8, H)).permute(2, 0, 1)[None].float() / 255

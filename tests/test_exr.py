@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from opama_tools.exr import ExrError, read_exr, write_exr
-from opama_tools.synthetic import generate_dataset
+from opama_tools.data.exr import ExrError, read_exr, write_exr
+from opama_tools.data.synthetic import generate_dataset
 
 
 def test_roundtrip_float32_exact(tmp_path):

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from opama_tools.exr import write_exr
+from opama_tools.data.exr import write_exr
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to list processes")
 
@@ -126,7 +126,7 @@ def exr_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepare_reference(exr_dir, tmp_path_factory):
-    from opama_tools.prepare import PrepareConfig, prepare_dataset, read_manifest
+    from opama_tools.data.prepare import PrepareConfig, prepare_dataset, read_manifest
 
     out = tmp_path_factory.mktemp("ref") / "out"
     s = prepare_dataset(exr_dir, out, PrepareConfig(size=(64, 128)), workers=1)
@@ -136,7 +136,7 @@ def prepare_reference(exr_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_prepare_workers_killed(exr_dir, prepare_reference, tmp_path, sig):
-    from opama_tools.prepare import JOURNAL_NAME, read_journal, read_manifest
+    from opama_tools.data.prepare import JOURNAL_NAME, read_journal, read_manifest
 
     ref, ref_out = prepare_reference
     out = tmp_path / "out"
@@ -195,7 +195,7 @@ CROP_ARGS = ["--views", "ring8", "--size", "32", "--cube", "16", "--masks"]
 @pytest.fixture(scope="module")
 def crop_reference(pano_dir, tmp_path_factory):
     from opama_model.views import parse_views
-    from opama_tools.crop import CropSettings, run_crop
+    from opama_tools.data.crop import CropSettings, run_crop
 
     out = tmp_path_factory.mktemp("cropref") / "out"
     r = run_crop(pano_dir, out, CropSettings(views=tuple(parse_views("ring8")), size=32, cube=16, masks=True))
@@ -242,7 +242,7 @@ N_CAPTION = 300  # enough that a stop sent after the first line lands mid-way (e
 
 @pytest.fixture(scope="module")
 def caption_inputs(tmp_path_factory):
-    from opama_tools.synthetic import make_scene
+    from opama_tools.data.synthetic import make_scene
 
     d = tmp_path_factory.mktemp("capin")
     panos = d / "png"
@@ -264,7 +264,7 @@ def _caption_args(panos: Path, scenes: Path, out: Path) -> list:
 
 @pytest.fixture(scope="module")
 def caption_reference(caption_inputs, tmp_path_factory):
-    from opama_tools.caption import CaptionSettings, run_metadata_job
+    from opama_tools.data.caption import CaptionSettings, run_metadata_job
 
     panos, scenes = caption_inputs
     out = tmp_path_factory.mktemp("capref") / "ref.jsonl"

@@ -18,9 +18,9 @@ from test_metrics_helpers import (
     write_pngs,
 )
 
-from opama_tools.metrics import fid as F
-from opama_tools.metrics.features import MetricUnavailable, load_fid_clip, load_inception
-from opama_tools.metrics.panorama import (
+from opama_tools.eval.metrics import fid as F
+from opama_tools.eval.metrics.features import MetricUnavailable, load_fid_clip, load_inception
+from opama_tools.eval.metrics.panorama import (
     PSNR_CAP_DB,
     input_coverage_mask,
     masked_psnr,
@@ -137,8 +137,8 @@ def test_feature_networks_are_named_and_missing_files_explained(nets, tmp_path):
 
 
 def test_lpips_and_clip_score_with_tiny_networks(nets):
-    from opama_tools.metrics.clip_score import clip_score_from_embeds, load_clip_scorer
-    from opama_tools.metrics.lpips import load_lpips
+    from opama_tools.eval.metrics.clip_score import clip_score_from_embeds, load_clip_scorer
+    from opama_tools.eval.metrics.lpips import load_lpips
 
     lp = load_lpips(nets["squeeze"])
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from opama_tools.metrics.ds import DS_C, discontinuity_score
+from opama_tools.eval.metrics.ds import DS_C, discontinuity_score
 
 
 def periodic_texture(seed: int, height: int = 256, sigma: float = 4.0) -> torch.Tensor:

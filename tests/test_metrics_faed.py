@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from test_metrics_helpers import no_weights_env, save_tiny_faed
 
-from opama_tools.metrics.faed import FaedEncoder, encoder_state_dict, load_faed
-from opama_tools.metrics.features import MetricUnavailable
+from opama_tools.eval.metrics.faed import FaedEncoder, encoder_state_dict, load_faed
+from opama_tools.eval.metrics.features import MetricUnavailable
 
 
 def _reference_features(sd: dict, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +116,7 @@ def test_missing_and_wrong_files_are_unavailable(tmp_path, monkeypatch):
 def test_faed_through_evaluate(tmp_path):
     from test_metrics_helpers import synthetic_pano8, write_pngs
 
-    from opama_tools.evaluate import EvalOptions, evaluate
+    from opama_tools.eval.evaluate import EvalOptions, evaluate
 
     write_pngs(tmp_path / "ref", {f"p{k}.png": synthetic_pano8(k, 64) for k in range(4)})
     write_pngs(tmp_path / "gen", {f"p{k}.png": synthetic_pano8(k + 30, 64) for k in range(4)})

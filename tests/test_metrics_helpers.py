@@ -107,14 +107,14 @@ def save_tiny_squeezenet(path: Path, seed: int = 0) -> Path:
 
 def tonemap8(x: np.ndarray) -> np.ndarray:
     """AOG-Net's EXR -> 8-bit tonemap (gamma 2.4, median to 0.5), as ``opama prepare`` does it."""
-    from opama_tools.prepare import to_uint8
-    from opama_tools.tonemap import tonemap
+    from opama_tools.data.prepare import to_uint8
+    from opama_tools.data.tonemap import tonemap
 
     return to_uint8(tonemap(np.ascontiguousarray(x, dtype=np.float32), "percentile")[0])
 
 
 def synthetic_pano8(seed: int, height: int = 64, supersample: int = 1) -> np.ndarray:
-    from opama_tools.synthetic import make_scene, render_equirect
+    from opama_tools.data.synthetic import make_scene, render_equirect
 
     return tonemap8(render_equirect(make_scene(seed), height, 2 * height, supersample=supersample))
 
@@ -151,7 +151,7 @@ def save_tiny_faed(path: Path, seed: int = 0) -> Path:
     """A randomly initialised FAED encoder saved like PanFusion's ``faed.ckpt``: a Lightning
     checkpoint dict whose ``state_dict`` holds ``net.encoder.*`` and ``net.decoder.*`` tensors
     (BatchNorm running statistics randomised too, so eval-mode BN is not the identity)."""
-    from opama_tools.metrics.faed import FaedEncoder
+    from opama_tools.eval.metrics.faed import FaedEncoder
 
     torch.manual_seed(seed)
     enc = FaedEncoder()

@@ -96,7 +96,7 @@ def test_output_filled_2to1_known_bit_identical_and_seeded(pipe):
 
 
 def test_seam_no_worse_than_interior(pipe):
-    from opama_tools.metrics.panorama import seam_score
+    from opama_tools.eval.metrics.panorama import seam_score
 
     out = run(pipe, output_type="pt", seed=1).images
     x = (out + 1) / 2

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from opama_tools import prepare as pp
+from opama_tools.data import prepare as pp
 from opama_tools.cli import app
-from opama_tools.exr import write_exr
+from opama_tools.data.exr import write_exr
 
 runner = CliRunner()
 
@@ -220,7 +220,7 @@ def test_resized_output_and_operators(tmp_path):
     full = np.clip(0.5 / (np.percentile(xg[xg > 0], 50) + 1e-10) * xg, 0, 1)
     want = np.floor(np.clip(pil_resize_wrapped(full, 16, 32), 0, 1) * 255 + 0.5).astype(np.uint8)
     assert_close_u8(iio.imread(out / "p.png"), want)
-    from opama_tools.tonemap import reinhard
+    from opama_tools.data.tonemap import reinhard
 
     s = pp.prepare_dataset(src, out, pp.PrepareConfig(size=None, operator="reinhard", exposure=-1, overwrite=True),
                            workers=1)
@@ -312,7 +312,7 @@ def test_sigterm_mid_run_then_rerun_completes(tmp_path):
 def test_mixed_half_float_and_layered_exr(tmp_path):
     import OpenEXR
 
-    from opama_tools.exr import read_exr
+    from opama_tools.data.exr import read_exr
 
     rng = np.random.default_rng(7)
     planes = [rng.random((8, 16)).astype(np.float32) * 4 for _ in range(3)]

@@ -25,7 +25,7 @@ from opama_model.spherical import (
     view_lonlat_map,
 )
 from opama_model.views import AOG21, CUBE, RING8, VIEW_SETS, format_views, parse_views
-from opama_tools.synthetic import make_scene, render_equirect, render_perspective
+from opama_tools.data.synthetic import make_scene, render_equirect, render_perspective
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from opama_tools.synthetic import make_scene, render_equirect, render_perspective
+from opama_tools.data.synthetic import make_scene, render_equirect, render_perspective
 
 
 @pytest.fixture(scope="module", params=["outdoor", "indoor"])
@@ -106,7 +106,7 @@ def test_scene_descriptions_do_not_depend_on_the_hash_seed():
     import subprocess
     import sys
 
-    code = ("from opama_tools.synthetic import make_scene; "
+    code = ("from opama_tools.data.synthetic import make_scene; "
             "print('\\n'.join(make_scene(s, 'indoor').description for s in range(40)))")
     outs = []
     for seed in ("1", "2", "3"):

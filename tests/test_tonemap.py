@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from opama_tools import tonemap as tm
+from opama_tools.data import tonemap as tm
 
 
 def srgb(v: float) -> float:  # IEC 61966-2-1, written out independently of the module

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from opama_model.training import TrainConfig, train
 from opama_tools.cli import app
-from opama_tools.train_data import load_records
+from opama_tools.data.train_data import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -26,7 +26,7 @@ CANVAS = (64, 128)  # tiny views are 64 px: a small canvas keeps every step fast
 
 def _write_panoramas(folder: Path, n: int, h: int = 64) -> Path:
     """Synthetic ray-cast panoramas (PNG, tonemapped) + an opama caption JSONL with view captions."""
-    from opama_tools.synthetic import make_scene, render_equirect
+    from opama_tools.data.synthetic import make_scene, render_equirect
 
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -67,7 +67,7 @@ KILL_SCRIPT = """
 import os, signal, sys, torch
 torch.set_num_threads(1)
 from opama_model.training import TrainConfig, train
-from opama_tools.train_data import load_records
+from opama_tools.data.train_data import load_records
 cfg = TrainConfig(**{cfg})
 def progress(p):
     if p.phase == "train" and p.step == {kill_at}:

@@ -15,7 +15,7 @@ from opama_model.training import TrainConfig, train
 from opama_model.training.sample import SampleSettings, make_sample
 from opama_model.training.step import draw_step, unet_inputs
 from opama_tools.cli import app
-from opama_tools.train_data import load_records
+from opama_tools.data.train_data import load_records
 
 from test_train import CANVAS, _cfg, _write_panoramas
 

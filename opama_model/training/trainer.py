@@ -457,7 +457,7 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
 
     Args:
         cfg: options (:class:`TrainConfig`); ``cfg.out`` is the run folder.
-        data: training panoramas with their captions (``opama_tools.train_data`` builds them).
+        data: training panoramas with their captions (``opama_tools.data.train_data`` builds them).
         val_data: validation panoramas (never the test split), or None.
         progress: called with a :class:`TrainProgress` on the main process.
 

@@ -40,7 +40,7 @@ def caption(
 ) -> None:
     from rich.markup import escape
 
-    from opama_tools.caption import CaptionSettings, load_captioner, run_caption_job, run_metadata_job
+    from opama_tools.data.caption import CaptionSettings, load_captioner, run_caption_job, run_metadata_job
     from opama_tools.io import printable_path
     from opama_tools.jobs import RESUME_HINT
     from opama_tools.weights import MissingWeightsError

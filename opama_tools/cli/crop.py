@@ -32,7 +32,7 @@ def crop(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from opama_model.views import parse_views
-    from opama_tools.crop import CropSettings, find_panoramas, run_crop
+    from opama_tools.data.crop import CropSettings, find_panoramas, run_crop
     from opama_tools.io import printable_path
     from opama_tools.jobs import RESUME_HINT, stop_exit_code
 

@@ -27,7 +27,7 @@ def demo(
     height: int = typer.Option(256, "--height", min=8, help="With --data-only: panorama height in pixels (width = 2 x height)."),
     kind: str = typer.Option("random", "--kind", help="With --data-only: outdoor, indoor or random."),
 ) -> None:
-    from opama_tools.demo import FAST, DemoError, DemoSettings, run_demo, write_synthetic
+    from opama_tools.demo.run import FAST, DemoError, DemoSettings, run_demo, write_synthetic
 
     if kind not in ("outdoor", "indoor", "random"):
         raise fail(f"--kind must be outdoor, indoor or random, got {kind!r}", 2)

@@ -1,4 +1,4 @@
-"""``opama eval``: parse arguments, delegate to :mod:`opama_tools.evaluate` and :mod:`opama_tools.report`."""
+"""``opama eval``: parse arguments, delegate to :mod:`opama_tools.eval.evaluate` and :mod:`opama_tools.eval.report`."""
 
 from __future__ import annotations
 
@@ -65,8 +65,8 @@ def evaluate(
         if f is not None and not f.is_file():
             raise fail(f"{f}: caption file not found", 2)
 
-    from opama_tools.evaluate import EvalInputError, EvalOptions, collect_inputs, evaluate as run_eval, parse_metrics
-    from opama_tools.report import check_out_dir, write_report
+    from opama_tools.eval.evaluate import EvalInputError, EvalOptions, collect_inputs, evaluate as run_eval, parse_metrics
+    from opama_tools.eval.report import check_out_dir, write_report
 
     out_dir = out or Path("report")
     try:
@@ -146,7 +146,7 @@ def _print_table(res) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from opama_tools.report import GROUP_TITLES, _ci, fmt, missing_lines, scored_line
+    from opama_tools.eval.report import GROUP_TITLES, _ci, fmt, missing_lines, scored_line
 
     console.print(f"scored: {scored_line(res.scored, Path(res.config['gen_dir']).name)}", highlight=False, markup=False)
     if res.config.get("resized"):
@@ -171,7 +171,7 @@ def _compare(reports: list[str], out: Optional[Path], names: Optional[str]) -> N
     from rich.table import Table
     from rich.text import Text
 
-    from opama_tools.report import check_out_dir, compare_reports, write_compare
+    from opama_tools.eval.report import check_out_dir, compare_reports, write_compare
 
     if len(reports) < 1:
         raise fail("compare needs at least one report folder", 2)

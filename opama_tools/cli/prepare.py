@@ -28,8 +28,8 @@ def prepare(
     force_aspect: bool = typer.Option(False, "--force-aspect", help="Resize non-2:1 sources instead of failing them."),
 ) -> None:
     from opama_tools.jobs import RESUME_HINT, stop_exit_code
-    from opama_tools.prepare import PrepareConfig, parse_size, prepare_dataset
-    from opama_tools.tonemap import OPERATORS
+    from opama_tools.data.prepare import PrepareConfig, parse_size, prepare_dataset
+    from opama_tools.data.tonemap import OPERATORS
 
     try:
         out_size = parse_size(size)

@@ -76,7 +76,7 @@ def train(
     from opama_model.training import TrainConfig, TrainError, train as run_train
     from opama_model.training.checkpoint import CheckpointError
     from opama_model.weights import MissingWeightsError
-    from opama_tools.train_data import TrainDataError, load_records
+    from opama_tools.data.train_data import TrainDataError, load_records
 
     if threads > 0:
         import torch

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from opama_tools.metrics.features import MetricUnavailable, load_state_dict_file, resolve_weights
+from opama_tools.eval.metrics.features import MetricUnavailable, load_state_dict_file, resolve_weights
 
 __all__ = ["Lpips", "load_lpips"]
 

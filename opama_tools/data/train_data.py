@@ -2,7 +2,7 @@
 
 Captions come from ``opama caption`` JSONL files or AOG-Net's published JSON files (e.g. the
 shipped ``LAVAL_CAPTIONS / "indoor_train.json"`` + ``"indoor_train_aug.json"``) through
-:func:`opama_tools.captions.load_captions`; they are handed to the model side
+:func:`opama_tools.data.captions.load_captions`; they are handed to the model side
 (:mod:`opama_model.training`) as :class:`~opama_model.training.data.PanoramaRecord` entries.
 """
 
@@ -52,14 +52,14 @@ def load_records(data_dir: str | Path, captions: Sequence[str | Path] = (), *, k
         data_dir: folder of 2:1 panoramas (searched recursively).
         captions: caption files (``.jsonl`` from ``opama caption``, ``.json`` in AOG-Net's layout);
             none: every caption is empty (text conditioning then only sees "").
-        kind: how AOG-Net JSON files are read (see :func:`opama_tools.captions.read_aognet_json`).
+        kind: how AOG-Net JSON files are read (see :func:`opama_tools.data.captions.read_aognet_json`).
         check_all: check the 2:1 shape of every file (reads image headers only).
 
     Raises:
         TrainDataError: empty folder, a non-2:1 or unreadable image, a caption file that is
             unreadable or names none of the panoramas, or panoramas without a caption.
     """
-    from opama_tools.captions import load_captions
+    from opama_tools.data.captions import load_captions
 
     paths = find_training_panoramas(data_dir)
     if not paths:

@@ -30,7 +30,7 @@ __all__ = [
     "read_caption_jsonl", "read_aognet_json",
 ]
 
-LAVAL_CAPTIONS = Path(__file__).parent / "data" / "laval_captions"
+LAVAL_CAPTIONS = Path(__file__).parent / "laval_captions"
 """Shipped copies of the published BLIP-2 captions and splits of Laval Indoor/Outdoor HDR
 (OPa-Ma reference code, MIT): ``{indoor,outdoor}_{train,test}.json`` and ``indoor_train_aug.json``."""
 

@@ -2,7 +2,7 @@
 
 Per source file (:func:`process_file`): read (OpenEXR, never imageio, for ``.exr``;
 imageio for ``.png/.jpg``), check 2:1, repair NaN/Inf/negative values (counted),
-tonemap (:mod:`opama_tools.tonemap`; LDR sources are only resized), resize with a
+tonemap (:mod:`opama_tools.data.tonemap`; LDR sources are only resized), resize with a
 seam-aware Lanczos-3 filter (:func:`resize_equirect`), round to uint8 and write the
 PNG atomically (hidden ``.NAME.XXXX.tmp`` file in the same folder, then rename).
 
@@ -76,7 +76,7 @@ class PrepareConfig:
     """Options of a prepare run.
 
     ``size``: output ``(height, width)`` in pixels (must be 2:1), or None to keep the
-    source size. ``operator``/``exposure``: see :func:`opama_tools.tonemap.tonemap`
+    source size. ``operator``/``exposure``: see :func:`opama_tools.data.tonemap.tonemap`
     (``exposure`` in EV, applied before the operator). ``force_aspect``: resize non-2:1
     sources instead of failing them. ``overwrite``: redo outputs that exist.
     """
@@ -288,8 +288,8 @@ def process_file(src: str | Path, dst: str | Path, cfg: PrepareConfig, dst_rel: 
         params: dict = {}
         counts = {"nan": 0, "posinf": 0, "negative": 0}
         if is_hdr:
-            from opama_tools.exr import read_exr
-            from opama_tools.tonemap import repair_hdr, tonemap
+            from opama_tools.data.exr import read_exr
+            from opama_tools.data.tonemap import repair_hdr, tonemap
 
             x = read_exr(src)
             if x.shape[2] == 4:

@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from opama_tools.io import atomic_path, atomic_write_text
-from opama_tools.synthetic import generate_dataset
+from opama_tools.data.synthetic import generate_dataset
 
 console = Console(soft_wrap=True)  # messages are lines: never hard-wrapped at the terminal width
 
@@ -264,7 +264,7 @@ def _stage_train(r: _Run) -> str:
 
 
 def _stage_outpaint(r: _Run) -> str:
-    from opama_tools.baselines import write_input_only_baseline
+    from opama_tools.eval.baselines import write_input_only_baseline
 
     for name, proc, model in r.methods:
         args = ["outpaint", "--batch", r.out / "inputs" / "batch.csv", "--out", r.out / "gen" / name,
@@ -295,7 +295,7 @@ def _stage_eval(r: _Run) -> str:
 
 
 def _stage_report(r: _Run) -> str:
-    from opama_tools.demo_report import write_demo_report
+    from opama_tools.demo.report import write_demo_report
 
     page = write_demo_report(r.out, _eval_names(r), r.times, r.notes, r.s.keys()["results"])
     return f"open {page}"

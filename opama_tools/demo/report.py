@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from opama_tools.io import atomic_path, atomic_write_text
-from opama_tools.report import best_mask, fmt, load_report, missing_lines
+from opama_tools.eval.report import best_mask, fmt, load_report, missing_lines
 
 __all__ = ["comparison_rows", "timing_rows", "write_demo_report", "significant_pairs"]
 

@@ -119,8 +119,8 @@ def _sample_grid(result, out: Path) -> bool:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from opama_tools.evaluate import load_image
-    from opama_tools.metrics.panorama import input_coverage_mask
+    from opama_tools.eval.evaluate import load_image
+    from opama_tools.eval.metrics.panorama import input_coverage_mask
 
     cfg = result.config
     n = len(result.samples)

@@ -41,7 +41,7 @@ def write_input_only_baseline(
     paths, atomic writes; an output newer than its reference is kept). Returns the written/kept paths."""
     import imageio.v3 as iio
 
-    from opama_tools.evaluate import load_image
+    from opama_tools.eval.evaluate import load_image
 
     ref_dir, out_dir = Path(ref_dir), Path(out_dir)
     written = []

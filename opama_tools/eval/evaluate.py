@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from opama_tools.metrics.features import MetricUnavailable
+from opama_tools.eval.metrics.features import MetricUnavailable
 
 __all__ = [
     "ALL_METRICS",
@@ -365,7 +365,7 @@ def _read_caption_file(path: str | None) -> dict[str, str]:
     """``read_captions(path)`` (or {}), errors as :class:`EvalInputError` naming the file (and line)."""
     if not path:
         return {}
-    from opama_tools.metrics.sc import read_captions
+    from opama_tools.eval.metrics.sc import read_captions
 
     try:
         return read_captions(path)
@@ -504,7 +504,7 @@ def load_networks(opt: EvalOptions, device: str, log: Callable[[str], None]) -> 
     want = set(opt.metrics)
     nets = Networks()
     if want & {"fid", "kid", "is", "omnifid", "fidh"}:
-        from opama_tools.metrics.features import load_fid_clip, load_inception
+        from opama_tools.eval.metrics.features import load_fid_clip, load_inception
 
         for key, loader, explicit, flag in (
             ("fid-clip", load_fid_clip, opt.fid_clip_weights, "--fid-clip-weights"),
@@ -518,12 +518,12 @@ def load_networks(opt: EvalOptions, device: str, log: Callable[[str], None]) -> 
                 nets.inception = net
             log(f"{key}: {net.name} from {net.path}")
     if want & {"lpips", "region"}:
-        from opama_tools.metrics.lpips import load_lpips
+        from opama_tools.eval.metrics.lpips import load_lpips
 
         nets.lpips = _load(nets, "lpips", lambda: load_lpips(opt.lpips_weights).to(device), opt.lpips_weights,
                            "--lpips-weights")
     if "faed" in want:
-        from opama_tools.metrics.faed import load_faed
+        from opama_tools.eval.metrics.faed import load_faed
 
         nets.faed = _load(nets, "faed", lambda: load_faed(opt.faed_weights, opt.faed_height).to(device),
                           opt.faed_weights, "--faed-weights")
@@ -531,12 +531,12 @@ def load_networks(opt: EvalOptions, device: str, log: Callable[[str], None]) -> 
         if not opt.captions:
             nets.unavailable["clip"] = _NEEDS_CAPTIONS
         else:
-            from opama_tools.metrics.clip_score import load_clip_scorer
+            from opama_tools.eval.metrics.clip_score import load_clip_scorer
 
             nets.clip = _load(nets, "clip", lambda: load_clip_scorer(opt.clip_weights, device), opt.clip_weights,
                               "--clip-weights")
     if "sc" in want:
-        from opama_tools.metrics.sc import load_captioner, load_sentence_model
+        from opama_tools.eval.metrics.sc import load_captioner, load_sentence_model
 
         if not opt.captions:
             nets.unavailable["sc"] = _NEEDS_CAPTIONS
@@ -590,11 +590,11 @@ def score_pairs(inputs: EvalInputs, nets: Networks, opt: EvalOptions, device: st
                 ref_caps: dict[str, str], gen_caps: dict[str, str],
                 progress: Callable[[int, int, str], None] | None = None) -> Scores:
     """Stage 3: load each pair once; per-image metrics into ``rows``, set-metric features aside."""
-    from opama_tools.metrics.ds import discontinuity_score
-    from opama_tools.metrics.panorama import (
+    from opama_tools.eval.metrics.ds import discontinuity_score
+    from opama_tools.eval.metrics.panorama import (
         input_coverage_mask, masked_psnr, masked_ssim, pole_variance, resize_like, seam_score, ssim_means,
     )
-    from opama_tools.metrics.region import colour_distance, gradient_distance
+    from opama_tools.eval.metrics.region import colour_distance, gradient_distance
 
     want = set(opt.metrics)
     sc = Scores(sel_faces=list(range(6)) if opt.faces == 6 else list(_SIDES))
@@ -724,7 +724,7 @@ def _canon(net_key: str) -> str:
 
 def set_metrics(sc: Scores, nets: Networks, opt: EvalOptions) -> list[MetricResult]:
     """Stage 4: distribution metrics over the whole set, with bootstrap intervals over panoramas."""
-    from opama_tools.metrics import fid as F
+    from opama_tools.eval.metrics import fid as F
 
     want = set(opt.metrics)
     n_ok = len(sc.rows)
@@ -844,7 +844,7 @@ def text_metrics(per_image, sc: Scores, nets: Networks, opt: EvalOptions, ref_ca
         have = [i for i, c in enumerate(caps) if c]
         whole, nfov = np.full(n_ok, np.nan), np.full(n_ok, np.nan)
         if have:
-            from opama_tools.metrics.clip_score import clip_score_from_embeds
+            from opama_tools.eval.metrics.clip_score import clip_score_from_embeds
 
             txt = nets.clip.text_embeds([caps[i] for i in have])
             img = torch.cat([sc.clip_img[i] for i in have])
@@ -861,7 +861,7 @@ def text_metrics(per_image, sc: Scores, nets: Networks, opt: EvalOptions, ref_ca
         ok = [(i, gc, rc) for i, gc, rc in ok if gc and rc]
         vals = np.full(n_ok, np.nan)
         if ok:
-            from opama_tools.metrics.sc import sc_scores
+            from opama_tools.eval.metrics.sc import sc_scores
 
             vals[[i for i, _, _ in ok]] = sc_scores(nets.sentence, [g for _, g, _ in ok], [r for _, _, r in ok])
         per_image[f"sc[{nets.sentence.name}]"] = vals

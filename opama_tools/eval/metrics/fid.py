@@ -1,6 +1,6 @@
 """Set-level distribution metrics on feature vectors: FID, KID, IS, OmniFID, FID-h.
 
-Features come from :mod:`opama_tools.metrics.features` (clean-fid preprocessing).
+Features come from :mod:`opama_tools.eval.metrics.features` (clean-fid preprocessing).
 FID uses clean-fid's ``frechet_distance`` on ``np.mean`` / ``np.cov(rowvar=False)``
 statistics, i.e. exactly what ``cleanfid.fid.compute_fid`` computes from the same
 features; KID mirrors clean-fid's ``kernel_distance`` (cubic polynomial kernel,

@@ -653,11 +653,11 @@ def run_caption_job(
 
 
 def scene_from_record(rec: dict):
-    """The :class:`opama_tools.synthetic.Scene` of one ``scenes.jsonl`` record.
+    """The :class:`opama_tools.data.synthetic.Scene` of one ``scenes.jsonl`` record.
 
     Uses the stored ``scene`` dict; falls back to ``make_scene(seed, kind)`` when absent.
     """
-    from opama_tools.synthetic import Box, Scene, make_scene
+    from opama_tools.data.synthetic import Box, Scene, make_scene
 
     d = rec.get("scene")
     if isinstance(d, dict):

@@ -487,7 +487,7 @@ def generate_dataset(
     ``{"image", "seed", "kind", "caption", "scene"}``. Existing EXRs are kept
     unless ``overwrite`` (each file is written atomically).
     """
-    from opama_tools.exr import write_exr
+    from opama_tools.data.exr import write_exr
     from opama_tools.io import ensure_output_dir
 
     out = ensure_output_dir(Path(out_dir))  # OutputPathError (a ValueError) naming the folder

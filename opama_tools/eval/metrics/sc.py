@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from opama_tools.metrics.features import MetricUnavailable, resolve_weights
+from opama_tools.eval.metrics.features import MetricUnavailable, resolve_weights
 from opama_tools.weights import component, locate
 
 __all__ = ["read_captions", "SentenceModel", "load_sentence_model", "load_captioner", "sc_scores"]
@@ -121,9 +121,9 @@ def sc_scores(model: SentenceModel, gen_captions: list[str], ref_captions: list[
 def load_captioner(explicit: str | os.PathLike | None = None, device: str = "cpu"):
     """BLIP or BLIP-2 (``opama caption``'s loader) from ``--captioner`` / ``$OPAMA_BLIP`` / the HF cache.
 
-    Returns :class:`opama_tools.caption.Captioner` with a ``name`` for the report.
+    Returns :class:`opama_tools.data.caption.Captioner` with a ``name`` for the report.
     """
-    from opama_tools.caption import load_captioner as _load
+    from opama_tools.data.caption import load_captioner as _load
 
     try:
         cap = _load(explicit, device=device, max_new_tokens=40)

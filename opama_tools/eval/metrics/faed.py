@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opama_tools.metrics.features import MetricUnavailable, resolve_weights
+from opama_tools.eval.metrics.features import MetricUnavailable, resolve_weights
 
 __all__ = ["FAED_HEIGHT", "FaedEncoder", "FaedFeatures", "load_faed", "encoder_state_dict"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from opama_tools.metrics.features import MetricUnavailable, resolve_weights
+from opama_tools.eval.metrics.features import MetricUnavailable, resolve_weights
 
 __all__ = ["ClipScorer", "load_clip_scorer", "clip_score_from_embeds"]
 
