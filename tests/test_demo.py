@@ -41,6 +41,11 @@ def test_demo_fast_every_stage(tmp_path):
     page = (d / "report.html").read_text()
     assert "Comparison on the held-out test panoramas" in page and "trained-fast" in page
     assert "gen/trained-fast/" in page and "loss.png" in page
+    # the paired rows: trained-fast minus each baseline, per weight-free metric, n = the 2 test panoramas
+    assert "Paired, panorama by panorama" in page
+    for b in ("input-only", "untrained-fast"):
+        assert f"<td>trained-fast</td><td>{b}</td><td>colour distance (generated)</td>" in page
+    assert page.count(" of 2</td>") == 8
     stages = json.loads((d / "stages.json").read_text())["seconds"]
     assert {"data", "prepare", "caption", "inputs", "train", "outpaint", "eval", "report"} <= set(stages)
     # a re-run resumes: nothing is recomputed, the same page comes back

@@ -139,6 +139,21 @@ def test_outpaint_layout_meta_and_compare_table(refs, tmp_path, monkeypatch):
     assert "| PSNR (input region, dB) | higher | " in md and "**100**" in md
     assert any("100*" in line for line in lines)
 
+    # --paired: each method minus the first report, panorama by panorama
+    c = runner.invoke(app, ["eval", "compare", str(tmp_path / "rep_opama"), str(tmp_path / "rep_copy"),
+                            "--paired", "--out", str(tmp_path / "pt")], env={"COLUMNS": "120"})
+    assert c.exit_code == 0, c.output
+    assert "paired: each method minus OPa-Ma" in c.output
+    pr = pd.read_csv(tmp_path / "pt_paired.csv").set_index("key")
+    per = pd.read_csv(tmp_path / "rep_opama" / "per_image.csv")
+    row = pr.loc["gen_colour"]
+    assert row["method"] == "Copy" and row["baseline"] == "OPa-Ma" and row["n"] == N and row["wins"] == N
+    assert row["mean"] == pytest.approx(-per["gen_colour"].mean()) and row["ci_high"] < 0 and row["excludes_0"]
+    assert "seam" not in pr.index and "ds" not in pr.index  # best at 1.0: no sign to test
+    one = runner.invoke(app, ["eval", "compare", str(tmp_path / "rep_opama"), "--paired", "--out", str(tmp_path / "p1")])
+    assert one.exit_code == 2 and "at least 2 reports" in one.output and "Traceback" not in one.output
+    assert not list(tmp_path.glob("p1*"))  # nothing written
+
     bad = runner.invoke(app, ["eval", "compare", str(tmp_path / "rep_opama"), str(tmp_path / "rep_copy"),
                               "--names", "only-one", "--out", str(tmp_path / "t2")])
     assert bad.exit_code == 2 and "--names has 1 name for 2 reports" in bad.output

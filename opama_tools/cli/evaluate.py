@@ -17,10 +17,11 @@ HELP = (
     "GEN_DIR/NAME/pano.png + meta.json as `opama outpaint` writes them, paired with REF_DIR/NAME.png) and writes "
     "metrics.json, per_image.csv, report.md and report.html into --out; `opama eval compare REPORT_A REPORT_B ...` "
     "prints the side-by-side table (metrics as rows, methods as columns, best marked *) and writes it as "
-    "Markdown and CSV (--out, default compare). Networks are never downloaded: metrics whose weights are missing "
+    "Markdown and CSV (--out, default compare); with --paired also each method minus the first report, "
+    "panorama by panorama (the scenes' spread cancels), as BASE_paired.csv. Networks are never downloaded: metrics whose weights are missing "
     "are counted in one line (see `opama doctor`).\n\n"
     "Example: opama eval out/generated data/laval_png --captions captions.jsonl --metrics fid,clip,region,ds --out report\n\n"
-    "Example: opama eval compare report_opama report_aognet --names OPa-Ma,AOG-Net --out table"
+    "Example: opama eval compare report_aognet report_opama --names AOG-Net,OPa-Ma --paired --out table"
 )
 
 
@@ -50,10 +51,11 @@ def evaluate(
     set_bootstrap: int = typer.Option(50, "--set-bootstrap", help="Bootstrap resamples for FID/OmniFID/FID-h/FAED intervals (0: none)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and KID subsets."),
     names: Optional[str] = typer.Option(None, "--names", help="compare: comma list of method names, one per report (default: scored method or folder name)."),
+    paired: bool = typer.Option(False, "--paired", help="compare: also each method minus the first report, panorama by panorama (mean difference, 95% bootstrap interval, wins), into BASE_paired.csv."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute even if --out already holds a report of the same inputs and options."),
 ) -> None:
     if paths and paths[0] == "compare":
-        _compare(paths[1:], out, names)
+        _compare(paths[1:], out, names, paired, bootstrap, seed)
         return
     if len(paths) != 2:
         raise fail("expected GEN_DIR REF_DIR (or: compare REPORT_A REPORT_B ...)", 2)
@@ -167,10 +169,12 @@ def _print_table(res) -> None:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def _compare(reports: list[str], out: Optional[Path], names: Optional[str]) -> None:
+def _compare(reports: list[str], out: Optional[Path], names: Optional[str], paired: bool = False,
+             bootstrap: int = 1000, seed: int = 0) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from opama_tools.eval.paired import paired_table
     from opama_tools.eval.report import check_out_dir, compare_reports, write_compare
 
     if len(reports) < 1:
@@ -184,6 +188,7 @@ def _compare(reports: list[str], out: Optional[Path], names: Optional[str]) -> N
     try:
         check_out_dir(base.parent if str(base.parent) else Path("."))
         disp, vals, better = compare_reports(reports, name_list)
+        pairs = paired_table(reports, list(disp.columns), reps=bootstrap, seed=seed) if paired else None
     except ValueError as e:
         raise fail(str(e), 2)
     except (OSError, json.JSONDecodeError, KeyError) as e:
@@ -201,4 +206,28 @@ def _compare(reports: list[str], out: Optional[Path], names: Optional[str]) -> N
         paths = write_compare(disp, vals, better, base)
     except OSError as e:
         raise fail(f"--out {base}: cannot write ({e.strerror or e})", 2)
+    if pairs is not None:
+        paths.append(_write_paired(pairs, list(disp.columns)[0], base))
     console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
+
+
+def _write_paired(df, baseline: str, base: Path) -> Path:
+    from rich.table import Table
+
+    from opama_tools.eval.report import fmt
+    from opama_tools.io import atomic_path
+
+    t = Table(title=f"paired: each method minus {baseline}, panorama by panorama (* = interval excludes 0)")
+    for c in ("method", "metric", "better", "mean [95% interval]", "better on"):
+        t.add_column(c, overflow="fold")
+    for r in df.itertuples():
+        cell = f"{fmt(r.mean, 3)} [{fmt(r.ci_low, 3)}, {fmt(r.ci_high, 3)}]" + ("*" if r.excludes_0 else "")
+        t.add_row(r.method, r.metric, r.better, cell, f"{r.wins} of {r.n}")
+    console.print(t, soft_wrap=False)
+    dst = base.parent / f"{base.name.removesuffix('.md').removesuffix('.csv')}_paired.csv"
+    try:
+        with atomic_path(dst) as tmp:
+            df.to_csv(tmp, index=False)
+    except OSError as e:
+        raise fail(f"--out {base}: cannot write ({e.strerror or e})", 2)
+    return dst

@@ -3,7 +3,8 @@ with bootstrap intervals, fast vs reference time, the training loss curve and a 
 (input, outpainted panoramas with their drag-to-look viewers, reference).
 
 It only reads what the stages wrote (``opama eval`` reports, outpainting ``meta.json``,
-``runs/*/log.csv``); it computes no metric of its own.
+``runs/*/log.csv``); it computes no metric of its own, only the paired differences of the
+reports' per-image values (:mod:`opama_tools.eval.paired`, as ``opama eval compare --paired``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from typing import Sequence
 from opama_tools.io import atomic_path, atomic_write_text
 from opama_tools.eval.report import best_mask, fmt, load_report, missing_lines
 
-__all__ = ["comparison_rows", "timing_rows", "write_demo_report", "significant_pairs"]
+__all__ = ["comparison_rows", "timing_rows", "write_demo_report", "significant_pairs", "paired_rows", "PAIRED_KEYS"]
+
+PAIRED_KEYS = ("gen_colour", "gen_psnr", "gen_ssim", "gen_gradient")
+"""Weight-free generated-region metrics compared panorama by panorama (:func:`paired_rows`)."""
 
 
 def comparison_rows(reports: dict[str, dict]) -> tuple[list[str], list[list[str]], list[str]]:
@@ -65,6 +69,35 @@ def significant_pairs(reports: dict[str, dict], a: str, b: str) -> list[str]:
         elif d == "lower" and x["ci_high"] < y["ci_low"]:
             out.append(lab)
     return out
+
+
+def paired_rows(out: Path, reports: dict[str, dict], pairs: Sequence[tuple[str, str]], reps: int = 1000,
+                seed: int = 0) -> list[list[str]]:
+    """One row per ``(a, b)`` pair and :data:`PAIRED_KEYS` metric that both reports have:
+    ``a``, ``b``, the metric, ``mean(a - b) [95% interval]`` over the panoramas both scored
+    (:mod:`opama_tools.eval.paired`), on how many ``a`` is better, and whether the interval
+    excludes 0 on ``a``'s better side."""
+    import pandas as pd
+
+    from opama_tools.eval.paired import paired_differences
+
+    tables: dict[str, pd.DataFrame] = {}
+    rows = []
+    for a, b in pairs:
+        if a not in reports or b not in reports:
+            continue
+        for n in (a, b):
+            f = out / "reports" / n / "per_image.csv"
+            if n not in tables and f.is_file():
+                tables[n] = pd.read_csv(f)
+        if a not in tables or b not in tables:
+            continue
+        info = {m["key"]: m for m in reports[a]["metrics"] if m["status"] == "ok"}
+        keys = {k: info[k]["better"] for k in PAIRED_KEYS if k in info and info[k].get("better") in ("lower", "higher")}
+        for d in paired_differences(tables[a], tables[b], keys, reps, seed):
+            rows.append([a, b, info[d.key]["label"], f"{fmt(d.mean, 3)} [{fmt(d.ci_low, 3)}, {fmt(d.ci_high, 3)}]",
+                         f"{d.wins} of {d.n}", "yes" if d.a_better else "no"])
+    return rows
 
 
 def timing_rows(out: Path, names: Sequence[str]) -> list[list[str]]:
@@ -155,6 +188,9 @@ def write_demo_report(out: str | Path, names: Sequence[str], times: dict[str, fl
                 labs = significant_pairs(reports, a, b)
                 sig.append(f"{a} beats {b} with non-overlapping 95% intervals on: "
                            + (", ".join(labs) if labs else "no metric"))
+    trained = [n for n in names if n.startswith("trained")]
+    paired = paired_rows(out, reports, [(a, b) for a in trained for b in ("input-only", "untrained-fast")],
+                         reps=int(settings.get("bootstrap", 1000)))
     gen_names = [n for n in names if n != "input-only"]
     timing = timing_rows(out, gen_names)
     has_loss = _loss_plot(out, out / "report_assets" / "loss.png")
@@ -193,6 +229,12 @@ def write_demo_report(out: str | Path, names: Sequence[str], times: dict[str, fl
         _table(["metric", "better", *reports.keys()], cmp_rows, escape=False),
         f"<p>{ref_line}</p>" if ref_line else "",
         "".join(f"<p>{html.escape(s)}</p>" for s in sig),
+        *(["<h3>Paired, panorama by panorama</h3>",
+           "<p>Per test panorama, method a's value minus method b's; the mean difference with its 95% bootstrap "
+           "interval over panoramas. The scenes' own spread, which widens both unpaired intervals above, "
+           "cancels here.</p>",
+           _table(["a", "b", "metric", "mean a − b [95% interval]", "a better on", "interval excludes 0"], paired)]
+          if paired else []),
         "".join(f"<p><i>{html.escape(m)}</i></p>" for m in missing),
         "<h2>Time per panorama</h2>",
         _table(["run", "procedure", "solver, steps", "panoramas", "seconds / panorama", "UNet passes / panorama"], timing),

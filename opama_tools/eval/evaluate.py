@@ -46,6 +46,7 @@ from opama_tools.eval.metrics.features import MetricUnavailable
 
 __all__ = [
     "ALL_METRICS",
+    "mean_ci",
     "EvalOptions",
     "EvalInputError",
     "MetricResult",
@@ -447,7 +448,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _mean_ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float, float, int]:
+def mean_ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float, float, int]:
+    """``(mean, lo, hi, n)`` of the finite ``values``: the mean and its 95% percentile-bootstrap
+    interval (``reps`` resamples drawn with ``numpy.random.default_rng(seed)``; NaN bounds when
+    ``reps <= 0`` or fewer than 2 values)."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -882,7 +886,7 @@ def summarise_per_image(per_image, sc: Scores, nets: Networks, opt: EvalOptions)
             out.append(MetricResult(key, label, "failed", better=better, network=network,
                                     detail="no image evaluated", group=group))
             return
-        m, lo, hi, n = _mean_ci(per_image[col].to_numpy(dtype=float), opt.bootstrap, opt.seed)
+        m, lo, hi, n = mean_ci(per_image[col].to_numpy(dtype=float), opt.bootstrap, opt.seed)
         if n == 0:
             out.append(MetricResult(key, label, "failed", better=better, network=network,
                                     detail="no value (missing captions?)", group=group))
