@@ -75,28 +75,20 @@ def paired_rows(out: Path, reports: dict[str, dict], pairs: Sequence[tuple[str, 
                 seed: int = 0) -> list[list[str]]:
     """One row per ``(a, b)`` pair and :data:`PAIRED_KEYS` metric that both reports have:
     ``a``, ``b``, the metric, ``mean(a - b) [95% interval]`` over the panoramas both scored
-    (:mod:`opama_tools.eval.paired`), on how many ``a`` is better, and whether the interval
-    excludes 0 on ``a``'s better side."""
-    import pandas as pd
+    (:func:`opama_tools.eval.paired.paired_table`, as ``opama eval compare b a --paired``), on
+    how many ``a`` is better, and whether the interval excludes 0 on ``a``'s better side."""
+    from opama_tools.eval.paired import paired_table
 
-    from opama_tools.eval.paired import paired_differences
-
-    tables: dict[str, pd.DataFrame] = {}
     rows = []
     for a, b in pairs:
-        if a not in reports or b not in reports:
+        dirs = [out / "reports" / n for n in (b, a)]
+        if a not in reports or b not in reports or not all((d / "per_image.csv").is_file() for d in dirs):
             continue
-        for n in (a, b):
-            f = out / "reports" / n / "per_image.csv"
-            if n not in tables and f.is_file():
-                tables[n] = pd.read_csv(f)
-        if a not in tables or b not in tables:
-            continue
-        info = {m["key"]: m for m in reports[a]["metrics"] if m["status"] == "ok"}
-        keys = {k: info[k]["better"] for k in PAIRED_KEYS if k in info and info[k].get("better") in ("lower", "higher")}
-        for d in paired_differences(tables[a], tables[b], keys, reps, seed):
-            rows.append([a, b, info[d.key]["label"], f"{fmt(d.mean, 3)} [{fmt(d.ci_low, 3)}, {fmt(d.ci_high, 3)}]",
-                         f"{d.wins} of {d.n}", "yes" if d.a_better else "no"])
+        df = paired_table(dirs, [b, a], reps=reps, seed=seed).set_index("key")
+        for k in (k for k in PAIRED_KEYS if k in df.index):
+            d = df.loc[k]
+            rows.append([a, b, d["metric"], f"{fmt(d['mean'], 3)} [{fmt(d['ci_low'], 3)}, {fmt(d['ci_high'], 3)}]",
+                         f"{d['wins']} of {d['n']}", "yes" if d["excludes_0"] else "no"])
     return rows
 
 
