@@ -21,7 +21,14 @@ import os
 import signal
 import threading
 import time
-from typing import Iterator
+
+from opama_model.fileio import (  # noqa: F401 (re-exported)
+    Terminated,
+    check_stop,
+    stop_exit_code,
+    stop_name,
+    stop_raises,
+)
 
 __all__ = ["NoInputsError", "Terminated", "stop_raises", "check_stop", "stop_exit_code", "die_with_parent", "RESUME_HINT"]
 
@@ -30,51 +37,6 @@ RESUME_HINT = "re-run the same command to finish (finished outputs are kept)"
 
 class NoInputsError(ValueError):
     """The input folder holds nothing the command can work on (every batch command: exit 2)."""
-
-
-class Terminated(BaseException):
-    """Raised by the SIGTERM handler of :func:`stop_raises` (and in workers)."""
-
-
-def _raise_terminated(signum, frame):  # noqa: ARG001
-    raise Terminated(signal.Signals(signum).name)
-
-
-_PENDING: list[str] = []
-
-
-def _record_stop(signum, frame):  # noqa: ARG001
-    _PENDING.append(signal.Signals(signum).name)
-
-
-@contextlib.contextmanager
-def stop_raises(deferred: bool = False) -> Iterator[None]:
-    """In the main thread, turn SIGTERM into :class:`Terminated` for the duration (no-op elsewhere):
-    at once, or with ``deferred`` at the next :func:`check_stop`."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _PENDING.clear()
-    prev = signal.signal(signal.SIGTERM, _record_stop if deferred else _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, prev)
-
-
-def check_stop() -> None:
-    """Raise :class:`Terminated` if SIGTERM arrived under ``stop_raises(deferred=True)``."""
-    if _PENDING:
-        raise Terminated(_PENDING[0])
-
-
-def stop_name(exc: BaseException) -> str:
-    """``"SIGINT"`` for ``KeyboardInterrupt``, else ``"SIGTERM"``."""
-    return "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
-
-
-def stop_exit_code(name: str) -> int:
-    return 130 if name == "SIGINT" else 143
 
 
 _PR_SET_PDEATHSIG = 1
