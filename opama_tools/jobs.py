@@ -1,4 +1,22 @@
-"""Shared plumbing of the batch commands (prepare, caption, crop): stop requests and worker processes.
+"""The job layer of every stage (prepare, caption, crop, outpaint, eval): what is done, and stops.
+
+Skipping finished work (one scheme for every stage):
+
+* :func:`source_signature`: a content hash (sha256 hex) of a stage's inputs: a file's bytes,
+  a folder's files (relative names and bytes), or a list of them in order. Streamed in
+  1 MiB chunks; renaming or touching a file without changing its bytes keeps its signature.
+  :func:`file_digest` is the one-file case.
+* :func:`settings_key`: a short hash (16 hex digits) of the canonical JSON of everything that
+  shapes the output besides the inputs (options, model identity, ...). Pass the options that
+  change the output and nothing else (not the device, not the progress bar).
+* A done record is a JSON object holding ``"source": signature`` and ``"settings": key`` (plus
+  anything else the stage wants to keep). :func:`write_done` writes it as a file atomically and
+  must be called LAST, after every output is in place; :func:`is_done` is true only when the
+  record exists, both fields match and every listed output exists. Stages that keep their
+  records as lines or rows (caption's JSONL, prepare's manifest) use :func:`done_fields` and
+  :func:`record_matches` on them. A record in an older format never matches: the work is redone.
+
+Stops and workers:
 
 * :func:`stop_raises`: in the main thread, SIGTERM raises :class:`Terminated` (a
   ``BaseException``, so per-file ``except Exception`` never swallows it); Ctrl-C raises
@@ -12,31 +30,176 @@
 * :func:`die_with_parent`: called in a worker process, makes it end when its parent dies,
   even by SIGKILL: Linux ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` plus a watchdog thread
   polling the parent pid (other systems, or a parent that died before the call).
+
+Atomic writes (:func:`atomic_path`, :func:`atomic_dir`, ...) come from :mod:`opama_model.fileio`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import os
 import signal
 import threading
 import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
 from opama_model.fileio import (  # noqa: F401 (re-exported)
     Terminated,
+    atomic_dir,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
     check_stop,
+    remove_stale_temps,
+    signals_held,
     stop_exit_code,
     stop_name,
     stop_raises,
 )
 
-__all__ = ["NoInputsError", "Terminated", "stop_raises", "check_stop", "stop_exit_code", "die_with_parent", "RESUME_HINT"]
+__all__ = [
+    "NoInputsError",
+    "RESUME_HINT",
+    "file_digest",
+    "source_signature",
+    "canonical_json",
+    "settings_key",
+    "done_fields",
+    "record_matches",
+    "read_done",
+    "write_done",
+    "is_done",
+    "Terminated",
+    "stop_raises",
+    "check_stop",
+    "stop_name",
+    "stop_exit_code",
+    "die_with_parent",
+    "atomic_path",
+    "atomic_dir",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "remove_stale_temps",
+    "signals_held",
+]
 
 RESUME_HINT = "re-run the same command to finish (finished outputs are kept)"
 
 
 class NoInputsError(ValueError):
     """The input folder holds nothing the command can work on (every batch command: exit 2)."""
+
+
+# --------------------------------------------------------------------------- what is done
+_CHUNK = 1 << 20
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 (64 hex digits) of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _folder_files(folder: Path) -> list[tuple[str, Path]]:
+    found = []
+    for dirpath, dirnames, names in os.walk(folder):
+        dirnames.sort()
+        d = Path(dirpath)
+        for n in names:
+            p = d / n
+            if p.is_file():
+                found.append((p.relative_to(folder).as_posix(), p))
+    return sorted(found, key=lambda t: t[0])
+
+
+def source_signature(source: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
+    """Content hash (sha256, 64 hex digits) of a stage's inputs; what "unchanged input" means.
+
+    * a file: the sha256 of its bytes (:func:`file_digest`); its name and mtime do not count;
+    * a folder: sha256 over every file below it, sorted by relative POSIX name, each as
+      ``name NUL file_digest LF`` (a renamed, added or removed file changes it);
+    * a list or tuple of files/folders: sha256 over the entries' signatures, in order.
+
+    Raises ``OSError`` when an input cannot be read.
+    """
+    if isinstance(source, (list, tuple)):
+        h = hashlib.sha256(b"list\n")
+        for s in source:
+            h.update(source_signature(s).encode("ascii") + b"\n")
+        return h.hexdigest()
+    path = Path(source)
+    if path.is_dir():
+        h = hashlib.sha256(b"folder\n")
+        for rel, p in _folder_files(path):
+            h.update(os.fsencode(rel) + b"\0" + file_digest(p).encode("ascii") + b"\n")
+        return h.hexdigest()
+    return file_digest(path)
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        with contextlib.suppress(Exception):
+            return obj.item()
+    return str(obj)  # e.g. a torch.dtype
+
+
+def canonical_json(obj: Any) -> str:
+    """One text per value: sorted keys, no spaces, ASCII, tuples as lists, dataclasses as dicts,
+    paths and other objects as strings. ``1`` and ``1.0`` differ: normalise numbers first."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_jsonable)
+
+
+def settings_key(*parts: Any) -> str:
+    """16 hex digits of the sha256 of :func:`canonical_json` of ``parts``: the options that
+    shape a stage's output (e.g. ``settings_key("crop", settings)``)."""
+    return hashlib.sha256(canonical_json(list(parts)).encode("ascii")).hexdigest()[:16]
+
+
+def done_fields(signature: str, key: str) -> dict[str, str]:
+    """The fields every done record holds: ``{"source": signature, "settings": key}``."""
+    return {"source": signature, "settings": key}
+
+
+def record_matches(record: Mapping | None, signature: str, key: str) -> bool:
+    """True when ``record`` (a done record, a JSONL line, a manifest row) holds this signature and key."""
+    return isinstance(record, Mapping) and record.get("source") == signature and record.get("settings") == key
+
+
+def read_done(path: str | os.PathLike) -> dict | None:
+    """The done record at ``path``, or None when it is missing or not a JSON object."""
+    try:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def write_done(path: str | os.PathLike, signature: str, key: str, **extra: Any) -> None:
+    """Write the done record ``{"source", "settings", **extra}`` to ``path`` atomically (one JSON
+    line). Call it LAST, once every output of the job is in place."""
+    rec = {**extra, **done_fields(signature, key)}
+    atomic_write_text(path, json.dumps(rec, sort_keys=True, default=_jsonable) + "\n")
+
+
+def is_done(path: str | os.PathLike, signature: str, key: str, outputs: Iterable[str | os.PathLike] = ()) -> bool:
+    """True when the done record at ``path`` matches ``signature`` and ``key`` and every file in
+    ``outputs`` exists (a missing output means the job is redone)."""
+    if not record_matches(read_done(path), signature, key):
+        return False
+    return all(Path(o).is_file() for o in outputs)
 
 
 _PR_SET_PDEATHSIG = 1
