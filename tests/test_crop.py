@@ -190,3 +190,30 @@ def test_crop_outputs_follow_the_umask(tmp_path, pano_dir):
     assert (tmp_path / "o" / "views.csv").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "o" / "a" / "view_00.png").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "o" / "a").stat().st_mode & 0o777 == 0o750
+
+
+def test_crop_skips_by_content_not_by_file_times(tmp_path, pano_dir, pano8):
+    """The done record holds the source's content hash: a touched file is still done; new bytes
+    with the old size and mtime are redone; settings given as ints or floats are the same."""
+    import os
+
+    from opama_tools.jobs import read_done, source_signature
+
+    out = tmp_path / "out"
+    st = CropSettings(views=((0, 0),), size=8)
+    assert len(run_crop(pano_dir, out, st).done) == 2
+    rec = read_done(out / "a" / "crop.json")
+    assert rec["source"] == source_signature(pano_dir / "a.png") and rec["settings"] == st.key()
+    assert rec["image"] == "a.png" and (rec["height"], rec["width"]) == (32, 64)
+    os.utime(pano_dir / "a.png", ns=(5, 5))
+    res = run_crop(pano_dir, out, CropSettings(views=((0.0, 0.0),), size=8, fov=90))
+    assert (len(res.done), len(res.skipped)) == (0, 2)
+    a = pano_dir / "a.png"
+    size, times = a.stat().st_size, (a.stat().st_atime_ns, a.stat().st_mtime_ns)
+    data = bytearray(a.read_bytes())
+    data[-20] ^= 0xFF  # a byte of the IEND/IDAT area: same size, other content
+    a.write_bytes(bytes(data))
+    os.utime(a, ns=times)
+    assert a.stat().st_size == size
+    res = run_crop(pano_dir, out, st)
+    assert [p.name for p in res.done] + [p.name for p, _ in res.failed] == ["a.png"]

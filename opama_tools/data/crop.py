@@ -10,9 +10,10 @@ dropped, read by :func:`opama_tools.images.read_ldr`; 2:1) it writes, under
 * ``mask_KK.png`` (with ``masks``): the view's footprint on the panorama, 8-bit ``H x W``,
   255 where the view covers the equirect pixel, 0 elsewhere;
 * ``cube_F.png`` ... ``cube_D.png`` (with ``cube``): the six 90° cube faces (F R B L U D);
-* ``crop.json``: the settings used and the source's size and mtime (ns); a panorama whose
-  ``crop.json`` matches the current settings and the source's current content, and whose files
-  all exist, is skipped on re-runs (unless ``overwrite``).
+* ``crop.json``: the panorama's done record (:mod:`opama_tools.jobs`): its ``source``
+  signature (sha256 of the file), the ``settings`` key, the ``options`` used and the panorama's
+  size; a panorama whose ``crop.json`` matches the source's current content and the current
+  settings, and whose files all exist, is skipped on re-runs (unless ``overwrite``).
 
 Each panorama's folder is written as a whole (:func:`opama_tools.io.atomic_dir`): a stopped or
 killed run leaves either the previous complete folder or the new complete one, never a mix;
@@ -28,7 +29,6 @@ once-padded panorama (seam wrap, pole continuation) in one batched ``grid_sample
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,7 +54,18 @@ from opama_tools.io import (
     remove_stale_temps,
     utf8_name_problem,
 )
-from opama_tools.jobs import NoInputsError, Terminated, check_stop, stop_name, stop_raises
+from opama_tools.jobs import (
+    NoInputsError,
+    Terminated,
+    check_stop,
+    is_done,
+    read_done,
+    settings_key,
+    source_signature,
+    stop_name,
+    stop_raises,
+    write_done,
+)
 
 __all__ = [
     "IMAGE_EXTS",
@@ -95,8 +106,13 @@ class CropSettings:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["views"] = [list(v) for v in self.views]
+        d["views"] = [[float(y), float(p)] for y, p in self.views]
+        d.update(fov=float(self.fov), size=int(self.size), cube=int(self.cube), masks=bool(self.masks))
         return d
+
+    def key(self) -> str:
+        """The settings key of :mod:`opama_tools.jobs` (``0`` and ``0.0`` give the same key)."""
+        return settings_key("crop", self.to_json())
 
 
 @dataclass
@@ -201,26 +217,12 @@ def _rows(image: str, stem: str, settings: CropSettings) -> list[dict]:
     return rows
 
 
-def _source_signature(path: Path) -> dict:
-    """What "unchanged input" means for re-runs: size in bytes and mtime in ns."""
-    st = path.stat()
-    return {"bytes": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
-
-
-def _is_done(out_dir: Path, stem: str, settings: CropSettings, source: Path | None = None) -> bool:
+def _is_done(out_dir: Path, stem: str, settings: CropSettings, source: Path) -> bool:
     """``stem``: the panorama's output folder relative to ``out_dir`` (POSIX)."""
-    meta = out_dir / stem / "crop.json"
-    if not meta.is_file():
+    if not (out_dir / stem / "crop.json").is_file():
         return False
-    try:
-        rec = json.loads(meta.read_text(encoding="utf-8"))
-        if rec.get("settings") != settings.to_json():
-            return False
-        if source is not None and rec.get("source") != _source_signature(source):
-            return False
-    except (OSError, ValueError, AttributeError):
-        return False
-    return all((out_dir / rel).is_file() for rel in _outputs(stem, settings).values())
+    outputs = [out_dir / rel for rel in _outputs(stem, settings).values()]
+    return is_done(out_dir / stem / "crop.json", source_signature(source), settings.key(), outputs)
 
 
 _MASK_CACHE: dict[tuple, list[np.ndarray]] = {}
@@ -246,7 +248,7 @@ def crop_one(path: Path, out_dir: Path, settings: CropSettings, key: str | None 
     folder replaced as a whole (see the module doc). Raises ``ValueError`` on a bad input."""
     import imageio.v3 as iio
 
-    sig = _source_signature(path)
+    sig = source_signature(path)
     img = read_panorama(path)
     views, faces = crop_arrays(img, settings)
     with atomic_dir(out_dir / (key or path.stem)) as folder:
@@ -257,9 +259,8 @@ def crop_one(path: Path, out_dir: Path, settings: CropSettings, key: str | None 
                 iio.imwrite(folder / f"mask_{k:02d}.png", m, extension=".png")
         for name, f in zip(CUBE_FACES, faces):
             iio.imwrite(folder / f"cube_{name}.png", f, extension=".png")
-        meta = {"image": path.name, "height": int(img.shape[0]), "width": int(img.shape[1]),
-                "settings": settings.to_json(), "source": sig}
-        (folder / "crop.json").write_text(json.dumps(meta) + "\n", encoding="utf-8")
+        write_done(folder / "crop.json", sig, settings.key(), image=path.name, height=int(img.shape[0]),
+                   width=int(img.shape[1]), options=settings.to_json())  # last: the folder is complete
 
 
 def _remove_stale(out_dir: Path, path: Path, pano_dir: Path, seen: dict[str, Path]) -> None:
@@ -272,8 +273,8 @@ def _remove_stale(out_dir: Path, path: Path, pano_dir: Path, seen: dict[str, Pat
         if seen.get(os.path.normcase(key)) not in (None, path):
             return  # another panorama owns that folder
         folder = out_dir / key
-        meta = json.loads((folder / "crop.json").read_text(encoding="utf-8"))
-        if isinstance(meta, dict) and meta.get("image") == path.name:
+        meta = read_done(folder / "crop.json")
+        if meta is not None and meta.get("image") == path.name:
             shutil.rmtree(folder)
     except (OSError, ValueError):
         pass
