@@ -435,7 +435,7 @@ def test_resume_redoes_changed_images_and_settings(tmp_path, no_weights):
     st = CaptionSettings(augment=True, stride=90)
     assert run_metadata_job(d, out, scenes, st, progress=False).done == 3
     first = {r["image"]: r for r in _lines(out)}
-    assert all(r["source"]["bytes"] > 0 and len(r["settings"]) == 16 for r in first.values())
+    assert all(len(r["source"]) == 64 and len(r["settings"]) == 16 for r in first.values())
     s = run_metadata_job(d, out, scenes, st, progress=False)
     assert (s.done, s.skipped) == (0, 3)
     # new content under the same name: redone, its old line removed (one line per image)

@@ -40,32 +40,21 @@ def caption(
 ) -> None:
     from rich.markup import escape
 
-    from opama_tools.data.caption import CaptionSettings, load_captioner, run_caption_job, run_metadata_job
+    from opama_tools.data.caption import CaptionSettings, run_caption
     from opama_tools.io import printable_path
     from opama_tools.jobs import RESUME_HINT
     from opama_tools.weights import MissingWeightsError
 
-    if not pano_dir.is_dir():
-        raise fail(f"{printable_path(pano_dir)}: not a folder", 2)
+    def show(captioner) -> None:
+        console.print(f"captioner: {captioner.kind} from {captioner.source} on {captioner.device} "
+                      f"({str(captioner.dtype).replace('torch.', '')})", highlight=False, soft_wrap=True,
+                      markup=False)
+
     try:
         settings = CaptionSettings(augment=augment, stride=stride, pitch=pitch, fov=fov, view_size=view_size)
-    except ValueError as e:
-        raise fail(str(e), 2)
-    progress = True
-    try:
-        if from_metadata is not None:
-            if not from_metadata.is_file():
-                raise fail(f"{printable_path(from_metadata)}: scenes file not found", 2)
-            summary = run_metadata_job(pano_dir, out_jsonl, from_metadata, settings, overwrite=overwrite,
-                                       progress=progress)
-        else:
-            captioner = load_captioner(
-                model, device=device, prompt=prompt, max_new_tokens=max_new_tokens, batch_size=batch_size
-            )
-            console.print(f"captioner: {captioner.kind} from {captioner.source} on {captioner.device} "
-                          f"({str(captioner.dtype).replace('torch.', '')})", highlight=False, soft_wrap=True,
-                          markup=False)
-            summary = run_caption_job(pano_dir, out_jsonl, captioner, settings, overwrite=overwrite, progress=progress)
+        summary = run_caption(pano_dir, out_jsonl, settings, scenes=from_metadata, model=model, device=device,
+                              prompt=prompt, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              overwrite=overwrite, on_captioner=show)
     except (ValueError, MissingWeightsError) as e:  # NoInputsError, OutputPathError, bad files: one line
         raise fail(str(e), 2) from None
     for rel, reason in summary.failures:

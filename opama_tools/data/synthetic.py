@@ -22,6 +22,7 @@ Angles follow :mod:`opama_model.spherical` (degrees, yaw right, pitch up).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "Box",
     "Scene",
     "make_scene",
+    "visible_objects",
     "render_equirect",
     "render_perspective",
     "generate_dataset",
@@ -104,8 +106,41 @@ class Scene:
 
     # ------------------------------------------------------------------ API
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return d
+        """The scene as JSON-ready nested dicts and lists (``scenes.jsonl``'s ``scene``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scene":
+        """The scene of a :meth:`to_dict` dict (lists become tuples and boxes; unknown keys are ignored).
+
+        Raises ``ValueError`` naming the missing fields, or saying what is malformed.
+        """
+        if not isinstance(d, dict):
+            raise ValueError("a scene must be a JSON object")
+        fields = dataclasses.fields(cls)
+        names = {f.name for f in fields}
+        missing = [f.name for f in fields
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d]
+        if missing:
+            raise ValueError(f"its 'scene' lacks the field(s) {', '.join(missing)}")
+        kw = {k: v for k, v in d.items() if k in names}
+        try:
+            kw["buildings"] = [Box(tuple(b["lo"]), tuple(b["hi"]), b.get("colour", "grey"))
+                               for b in kw.get("buildings", [])]
+            for k in ("room_lo", "room_hi", "wall_colours", "floor_colour", "sky_zenith", "sky_horizon"):
+                if k in kw:
+                    kw[k] = tuple(kw[k])
+            kw["lamps"] = [tuple(lp) for lp in kw.get("lamps", [])]
+            kw["tex_freqs"] = [tuple(t) for t in kw.get("tex_freqs", [])]
+            return cls(**kw)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"its 'scene' is malformed ({type(e).__name__}: {text})") from None
+
+    def sun_direction(self) -> np.ndarray:
+        """Unit world direction ``(3,)`` float64 towards the sun's centre (from ``sun_yaw``/``sun_pitch``, degrees)."""
+        lon, lat = math.radians(self.sun_yaw), math.radians(self.sun_pitch)
+        return np.array([math.cos(lat) * math.sin(lon), math.sin(lat), math.cos(lat) * math.cos(lon)])
 
     def radiance(self, dirs: np.ndarray) -> np.ndarray:
         """Linear RGB radiance ``(..., 3)`` float32 seen along unit directions ``(..., 3)``."""
@@ -141,12 +176,8 @@ class Scene:
             t += np.sin(fu * u + fv * v + ph)
         return t / max(len(self.tex_freqs), 1)
 
-    def _sun_dir(self) -> np.ndarray:
-        lon, lat = math.radians(self.sun_yaw), math.radians(self.sun_pitch)
-        return np.array([math.cos(lat) * math.sin(lon), math.sin(lat), math.cos(lat) * math.cos(lon)])
-
     def _sky(self, d: np.ndarray) -> np.ndarray:
-        s = self._sun_dir()
+        s = self.sun_direction()
         el = np.clip(d[:, 1], 0.0, 1.0)[:, None]
         t = np.sqrt(el)
         sky = (1 - t) * np.array(self.sky_horizon) + t * np.array(self.sky_zenith)
@@ -161,7 +192,7 @@ class Scene:
 
     def _lit(self, albedo: np.ndarray, normal: np.ndarray) -> np.ndarray:
         """Diffuse outdoor shading: sun (irradiance ~ 3 at normal incidence) + sky ambient."""
-        s = self._sun_dir()
+        s = self.sun_direction()
         ndl = np.clip(normal @ s, 0.0, 1.0)[:, None]
         sun_up = max(math.sin(math.radians(self.sun_pitch)), 0.0)
         return albedo * (3.0 * ndl * (0.3 + 0.7 * sun_up) + 0.6 * np.array(self.sky_zenith) + 0.25)
@@ -293,6 +324,60 @@ class Scene:
             inside = np.clip(0.5 - (r - self.lamp_radius) / 0.02, 0, 1)[:, None]
             out[ceil] = (1 - inside) * out[ceil] + inside * self.lamp_radiance * np.array([1.0, 0.9, 0.75])
         return out
+
+
+def _in_frustum(points: np.ndarray, yaw: float, pitch: float, fov: float) -> np.ndarray:
+    """Which world points ``(N, 3)`` (camera at the origin) fall inside a square view's frustum."""
+    rot = rotation_matrix(yaw, pitch).numpy()
+    cam = points @ rot  # world -> camera: R^T p, row-vector form
+    t = math.tan(math.radians(fov) / 2)
+    z = cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (z > 1e-9) & (np.abs(cam[:, 0]) <= t * z) & (np.abs(cam[:, 1]) <= t * z)
+
+
+def visible_objects(scene: Scene, yaw: float, pitch: float, fov: float, samples: int = 32) -> dict:
+    """What a square view at ``yaw``/``pitch``/``fov`` (degrees) of a synthetic scene shows.
+
+    Coverage fractions come from a ``samples x samples`` grid of pixel-centre rays (the
+    geometry of :func:`opama_model.spherical.perspective_directions`, nearest hit as in the
+    renderer). Outdoor: ``{"sky", "ground", "buildings": {index: fraction}, "sun": bool}``
+    (sun: its centre inside the frustum and not hidden by a building). Indoor:
+    ``{"floor", "ceiling", "walls": {surface id: fraction}, "windows": [indices],
+    "lamps": [indices]}`` (a window counts when any of a 5x5 grid of points on it is inside
+    the frustum; a lamp when its centre is; nothing occludes inside the convex room).
+    """
+    import torch
+
+    from opama_model.spherical import perspective_directions
+
+    d = perspective_directions(yaw, pitch, fov, (samples, samples), dtype=torch.float64)[0]
+    d = d.reshape(-1, 3).numpy()
+    n = d.shape[0]
+    _, lab = scene.nearest_hits(d)  # outdoor: -2 sky, -1 ground, k building k; indoor: surface id
+    if scene.kind == "outdoor":
+        b = {k: float((lab == k).sum()) / n for k in range(len(scene.buildings)) if (lab == k).any()}
+        sun_dir = scene.sun_direction()[None]
+        sun = bool(_in_frustum(sun_dir, yaw, pitch, fov)[0] and scene.nearest_hits(sun_dir)[1][0] == -2)
+        return {"sky": float((lab == -2).sum()) / n, "ground": float((lab == -1).sum()) / n, "buildings": b, "sun": sun}
+    walls = {w: float((lab == w).sum()) / n for w in (2, 3, 4, 5) if (lab == w).any()}
+    windows = []
+    for k, w in enumerate(scene.windows):
+        c = np.array(w["centre"], dtype=np.float64)
+        u_ax = 0 if w["wall"] in (2, 3) else 2
+        g = np.linspace(-0.5, 0.5, 5)
+        uu, vv = np.meshgrid(g * w["w"], g * w["h"], indexing="ij")
+        pts = np.repeat(c[None], uu.size, 0)
+        pts[:, u_ax] += uu.ravel()
+        pts[:, 1] += vv.ravel()
+        if _in_frustum(pts, yaw, pitch, fov).any():
+            windows.append(k)
+    lamps = []
+    if scene.lamps:
+        inside = _in_frustum(np.array(scene.lamps, dtype=np.float64), yaw, pitch, fov)
+        lamps = [k for k in range(len(scene.lamps)) if inside[k]]
+    return {"floor": float((lab == 0).sum()) / n, "ceiling": float((lab == 1).sum()) / n, "walls": walls,
+            "windows": windows, "lamps": lamps}
 
 
 def _describe_direction(yaw: float) -> str:
