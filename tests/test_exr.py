@@ -58,3 +58,42 @@ def test_generate_dataset_writes_exr_and_captions(tmp_path):
     generate_dataset(tmp_path, n=2, height=16, seed=3)
     assert paths[0].stat().st_mtime_ns == mtime
     assert len((tmp_path / "scenes.jsonl").read_text().splitlines()) == 2
+
+
+def test_truncated_exr_gives_one_clean_line(tmp_path, capfd):
+    """OpenEXR's own diagnostics (written by C to stdout and stderr) never reach the user."""
+    rng = np.random.default_rng(3)
+    good = tmp_path / "good.exr"
+    write_exr(good, rng.random((64, 128, 3)).astype(np.float32))
+    data = good.read_bytes()
+    capfd.readouterr()
+    for n in (400, 2000, len(data) // 2, len(data) - 100):
+        trunc = tmp_path / f"trunc{n}.exr"
+        trunc.write_bytes(data[:n])
+        with pytest.raises(ExrError, match=f"trunc{n}.exr: unreadable EXR, damaged or truncated"):
+            read_exr(trunc)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    print("still printed")  # the descriptors are back
+    assert capfd.readouterr().out == "still printed\n"
+    np.testing.assert_array_equal(read_exr(good).shape, (64, 128, 3))
+
+
+def test_prepare_cli_prints_one_line_for_a_truncated_exr(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_exr(src / "good.exr", np.ones((8, 16, 3), np.float32))
+    big = tmp_path / "big.exr"
+    write_exr(big, np.random.default_rng(4).random((64, 128, 3)).astype(np.float32))
+    (src / "bad.exr").write_bytes(big.read_bytes()[:2000])
+    res = subprocess.run([sys.executable, "-m", "opama_tools.cli", "prepare", str(src), str(tmp_path / "out"),
+                          "--workers", "1"], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "COLUMNS": "200"})
+    assert res.returncode == 1, res.stdout + res.stderr
+    text = res.stdout + res.stderr
+    assert "EXR_ERR" not in text and "Warning" not in text, text
+    lines = [ln for ln in text.splitlines() if "bad.exr" in ln]
+    assert len(lines) == 1 and "unreadable EXR, damaged or truncated" in lines[0], text
