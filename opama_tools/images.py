@@ -1,73 +1,74 @@
-"""One reader for 8/16-bit PNG/JPEG panoramas, shared by ``prepare``, ``caption`` and ``crop``.
+"""Images and sizes for every stage: the one image reader and the one H×W size parser.
 
-:func:`read_ldr` returns ``(H, W, 3)`` RGB as ``uint8`` or ``uint16`` whatever the file's
-mode: grey (8 or 16 bit) is replicated to RGB, alpha is dropped, palette / CMYK / YCbCr are
-converted, 1-bit becomes 0/255. 16-bit grey stays ``uint16`` (scale by 65535). Pillow decodes
-16-bit RGB(A) PNGs at 8-bit precision (their high byte): those come back as ``uint8``.
-Anything else (a broken, truncated, empty or non-image file, float or 32-bit images) raises
-``ValueError`` with a one-line reason (the caller adds the file name).
+The reader lives in :mod:`opama_model.image_file` (training reads panoramas with it too, and
+``opama_model`` never imports ``opama_tools``); it is re-exported here: :func:`read_image`,
+:func:`read_ldr` (RGB, alpha dropped), :func:`read_photo` (RGB or RGBA ``uint8``),
+:func:`image_hw`, :func:`to_unit_float`, :func:`to_uint8`. See that module for what it accepts.
+
+:func:`parse_size` parses every ``HxW`` option (height first, as every message prints sizes).
 """
 
 from __future__ import annotations
 
-import os
+import re
 
-import numpy as np
+from opama_model.image_file import (  # noqa: F401 (re-exported)
+    DecodedImage,
+    image_hw,
+    orient,
+    read_image,
+    read_ldr,
+    read_photo,
+    to_uint8,
+    to_uint8_rgb,
+    to_unit_float,
+)
 
-__all__ = ["read_ldr", "to_unit_float", "to_uint8_rgb"]
+__all__ = [
+    "DecodedImage",
+    "read_image",
+    "read_ldr",
+    "read_photo",
+    "image_hw",
+    "orient",
+    "to_unit_float",
+    "to_uint8",
+    "to_uint8_rgb",
+    "parse_size",
+    "format_hw",
+]
 
-_GREY16 = ("I;16", "I;16B", "I;16L", "I;16N")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def read_ldr(path: str | os.PathLike) -> np.ndarray:
-    """Read a PNG/JPEG as ``(H, W, 3)`` ``uint8`` or ``uint16`` RGB (see the module doc)."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                mode = im.mode
-                if mode in _GREY16 or mode == "I":
-                    a = np.array(im)
-                    if mode == "I":
-                        if a.size and (a.min() < 0 or a.max() > 65535):
-                            raise ValueError(f"unsupported 32-bit integer image (values {a.min()}..{a.max()})")
-                    a = a.astype(np.uint16)
-                elif mode == "F":
-                    raise ValueError("unsupported floating-point image (8- or 16-bit PNG/JPEG expected)")
-                else:
-                    a = np.array(im if mode == "RGB" else im.convert("RGB"))
-    except ValueError:
-        raise
-    except UnidentifiedImageError:
-        raise ValueError("not a readable PNG/JPEG image (unknown or empty file)") from None
-    except MemoryError:
-        raise ValueError("out of memory decoding the image") from None
-    except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, struct.error ... for broken files
-        raise ValueError(f"cannot decode image ({_first_line(e)})") from None
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
-        raise ValueError(f"unsupported image shape {a.shape}")
-    return np.ascontiguousarray(a)
+_HW = re.compile(r"^\s*(\d+)\s*[x×*]\s*(\d+)\s*$")
 
 
-def to_unit_float(a: np.ndarray) -> np.ndarray:
-    """Integer image → float32 in ``[0, 1]`` (divided by 255 or 65535)."""
-    return a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
+def format_hw(h: int, w: int) -> str:
+    """``"HxW"``: how every message prints a size (height first, as the options take it)."""
+    return f"{int(h)}x{int(w)}"
 
 
-def to_uint8_rgb(a: np.ndarray) -> np.ndarray:
-    """``uint8`` as is; ``uint16`` → ``round(v * 255 / 65535)`` as ``uint8``."""
-    if a.dtype == np.uint8:
-        return a
-    return np.ascontiguousarray(((a.astype(np.float32) * np.float32(255.0 / 65535.0)) + 0.5).astype(np.uint8))
+def parse_size(text: str | None, *, option: str = "--size", equirect: bool = True,
+               native: tuple[str, ...] = ()) -> tuple[int, int] | None:
+    """Parse an ``HxW`` size in pixels, height first (``x``, ``X`` or ``×``) -> ``(H, W)``.
+
+    None or ``""`` -> None (the caller's default); so does any word in ``native`` (e.g.
+    ``("native",)`` for "keep the source size"). ``equirect``: the size must be 2:1 (W = 2 H).
+
+    Raises:
+        ValueError: one line naming ``option``, the text and the expected form.
+    """
+    if text is None or not str(text).strip():
+        return None
+    t = str(text).strip().lower()
+    if t in native:
+        return None
+    m = _HW.match(t)
+    if m is None:
+        alt = f" or {' / '.join(repr(n) for n in native)}" if native else ""
+        raise ValueError(f"{option} {text!r}: expected HxW in pixels, height first (e.g. 1024x2048){alt}")
+    h, w = int(m.group(1)), int(m.group(2))
+    if h < 1 or w < 1:
+        raise ValueError(f"{option} {format_hw(h, w)}: height and width must be at least 1 pixel")
+    if equirect and (h < 2 or w != 2 * h):
+        raise ValueError(f"{option} {format_hw(h, w)}: a panorama must be 2:1 (width = 2 x height, HxW), "
+                         f"e.g. {format_hw(max(h, 2), 2 * max(h, 2))}")
+    return h, w

@@ -36,19 +36,21 @@ class PanoramaRecord:
 
 
 def load_panorama(path: str | Path, canvas_hw: tuple[int, int]) -> torch.Tensor:
-    """Read an 8/16-bit image, convert to RGB, resize to ``canvas_hw`` (bilinear, antialiased, as
-    the reference's ``T.Resize``) and return ``(3, H, W)`` float32 in [-1, 1]."""
+    """Read an image with :func:`opama_model.image_file.read_ldr` (8/16-bit, any mode, upright, alpha
+    dropped; 16-bit rounded to 8-bit levels), resize to ``canvas_hw`` (bilinear, antialiased, as the
+    reference's ``T.Resize``) and return ``(3, H, W)`` float32 in [-1, 1]."""
     from PIL import Image
 
+    from opama_model.image_file import read_ldr, to_uint8
+
     h, w = canvas_hw
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float32) / 65535.0
-            im = Image.fromarray((arr * 255).clip(0, 255).astype(np.uint8))
-        im = im.convert("RGB")
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.Resampling.BILINEAR)
-        arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    try:
+        im = Image.fromarray(to_uint8(read_ldr(path)))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if im.size != (w, h):
+        im = im.resize((w, h), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

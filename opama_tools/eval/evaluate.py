@@ -381,28 +381,17 @@ def _read_caption_file(path: str | None) -> dict[str, str]:
 def load_image(path: str | Path) -> np.ndarray:
     """8-bit RGB ``(H, W, 3)`` of an equirect image; ``ValueError`` unless W == 2 H.
 
-    Grey images are expanded to RGB, alpha dropped; 16-bit grey PNGs are scaled by
-    255/65535 (rounded); 16-bit RGB PNGs come from Pillow with their high byte (at most
-    one 8-bit level from that scaling).
+    Read by :func:`opama_tools.images.read_ldr` (grey expanded, alpha dropped, EXIF orientation
+    applied); 16-bit PNGs are scaled by 255/65535 and rounded.
     """
-    from PIL import Image
+    from opama_tools.images import read_ldr, to_uint8
 
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            v = np.asarray(im, dtype=np.float64)
-            if v.max() > 65535 or v.min() < 0:
-                raise ValueError(f"{im.mode} values outside 0..65535")
-            a = np.repeat(np.round(v * (255.0 / 65535.0)).astype(np.uint8)[..., None], 3, axis=-1)
-        elif im.mode == "F":
-            raise ValueError("floating-point image (convert it to 8- or 16-bit PNG first)")
-        else:
-            a = np.array(im.convert("RGB"), dtype=np.uint8)
+    a = to_uint8(read_ldr(path))
     h, w = a.shape[:2]
     if w != 2 * h:
-        raise ValueError(f"not a 2:1 equirect panorama ({w}x{h})")
+        raise ValueError(f"not a 2:1 equirect panorama ({h}x{w} px, HxW)")
     if h < 8:
-        raise ValueError(f"too small ({w}x{h})")
+        raise ValueError(f"too small ({h}x{w} px, HxW)")
     return a
 
 
