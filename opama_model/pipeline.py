@@ -59,6 +59,7 @@ from diffusers.utils import BaseOutput
 
 from .canvas import cut_view
 from .conditioner import AOGConditioner, OPaMaConditioner, pad_tokens  # noqa: F401 (from_pretrained finds them)
+from .directions import Direction, check_direction
 from .spherical import equi_to_pers, equirect_directions, pers_to_equi, project_to_view
 from .views import AOG21
 
@@ -75,8 +76,6 @@ __all__ = [
     "OPaMaPipelineOutput",
     "OPaMaPipeline",
 ]
-
-Direction = tuple[float, float, float]  # yaw, pitch, fov (degrees)
 
 
 # ----------------------------------------------------------------------------- procedures
@@ -268,39 +267,37 @@ def expected_unet_passes(steps: Sequence[ViewStep], procedure: Procedure, n_eval
 
 
 # ----------------------------------------------------------------------------- inputs
-def _to_image_tensor(image: Any) -> torch.Tensor:
-    """``(1, 3, h, w)`` float32 in [-1, 1] from a PIL image, uint8 ``(h, w, 3)`` array or tensor in [-1, 1]."""
+def _to_image_tensor(image: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A photo as ``(1, 3, h, w)`` float32 in [-1, 1] and its opacity ``(1, 1, h, w)`` (1 = opaque, 0 =
+    unknown; None when every pixel is opaque).
+
+    Accepts a PIL image (alpha, or palette / ``tRNS`` transparency, gives the opacity), a uint8 or
+    uint16 array ``(h, w)``, ``(h, w, 3)`` or ``(h, w, 4)`` (RGBA; uint16 rounded to 8-bit levels) or
+    a ``(3, h, w)`` / ``(1, 3, h, w)`` tensor in [-1, 1]. Only pixels of full alpha are opaque.
+    """
     if isinstance(image, torch.Tensor):
         x = image.detach().float()
         if x.ndim == 3:
             x = x.unsqueeze(0)
         if x.ndim != 4 or x.shape[:2] != (1, 3):
             raise ValueError(f"image tensor must be (3, h, w) or (1, 3, h, w), got {tuple(image.shape)}")
-        return x.cpu().clamp(-1, 1)
-    a = np.array(image.convert("RGB") if hasattr(image, "convert") else image)  # a writable copy
+        return x.cpu().clamp(-1, 1), None
+    if hasattr(image, "convert"):
+        alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in getattr(image, "info", {})
+        image = image.convert("RGBA" if alpha else "RGB")
+    a = np.array(image)  # a writable copy
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] < 3:
-        raise ValueError(f"image array must be (h, w, 3), got {a.shape}")
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"image array must be (h, w, 3) RGB or (h, w, 4) RGBA, got {a.shape}")
+    if a.dtype == np.uint16:
+        a = ((a.astype(np.float32) * np.float32(255.0 / 65535.0)) + 0.5).astype(np.uint8)
     if a.dtype != np.uint8:
-        raise ValueError(f"image array must be uint8, got {a.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(a[..., :3])).permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
-def check_direction(direction: Sequence[float]) -> Direction:
-    """``(yaw, pitch, fov)`` checked: yaw in [-360, 360], pitch in [-90, 90], fov in (0, 180) degrees."""
-    if len(direction) != 3:
-        raise ValueError(f"direction must be (yaw, pitch, fov) in degrees, got {tuple(direction)}")
-    yaw, pitch, fov = (float(v) for v in direction)
-    if not all(math.isfinite(v) for v in (yaw, pitch, fov)):
-        raise ValueError(f"direction {yaw:g},{pitch:g},{fov:g}: angles must be finite")
-    if not -360 <= yaw <= 360:
-        raise ValueError(f"direction {yaw:g},{pitch:g},{fov:g}: yaw must be within [-360, 360] degrees")
-    if not -90 <= pitch <= 90:
-        raise ValueError(f"direction {yaw:g},{pitch:g},{fov:g}: pitch must be within [-90, 90] degrees")
-    if not 0 < fov < 180:
-        raise ValueError(f"direction {yaw:g},{pitch:g},{fov:g}: fov must be within (0, 180) degrees")
-    return yaw, pitch, fov
+        raise ValueError(f"image array must be uint8 (or uint16), got {a.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(a[..., :3])).permute(2, 0, 1)[None].float() / 127.5 - 1
+    if a.shape[2] == 3 or (a[..., 3] == 255).all():
+        return x, None
+    return x, torch.from_numpy(a[..., 3] == 255)[None, None].float()
 
 
 def paste_inputs(images: Sequence[Any], directions: Sequence[Sequence[float]], equi_hw: tuple[int, int],
@@ -308,39 +305,48 @@ def paste_inputs(images: Sequence[Any], directions: Sequence[Sequence[float]], e
     """Paste the input photos on an empty canvas (earlier photos win where they overlap).
 
     Args:
-        images: photos (PIL, uint8 ``(h, w, 3)`` arrays or ``(3, h, w)`` tensors in [-1, 1]).
+        images: photos (PIL, uint8 ``(h, w, 3)`` RGB or ``(h, w, 4)`` RGBA arrays, or ``(3, h, w)``
+            tensors in [-1, 1]), any size: see :func:`_to_image_tensor`.
         directions: one ``(yaw, pitch, fov)`` per photo, degrees, fov horizontal.
         equi_hw: canvas ``(H, W)``.
 
     A photo finer than the canvas at its footprint is first shrunk (antialiased) to the
-    canvas's pixel density. Pasted values are quantised to 8-bit levels so that the PNG
+    canvas's pixel density, so any photo size works. Transparent pixels (alpha below full) are
+    unknown: a canvas pixel is known only where every photo pixel it is sampled from is opaque,
+    and a later photo may fill it. Pasted values are quantised to 8-bit levels so that the PNG
     written at the end holds them exactly.
 
     Returns:
         ``canvas (1, 3, H, W)`` float32 in [-1, 1] (0 where unknown) and ``known (1, 1, H, W)`` bool.
 
     Raises:
-        ValueError: bad direction, or a photo larger than the canvas (in pixels).
+        ValueError: bad direction or image.
     """
     h_eq, w_eq = int(equi_hw[0]), int(equi_hw[1])
     if len(images) != len(directions):
         raise ValueError(f"{len(images)} images but {len(directions)} directions")
     canvas = torch.zeros(1, 3, h_eq, w_eq, device=device)
     known = torch.zeros(1, 1, h_eq, w_eq, dtype=torch.bool, device=device)
-    for k, (image, direction) in enumerate(zip(images, directions)):
+    for image, direction in zip(images, directions):
         yaw, pitch, fov = check_direction(direction)
-        x = _to_image_tensor(image).to(device)
+        x, opacity = _to_image_tensor(image)
+        x = x.to(device)
         h, w = x.shape[-2:]
-        if h > h_eq or w > w_eq:
-            raise ValueError(f"input {k + 1} is {w}x{h} px, larger than the {w_eq}x{h_eq} canvas: "
-                             "shrink it or ask for a larger --size")
         # pixel pitch at the photo's centre vs the canvas's (radians per pixel)
         fit_w = math.ceil(2 * math.tan(math.radians(fov) / 2) / (2 * math.pi / w_eq)) + 1
+        fit_h = max(2, round(h * fit_w / w))
         if w > fit_w:
-            fit_h = max(2, round(h * fit_w / w))
             x = F.interpolate(x, size=(fit_h, fit_w), mode="bilinear", antialias=True, align_corners=False)
         pasted, cover = pers_to_equi(x, yaw, pitch, fov, (h_eq, w_eq), feather=0.0)
-        new = (cover > 0) & ~known
+        inside = cover > 0
+        if opacity is not None:  # resampled and pasted on its own: the colours are those of the opaque photo
+            opacity = opacity.to(device)
+            if w > fit_w:
+                opacity = F.interpolate(opacity, size=(fit_h, fit_w), mode="bilinear", antialias=True,
+                                        align_corners=False)
+            pasted_opacity, _ = pers_to_equi(opacity, yaw, pitch, fov, (h_eq, w_eq), feather=0.0)
+            inside = inside & (pasted_opacity >= 1 - 1e-5)  # every photo pixel sampled there is opaque
+        new = inside & ~known
         canvas = torch.where(new, pasted, canvas)
         known = known | new
     levels = torch.round((canvas.clamp(-1, 1) + 1) * 127.5)

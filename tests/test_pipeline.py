@@ -205,8 +205,9 @@ def test_bad_canvas_and_directions(pipe):
         pipe(images=[photo()], directions=[(0, 95, 90)], height=H, width=W)
     with pytest.raises(ValueError, match="fov"):
         pipe(images=[photo()], directions=[(0, 0, 180)], height=H, width=W)
-    with pytest.raises(ValueError, match="larger than"):
-        pipe(images=[photo(size=80)], height=H, width=W)
+    # a photo larger in pixels than the canvas is resampled to its footprint, not refused
+    big = pipe(images=[photo(size=80)], height=H, width=W, num_inference_steps=1, schedule=SHORT, output_type="np")
+    assert big.input_mask.any() and big.images[0].shape == (H, W, 3)
 
 
 def test_save_pretrained_round_trip(pipe, tmp_path):
@@ -233,3 +234,29 @@ def test_samplers_take_only_the_noise_schedule(pipe):
     assert fast.config.use_karras_sigmas and int(fast.timesteps[0]) == 999 and int(fast.timesteps[-1]) == 0
     with pytest.raises(ValueError, match="unknown scheduler"):
         make_scheduler("nope", pipe.scheduler.config)
+
+
+def test_transparent_pixels_are_unknown_and_opaque_ones_exact(pipe):
+    """RGBA photo: alpha < 255 is unknown (regenerated; a later photo may fill it); the opaque pixels are
+    pasted exactly as the same photo without alpha, and the output keeps them bit for bit."""
+    rgb = (np.random.RandomState(3).rand(64, 64, 3) * 255).astype(np.uint8)
+    rgba = np.concatenate([rgb, np.full((64, 64, 1), 255, np.uint8)], -1)
+    rgba[:, 40:, 3] = 0  # the right part transparent
+    rgba[10, 10, 3] = 254  # not fully opaque: unknown too
+    c_rgb, k_rgb = paste_inputs([rgb], [(0, 0, 90)], (H, W))
+    c_a, k_a = paste_inputs([rgba], [(0, 0, 90)], (H, W))
+    assert (k_a <= k_rgb).all() and k_a.sum() < k_rgb.sum()
+    assert not k_a[0, 0, H // 2, W // 2 + 5:W // 2 + 16].any() and k_rgb[0, 0, H // 2, W // 2 + 5:W // 2 + 16].all()
+    assert torch.equal(c_a[k_a.expand_as(c_a)], c_rgb[k_a.expand_as(c_rgb)])
+    # a PIL RGBA image is the same input
+    from PIL import Image
+
+    assert torch.equal(paste_inputs([Image.fromarray(rgba, "RGBA")], [(0, 0, 90)], (H, W))[1], k_a)
+    # a second photo fills what the first leaves transparent
+    other = np.zeros((64, 64, 3), np.uint8)
+    c2, k2 = paste_inputs([rgba, other], [(0, 0, 90), (0, 0, 90)], (H, W))
+    assert torch.equal(k2, k_rgb) and torch.equal(c2[k_a.expand_as(c2)], c_a[k_a.expand_as(c_a)])
+    out = run(pipe, images=[rgba], num_inference_steps=1)
+    assert np.array_equal(out.input_mask, k_a[0, 0].numpy())
+    pasted = torch.round((c_a[0] + 1) * 127.5).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(out.images[0][out.input_mask], pasted[out.input_mask])
