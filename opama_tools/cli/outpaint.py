@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from opama_tools.cli.app import app, console, err_console, fail
 
@@ -31,7 +32,7 @@ def outpaint(
     batch: Path = typer.Option(None, "--batch", help="CSV (image, prompt, yaw, pitch, fov, name) or a folder of photos."),
     video: bool = typer.Option(False, "--video", help="Also write pano.mp4, a look-around (imageio-ffmpeg)."),
     cube: int = typer.Option(0, "--cube", min=0, help="Also write the 6 cube faces with this width (0 = none)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N] (under accelerate launch: each process's GPU)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps (under accelerate launch: each process's GPU)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo panoramas already done."),
     sd2_inpaint: Path = typer.Option(None, "--sd2-inpaint", help="Local stable-diffusion-2-inpainting folder."),
@@ -39,66 +40,49 @@ def outpaint(
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from opama_model.model_dir import ModelFolderError
-    from opama_model.views import AOG21, parse_views
-    from opama_model.weights import MissingWeightsError
-    from opama_tools.outpaint import (
-        OutpaintSettings, Row, distributed_context, load_model, outpaint_batch, parse_input_spec, parse_size,
-        read_rows,
-    )
+    from opama_tools.outpaint.run import OutpaintError, run_outpaint
 
-    if (model is None) == (preset is None):
-        raise fail("give exactly one of --model DIR or --preset tiny|sd2", 2)
-    if batch is not None and inputs:
-        raise fail("--input and --batch exclude each other (put the photos in the batch CSV)", 2)
-    try:
-        schedule = tuple(parse_views(views))
-    except ValueError as e:
-        raise fail(f"--views: {e}", 2) from None
-    try:
-        settings = OutpaintSettings(procedure=procedure, steps=steps, guidance=guidance, scheduler=scheduler,
-                                    size=parse_size(size), seed=seed, cube=cube, video=video,
-                                    views=None if schedule == AOG21 else schedule)
-        rows = (read_rows(batch, prompt) if batch is not None
-                else [Row(".", tuple(parse_input_spec(s) for s in inputs or []), prompt)])
-    except ValueError as e:
-        raise fail(str(e), 2) from None
-    if batch is not None and not rows:
-        raise fail(f"{batch}: no rows (no photos or an empty CSV)", 2)
-    rank, world, dist_device = distributed_context()
+    # the bar starts with the first panorama's progress (after the checks and the model's loading)
+    bar = Progress(TextColumn("[bold]outpaint"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.description}"), console=console, transient=False)
+    tasks: dict[str, int] = {}
+
+    def started() -> None:
+        if not tasks:
+            bar.start()
+            tasks["views"] = bar.add_task("views", total=None)
+            if batch is not None:
+                tasks["panos"] = bar.add_task("panoramas", total=None)
+
+    def view_progress(k: int, n: int) -> None:
+        started()
+        bar.update(tasks["views"], completed=k, total=n)
+
+    def progress(k: int, n: int, name: str) -> None:
+        started()
+        bar.update(tasks["panos"], completed=k, total=n, description=name)
+
     paths = {k: v for k, v in (("sd2-inpaint", sd2_inpaint), ("sd2-clip", sd2_clip)) if v is not None}
     try:
-        m = load_model(model, preset=preset, random_weights=random_weights, device=dist_device or device,
-                       dtype=dtype, paths=paths, conditioner=conditioner)
-    except (ModelFolderError, MissingWeightsError, ValueError) as e:
-        raise fail(str(e).splitlines()[0] if isinstance(e, MissingWeightsError) else str(e), 2) from None
-
-    failures: list[tuple[str, str]] = []
-
-    def report(name: str, reason: str) -> None:
-        failures.append((name, reason))
-        if batch is not None:
-            err_console.print(f"[red]failed[/] {name}: {reason}", highlight=False, soft_wrap=True)
-
-    with Progress(
-        TextColumn("[bold]outpaint"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=console, transient=False, disable=rank != 0,
-    ) as bar:
-        view_task = bar.add_task("views", total=None)
-        panos = bar.add_task("panoramas", total=len(rows[rank::world])) if batch is not None else None
-        result = outpaint_batch(
-            rows, m, out, settings, overwrite=overwrite, process_index=rank, num_processes=world,
-            on_failure=report,
-            view_progress=lambda k, n: bar.update(view_task, completed=k, total=n),
-            progress=None if panos is None else (lambda k, n, name: bar.update(panos, completed=k, description=name)),
-        )
-    if batch is None:
-        if failures:
-            raise fail(failures[0][1], 2)
-        state = "already done (same inputs and options; --overwrite redoes it)" if result.skipped else "written"
+        summary = run_outpaint(
+            out, model=model, preset=preset, random_weights=random_weights, conditioner=conditioner,
+            inputs=inputs or [], prompt=prompt, batch=batch, procedure=procedure, steps=steps, guidance=guidance,
+            scheduler=scheduler, size=size, views=views, seed=seed, video=video, cube=cube, device=device,
+            dtype=dtype, overwrite=overwrite, paths=paths, progress=progress, view_progress=view_progress)
+    except OutpaintError as e:
+        raise fail(str(e), 2) from None
+    finally:
+        if tasks:
+            bar.stop()
+    if summary.single:
+        state = "already done (same inputs and options; --overwrite redoes it)" if summary.skipped else "written"
         console.print(f"outpaint: {out}/pano.png {state}", highlight=False)
         return
-    console.print(f"outpaint: {len(result.done)} done, {len(result.skipped)} skipped, {len(result.failed)} failed"
-                  + (f" (process {rank + 1} of {world})" if world > 1 else "") + f" -> {out}", highlight=False)
-    if result.failed:
+    for name, reason in summary.failed:
+        err_console.print(f"[red]failed[/] {escape(name)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    world = summary.num_processes
+    console.print(f"outpaint: {len(summary.done)} done, {len(summary.skipped)} skipped, {len(summary.failed)} failed"
+                  + (f" (process {summary.process_index + 1} of {world})" if world > 1 else "") + f" -> {out}",
+                  highlight=False)
+    if summary.failed:
         raise typer.Exit(1)

@@ -18,7 +18,6 @@ the rows are spread over the processes (row ``i`` to process ``i % n``), one out
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -31,7 +30,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from opama_model.directions import check_direction
+from opama_tools.devices import resolve_device
+from opama_tools.images import parse_size
 from opama_tools.io import atomic_path, atomic_write_text
+
+from .inputs import IMAGE_EXTS, InputSpec, Row, parse_input_spec, read_input_image, read_rows
 
 __all__ = [
     "IMAGE_EXTS",
@@ -51,160 +55,8 @@ __all__ = [
     "distributed_context",
 ]
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 META = "meta.json"
 CUBE_NAMES = ("F", "R", "B", "L", "U", "D")
-
-
-# ----------------------------------------------------------------------------- inputs
-@dataclass(frozen=True)
-class InputSpec:
-    """One input photo: its file and direction (degrees: yaw right, pitch up, horizontal fov)."""
-
-    path: Path
-    yaw: float = 0.0
-    pitch: float = 0.0
-    fov: float = 90.0
-
-    @property
-    def direction(self) -> tuple[float, float, float]:
-        return (self.yaw, self.pitch, self.fov)
-
-
-@dataclass(frozen=True)
-class Row:
-    """One panorama to make: ``name`` (its folder in a batch), input photos (none = text only), caption."""
-
-    name: str
-    inputs: tuple[InputSpec, ...] = ()
-    prompt: str = ""
-
-
-def parse_input_spec(text: str, base: Path | None = None) -> InputSpec:
-    """``IMG[@yaw,pitch[,fov]]`` (degrees; default ``@0,0,90``) -> :class:`InputSpec`.
-
-    Raises:
-        ValueError: malformed numbers or out-of-range angles (message names the spec).
-    """
-    from opama_model.pipeline import check_direction
-
-    path, sep, angles = text.rpartition("@") if "@" in text else (text, "", "")
-    if not path.strip():
-        raise ValueError(f"input {text!r}: no image path")
-    yaw, pitch, fov = 0.0, 0.0, 90.0
-    if sep:
-        parts = [p.strip() for p in angles.split(",")]
-        if len(parts) not in (2, 3):
-            raise ValueError(f"input {text!r}: expected IMG@yaw,pitch[,fov] in degrees")
-        try:
-            nums = [float(p) for p in parts]
-        except ValueError:
-            raise ValueError(f"input {text!r}: yaw, pitch and fov must be numbers (degrees)") from None
-        yaw, pitch = nums[0], nums[1]
-        fov = nums[2] if len(nums) == 3 else 90.0
-    try:
-        check_direction((yaw, pitch, fov))
-    except ValueError as e:
-        raise ValueError(f"input {text!r}: {e}") from None
-    p = Path(path.strip()).expanduser()
-    if base is not None and not p.is_absolute():
-        p = base / p
-    return InputSpec(p, yaw, pitch, fov)
-
-
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    """``"HxW"`` -> ``(H, W)``; must be 2:1 (W = 2 H). None/"" -> None (the model's default)."""
-    if text is None or not str(text).strip():
-        return None
-    try:
-        h, w = (int(v) for v in str(text).lower().split("x"))
-    except ValueError:
-        raise ValueError(f"{text!r}: expected HxW in pixels, e.g. 1024x2048") from None
-    if h < 2 or w != 2 * h:
-        raise ValueError(f"{text!r}: the panorama must be 2:1 (width = 2 x height), e.g. {h}x{2 * h}")
-    return h, w
-
-
-def read_input_image(path: Path) -> np.ndarray:
-    """uint8 ``(h, w, 3)`` RGB of an image file (alpha dropped, grey expanded).
-
-    Raises:
-        ValueError: missing or unreadable file (message names it).
-    """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im, dtype=np.float64)
-                a = np.clip(a / (65535.0 if a.max() > 255 else 255.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                return np.repeat(a[..., None], 3, axis=2)
-            return np.asarray(im.convert("RGB")).copy()
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: unreadable image ({e})") from None
-
-
-def _row_name(spec: InputSpec | None, index: int) -> str:
-    return spec.path.stem if spec is not None else f"row_{index:05d}"
-
-
-def read_rows(batch: str | Path, prompt: str = "") -> list[Row]:
-    """Rows of a batch: a CSV file or a folder of photos.
-
-    * CSV (header required): ``image`` (a path relative to the CSV, or several
-      ``IMG[@yaw,pitch,fov]`` joined by ``;``, or empty for text only), optional ``prompt``,
-      ``yaw``, ``pitch``, ``fov`` (degrees, for a single image without ``@``) and ``name``
-      (output folder; default the image's stem, or ``row_NNNNN``).
-    * folder: every ``.png/.jpg/.jpeg`` under it (sorted, recursive), at ``@0,0,90``, with
-      ``prompt``; ``name`` = relative path without suffix.
-
-    Raises:
-        ValueError: unreadable CSV, missing ``image`` column, bad angles or duplicate names
-            (message names the file and row).
-    """
-    batch = Path(batch)
-    rows: list[Row] = []
-    if batch.is_dir():
-        files = sorted(p for p in batch.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
-                       and not p.name.startswith("."))
-        for p in files:
-            rows.append(Row(p.relative_to(batch).with_suffix("").as_posix(), (InputSpec(p),), prompt))
-    elif batch.is_file():
-        try:
-            with open(batch, newline="", encoding="utf-8") as f:
-                records = list(csv.DictReader(f))
-        except (OSError, UnicodeDecodeError, csv.Error) as e:
-            raise ValueError(f"{batch}: unreadable CSV ({e})") from None
-        if records and "image" not in records[0]:
-            raise ValueError(f"{batch}: no 'image' column (columns: image, prompt, yaw, pitch, fov, name)")
-        for i, rec in enumerate(records):
-            where = f"{batch}, row {i + 2}"
-            image = (rec.get("image") or "").strip()
-            specs: list[InputSpec] = []
-            try:
-                parts = [s for s in image.split(";") if s.strip()]
-                for part in parts:
-                    spec = parse_input_spec(part.strip(), base=batch.parent)
-                    if "@" not in part and len(parts) == 1:
-                        angles = [(rec.get(k) or "").strip() for k in ("yaw", "pitch", "fov")]
-                        if any(angles):
-                            y, p_, f_ = (float(a) if a else d for a, d in zip(angles, (0.0, 0.0, 90.0)))
-                            spec = parse_input_spec(f"{part.strip()}@{y},{p_},{f_}", base=batch.parent)
-                    specs.append(spec)
-            except ValueError as e:
-                raise ValueError(f"{where}: {e}") from None
-            name = (rec.get("name") or "").strip() or _row_name(specs[0] if specs else None, i)
-            rows.append(Row(name, tuple(specs), (rec.get("prompt") or "").strip() if "prompt" in rec else prompt))
-    else:
-        raise ValueError(f"{batch}: no such CSV file or folder")
-    seen: dict[str, int] = {}
-    for r in rows:
-        if r.name in seen or r.name.startswith(("/", "..")) or not r.name:
-            raise ValueError(f"{batch}: output name {r.name!r} is empty, absolute or used twice "
-                             "(add a 'name' column)")
-        seen[r.name] = 1
-    return rows
 
 
 # ----------------------------------------------------------------------------- model
@@ -217,18 +69,6 @@ class OutpaintModel:
     method: str
     digest: str
     preset: str
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        d = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r}: expected auto, cpu or cuda[:N]") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    return d
 
 
 def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -269,7 +109,7 @@ def load_model(model: str | Path | None = None, *, preset: str | None = None, ra
     from opama_model.pipeline import OPaMaPipeline
     from opama_model.presets import build_components
 
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     dt = _resolve_dtype(dtype, dev)
     if (model is None) == (preset is None):
         raise ValueError("give exactly one of --model DIR or --preset NAME")
@@ -354,20 +194,18 @@ def _canvas_size(model: OutpaintModel, settings: OutpaintSettings) -> tuple[int,
 def check_row(row: Row, model: OutpaintModel, settings: OutpaintSettings) -> tuple[list[np.ndarray], str]:
     """Read and check a row's inputs before anything runs; returns the images and the row's ``key``.
 
-    Raises:
-        ValueError: unreadable image, bad direction, or a photo larger than the canvas.
-    """
-    from opama_model.pipeline import check_direction
+    Photos of any size are accepted (they are resampled to their footprint on the canvas).
 
+    Raises:
+        ValueError: a bad batch row (``row.error``), an unreadable image or a bad direction.
+    """
+    if row.error:
+        raise ValueError(row.error)
     h, w = _canvas_size(model, settings)
     images, digests = [], []
     for spec in row.inputs:
         check_direction(spec.direction)
-        img = read_input_image(spec.path)
-        if img.shape[0] > h or img.shape[1] > w:
-            raise ValueError(f"{spec.path}: {img.shape[1]}x{img.shape[0]} px is larger than the {w}x{h} canvas "
-                             "(shrink it or ask for a larger --size)")
-        images.append(img)
+        images.append(read_input_image(spec.path))
         digests.append(_file_digest(spec.path))
     key_src = dict(inputs=[[d, *s.direction] for d, s in zip(digests, row.inputs)], prompt=row.prompt,
                    model=model.digest, size=[h, w], **{k: v for k, v in asdict(settings).items()

@@ -1,0 +1,155 @@
+"""``run_outpaint``: the library function behind ``opama outpaint`` (validates, writes, returns a summary).
+
+Arguments are checked before torch, diffusers or a model are loaded (sizes, options that
+exclude each other, input specs and files, batch rows), so a usage error is answered at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from opama_tools.devices import check_device_name
+from opama_tools.images import image_hw, parse_size
+
+from .inputs import Row, parse_input_spec, read_rows
+
+__all__ = ["OutpaintError", "OutpaintSummary", "run_outpaint"]
+
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+class OutpaintError(ValueError):
+    """Bad user input to :func:`run_outpaint` (one line naming the option or file; CLI exit 2)."""
+
+
+@dataclass
+class OutpaintSummary:
+    """What :func:`run_outpaint` did (this process's share under ``accelerate launch``).
+
+    ``single``: one panorama written into ``out`` (no ``batch``); ``done``/``skipped`` names,
+    ``failed`` ``(name, reason)``; ``process_index``/``num_processes`` of this process.
+    """
+
+    out: Path
+    single: bool
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    process_index: int = 0
+    num_processes: int = 1
+
+
+def _check_light(*, model, preset, inputs, batch, size, steps, cube, device, dtype) -> tuple:
+    """Every check that needs no torch import; returns ``(size, rows or None)``."""
+    if (model is None) == (preset is None):
+        raise OutpaintError("give exactly one of --model DIR or --preset tiny|sd2")
+    if batch is not None and inputs:
+        raise OutpaintError("--input and --batch exclude each other (put the photos in the batch CSV)")
+    hw = parse_size(size) if isinstance(size, (str, type(None))) else tuple(size)
+    if hw is not None and (len(hw) != 2 or hw[0] < 2 or hw[1] != 2 * hw[0]):
+        raise OutpaintError(f"--size {'x'.join(map(str, hw))}: a panorama must be 2:1 (width = 2 x height, HxW)")
+    if steps is not None and steps < 1:
+        raise OutpaintError(f"--steps must be >= 1, got {steps}")
+    if cube < 0 or cube == 1:
+        raise OutpaintError(f"--cube must be 0 (none) or >= 2 pixels, got {cube}")
+    check_device_name(device)
+    if dtype not in DTYPES:
+        raise OutpaintError(f"--dtype {dtype!r}: choose {', '.join(DTYPES)}")
+    if model is not None and not Path(model).is_dir():
+        raise OutpaintError(f"--model {model}: no such model folder (a folder written by `opama train`)")
+    specs = [parse_input_spec(s) for s in inputs or []]
+    for s in specs:
+        try:
+            image_hw(s.path)
+        except ValueError as e:
+            raise OutpaintError(f"{s.path}: {e}") from None
+    return hw, specs
+
+
+def run_outpaint(
+    out: str | Path,
+    *,
+    model: str | Path | None = None,
+    preset: str | None = None,
+    random_weights: bool = False,
+    conditioner: str = "opama",
+    inputs: Sequence[str] = (),
+    prompt: str = "",
+    batch: str | Path | None = None,
+    procedure: str = "fast",
+    steps: int | None = None,
+    guidance: float | None = None,
+    scheduler: str | None = None,
+    size: str | tuple[int, int] | None = None,
+    views: str = "aog21",
+    seed: int = 0,
+    video: bool = False,
+    cube: int = 0,
+    device: str = "auto",
+    dtype: str = "auto",
+    overwrite: bool = False,
+    paths: Mapping[str, str | Path] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    view_progress: Callable[[int, int], None] | None = None,
+) -> OutpaintSummary:
+    """Outpaint one panorama (``inputs`` ``IMG[@yaw,pitch,fov]`` and/or ``prompt``) into ``out``, or every
+    row of ``batch`` (a CSV or a folder of photos, :func:`read_rows`) into ``out/<name>/``.
+
+    Wraps :func:`load_model`, :func:`read_rows` and :func:`outpaint_batch`; the options are those of
+    ``opama outpaint`` (``size`` ``"HxW"`` or ``(H, W)``, angles in degrees). ``progress(k, n, name)``
+    after each panorama of a batch and ``view_progress(k, n)`` after each view are called on the
+    main process only.
+
+    Returns:
+        :class:`OutpaintSummary`; a batch row that fails is in ``failed`` and the others are made.
+
+    Raises:
+        OutpaintError: bad options or input files, a missing model or weights, or (one panorama)
+            the panorama could not be made; nothing is written then.
+    """
+    try:
+        hw, specs = _check_light(model=model, preset=preset, inputs=inputs, batch=batch, size=size,
+                                 steps=steps, cube=cube, device=device, dtype=dtype)
+        rows = read_rows(batch, prompt) if batch is not None else [Row(".", tuple(specs), prompt)]
+    except OutpaintError:
+        raise
+    except ValueError as e:
+        raise OutpaintError(str(e)) from None
+    if batch is not None and not rows:
+        raise OutpaintError(f"{batch}: no rows (no photos or an empty CSV)")
+
+    from opama_model.model_dir import ModelFolderError
+    from opama_model.views import AOG21, parse_views
+    from opama_model.weights import MissingWeightsError
+
+    from .runner import OutpaintSettings, distributed_context, load_model, outpaint_batch
+
+    try:
+        schedule = tuple(parse_views(views))
+    except ValueError as e:
+        raise OutpaintError(f"--views: {e}") from None
+    try:
+        settings = OutpaintSettings(procedure=procedure, steps=steps, guidance=guidance, scheduler=scheduler,
+                                    size=hw, seed=seed, cube=cube, video=video,
+                                    views=None if schedule == AOG21 else schedule)
+    except ValueError as e:
+        raise OutpaintError(str(e)) from None
+    rank, world, dist_device = distributed_context()
+    try:
+        m = load_model(model, preset=preset, random_weights=random_weights, device=dist_device or device,
+                       dtype=dtype, paths=dict(paths or {}), conditioner=conditioner)
+    except MissingWeightsError as e:
+        raise OutpaintError(str(e).splitlines()[0]) from None
+    except (ModelFolderError, ValueError) as e:
+        raise OutpaintError(str(e)) from None
+    main = rank == 0
+    result = outpaint_batch(
+        rows, m, out, settings, overwrite=overwrite, process_index=rank, num_processes=world,
+        view_progress=view_progress if main else None,
+        progress=progress if main and batch is not None else None,
+    )
+    if batch is None and result.failed:
+        raise OutpaintError(result.failed[0][1])
+    return OutpaintSummary(Path(out), batch is None, result.done, result.skipped, result.failed, rank, world)
