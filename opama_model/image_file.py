@@ -65,6 +65,23 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _reason(e: BaseException) -> str:
+    """One line saying why a file could not be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):
+        return "not a readable PNG/JPEG image (unknown or empty file)"
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    if isinstance(e, IsADirectoryError):
+        return "a folder, not an image file"
+    if isinstance(e, MemoryError):
+        return "out of memory decoding the image"
+    if isinstance(e, Image.DecompressionBombError):
+        return f"too many pixels ({_first_line(e)})"
+    return f"cannot decode image ({_first_line(e)})"
+
+
 def orient(a: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation (1-8) to ``(H, W, ...)`` pixels, as ``PIL.ImageOps.exif_transpose``."""
     if orientation == 2:
@@ -153,24 +170,12 @@ def _decode(path: str | os.PathLike) -> np.ndarray:
 
 def read_image(path: str | os.PathLike) -> DecodedImage:
     """Decode an image file (see the module doc); ``ValueError`` with a one-line reason."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         a = _decode(path)
     except ValueError:
         raise
-    except UnidentifiedImageError:
-        raise ValueError("not a readable PNG/JPEG image (unknown or empty file)") from None
-    except MemoryError:
-        raise ValueError("out of memory decoding the image") from None
-    except FileNotFoundError:
-        raise ValueError("no such file") from None
-    except IsADirectoryError:
-        raise ValueError("a folder, not an image file") from None
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"too many pixels ({_first_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, struct.error ... for broken files
-        raise ValueError(f"cannot decode image ({_first_line(e)})") from None
+        raise ValueError(_reason(e)) from None
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] not in (3, 4) or a.shape[0] < 1 or a.shape[1] < 1:
@@ -201,7 +206,7 @@ def read_photo(path: str | os.PathLike) -> np.ndarray:
 def image_hw(path: str | os.PathLike) -> tuple[int, int]:
     """``(H, W)`` of an image file as :func:`read_image` returns it (EXIF orientation applied), from
     its header; ``ValueError`` when it is not a readable image."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with warnings.catch_warnings():
@@ -209,14 +214,8 @@ def image_hw(path: str | os.PathLike) -> tuple[int, int]:
             with Image.open(path) as im:
                 w, h = im.size
                 orientation = _orientation(im)
-    except UnidentifiedImageError:
-        raise ValueError("not a readable PNG/JPEG image (unknown or empty file)") from None
-    except FileNotFoundError:
-        raise ValueError("no such file") from None
-    except IsADirectoryError:
-        raise ValueError("a folder, not an image file") from None
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"cannot decode image ({_first_line(e)})") from None
+        raise ValueError(_reason(e)) from None
     return (w, h) if orientation >= 5 else (h, w)
 
 

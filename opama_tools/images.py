@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from opama_model import image_file as _image_file
 from opama_model.image_file import (  # noqa: F401 (re-exported)
     DecodedImage,
     image_hw,
@@ -24,19 +25,7 @@ from opama_model.image_file import (  # noqa: F401 (re-exported)
     to_unit_float,
 )
 
-__all__ = [
-    "DecodedImage",
-    "read_image",
-    "read_ldr",
-    "read_photo",
-    "image_hw",
-    "orient",
-    "to_unit_float",
-    "to_uint8",
-    "to_uint8_rgb",
-    "parse_size",
-    "format_hw",
-]
+__all__ = [*_image_file.__all__, "parse_size", "format_hw"]
 
 _HW = re.compile(r"^\s*(\d+)\s*[x×*]\s*(\d+)\s*$")
 

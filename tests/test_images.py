@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from test_bad_input import png16 as write_png16
+
 from opama_tools.devices import check_device_name, resolve_device
 from opama_tools.images import image_hw, orient, parse_size, read_image, read_ldr, read_photo, to_uint8
 
@@ -17,27 +19,16 @@ RNG = np.random.default_rng(0)
 
 
 def png16(path: Path, a: np.ndarray, orientation: int | None = None) -> None:
-    """A 16-bit PNG written by hand (grey, grey+alpha, RGB or RGBA), optionally with an eXIf orientation."""
-    if a.ndim == 2:
-        a = a[..., None]
-    h, w, c = a.shape
-    kind = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    raw = b"".join(b"\x00" + a[i].astype(">u2").tobytes() for i in range(h))
-
-    def chunk(t: bytes, d: bytes) -> bytes:
-        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
-
-    exif = b""
+    """A 16-bit PNG written by hand (:func:`test_bad_input.png16`), with an eXIf orientation if given."""
+    write_png16(path, a)
     if orientation is not None:
-        exif = chunk(b"eXIf", _exif_bytes(orientation))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, kind, 0, 0, 0))
-                     + exif + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-
-
-def _exif_bytes(orientation: int) -> bytes:
-    e = Image.Exif()
-    e[0x0112] = orientation
-    return e.tobytes()[6:] if e.tobytes().startswith(b"Exif\x00\x00") else e.tobytes()
+        e = Image.Exif()
+        e[0x0112] = orientation
+        d = e.tobytes()
+        d = d[6:] if d.startswith(b"Exif\x00\x00") else d
+        chunk = struct.pack(">I", len(d)) + b"eXIf" + d + struct.pack(">I", zlib.crc32(b"eXIf" + d) & 0xFFFFFFFF)
+        data = path.read_bytes()
+        path.write_bytes(data[:33] + chunk + data[33:])  # after the signature and IHDR
 
 
 def test_16_bit_colour_is_read_at_full_precision(tmp_path):

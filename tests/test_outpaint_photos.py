@@ -9,23 +9,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from typer.testing import CliRunner
+from test_outpaint import FAST, one_thread, runner  # noqa: F401 (one_thread: an autouse fixture)
 
 from opama_tools.cli import app
-
-runner = CliRunner()
-# tiny preset (64 px views), a 64x128 canvas, 1 step and a 2-view schedule: seconds per run
-FAST = ["--preset", "tiny", "--size", "64x128", "--steps", "1", "--views", "0,25;0,-25"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def outputs(folder):
