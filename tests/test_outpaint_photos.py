@@ -160,3 +160,18 @@ def test_usage_error_is_quick_and_imports_no_torch(tmp_path):
     codes, heavy = json.loads(p.stdout.strip().splitlines()[-1])
     assert codes == [2] * len(cases) and heavy == [], (codes, heavy, p.stderr[-2000:])
     assert not (tmp_path / "o").exists()
+
+
+def test_run_outpaint_is_the_library_entry_point(tmp_path):
+    from opama_tools.outpaint import OutpaintError, run_outpaint
+
+    Image.fromarray(np.full((40, 30, 3), 120, np.uint8)).save(tmp_path / "v.png")
+    kw = dict(preset="tiny", size=(64, 128), steps=1, views="0,25", prompt="a room")
+    s = run_outpaint(tmp_path / "o", inputs=[f"{tmp_path / 'v.png'}@10,0,70"], **kw)
+    assert s.single and len(s.done) == 1 and not s.failed and (tmp_path / "o" / "meta.json").is_file()
+    assert run_outpaint(tmp_path / "o", inputs=[f"{tmp_path / 'v.png'}@10,0,70"], **kw).skipped  # done already
+    with pytest.raises(OutpaintError, match="2:1"):
+        run_outpaint(tmp_path / "p", **{**kw, "size": (64, 100)})
+    with pytest.raises(OutpaintError, match="scheduler"):
+        run_outpaint(tmp_path / "p", **kw, scheduler="nope")
+    assert not (tmp_path / "p").exists()
