@@ -75,6 +75,8 @@ def _reason(e: BaseException) -> str:
         return "no such file"
     if isinstance(e, IsADirectoryError):
         return "a folder, not an image file"
+    if isinstance(e, PermissionError):
+        return "cannot read the file (permission denied)"
     if isinstance(e, MemoryError):
         return "out of memory decoding the image"
     if isinstance(e, Image.DecompressionBombError):
