@@ -3,7 +3,8 @@
 Per panorama, in its folder (``OUT`` for one panorama, ``OUT/<name>/`` in a batch):
 
 * ``pano.png``: the 2:1 equirect, 8-bit RGB (input pixels exactly as pasted);
-* ``input_mask.png``: 255 where the inputs were pasted (never altered), 0 elsewhere;
+* ``input_mask.png``: 255 where the inputs were pasted (never altered), 0 elsewhere (the
+  transparent pixels of a photo with alpha are 0: generated);
 * ``index.html``: the self-contained drag-to-look viewer (:mod:`.viewer`);
 * ``cube_F.png`` ... ``cube_D.png`` with ``cube > 0``; ``pano.mp4`` with ``video``;
 * ``meta.json``, written **last**: prompt, inputs and directions (with file digests), seed,
@@ -14,6 +15,7 @@ Every file is written atomically. A panorama whose ``meta.json`` has the current
 whose files exist is skipped on re-runs (inputs unchanged: their bytes are hashed, not just
 the options), so a batch is resumable; ``overwrite`` redoes it. Under ``accelerate launch``
 the rows are spread over the processes (row ``i`` to process ``i % n``), one output folder.
+A row that fails (a bad batch row, an unreadable photo) is reported and the others go on.
 """
 
 from __future__ import annotations
