@@ -452,3 +452,51 @@ def test_sixteen_bit_and_grey_pngs_are_scaled_not_clipped(tmp_path):
     png16(tmp_path / "ga16.png", np.stack([g, np.zeros_like(g)], -1))  # grey + (transparent) alpha
     pp.process_file(tmp_path / "ga16.png", tmp_path / "o" / "ga16.png", pp.PrepareConfig(size=None))
     assert np.abs(iio.imread(tmp_path / "o" / "ga16.png")[..., 0].astype(int) - want).max() <= 1
+
+
+def test_default_size_never_upsamples(tmp_path):
+    """Default --size auto: the source size, at most 1024x2048; an explicit larger size still upsamples."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    small = (np.random.default_rng(7).random((8, 16, 3)) * 255).astype(np.uint8)
+    src.mkdir()
+    iio.imwrite(src / "small.png", small)
+    big = np.zeros((1030, 2060, 3), np.uint8)
+    big[:, 1030:] = 200
+    iio.imwrite(src / "big.png", big)
+    res = runner.invoke(app, ["prepare", str(src), str(out), "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(iio.imread(out / "small.png"), small)  # kept as is
+    assert iio.imread(out / "big.png").shape == (1024, 2048, 3)  # larger: down to the cap
+    assert pp.PrepareConfig().output_size(300, 600) == (300, 600)
+    assert pp.PrepareConfig().output_size(300, 500) == (300, 600)  # --force-aspect: H x 2H
+    assert pp.PrepareConfig().output_size(2048, 4096) == (1024, 2048)
+    assert pp.PrepareConfig(size=None).output_size(2048, 4096) == (2048, 4096)
+    res = runner.invoke(app, ["prepare", str(src), str(out), "--workers", "1", "--size", "16x32"])
+    assert res.exit_code == 0 and "done 2 / skipped 0" in res.output, res.output
+    assert iio.imread(out / "small.png").shape == (16, 32, 3)  # asked for: upsampled
+    res = runner.invoke(app, ["prepare", "--help"], env={"COLUMNS": "200"})
+    assert "1024x2048" in res.output and "never upsampled" in res.output
+
+
+def test_rerun_keys_on_content_not_file_times(tmp_path):
+    """The manifest keeps each source's content hash: touching a source keeps it done; new bytes
+    with the old size and mtime are redone; an old manifest without the hash means redo."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_exr(src / "a.exr", np.full((8, 16, 3), 1.0, np.float32), compression="none")
+    cfg = pp.PrepareConfig(size=None)
+    assert pp.prepare_dataset(src, out, cfg, workers=1).done == 1
+    from opama_tools.jobs import source_signature
+
+    m = pp.read_manifest(out / "manifest.csv")
+    assert m.loc[0, "source_sha256"] == source_signature(src / "a.exr") and len(m.loc[0, "settings"]) == 16
+    os.utime(src / "a.exr", ns=(3, 3))
+    assert pp.prepare_dataset(src, out, cfg, workers=1).skipped == 1
+    st = (src / "a.exr").stat()
+    write_exr(src / "a.exr", np.full((8, 16, 3), 2.0, np.float32), compression="none")  # same size
+    os.utime(src / "a.exr", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (src / "a.exr").stat().st_size == st.st_size
+    s = pp.prepare_dataset(src, out, cfg, workers=1)
+    assert (s.done, s.skipped) == (1, 0)
+    df = pd.read_csv(out / "manifest.csv").drop(columns=["source_sha256", "settings"])
+    df.to_csv(out / "manifest.csv", index=False)  # a manifest of an older version
+    assert pp.prepare_dataset(src, out, cfg, workers=1).done == 1

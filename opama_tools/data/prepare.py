@@ -6,9 +6,14 @@ tonemap (:mod:`opama_tools.data.tonemap`; LDR sources are only resized), resize 
 seam-aware Lanczos-3 filter (:func:`resize_equirect`), round to uint8 and write the
 PNG atomically (hidden ``.NAME.XXXX.tmp`` file in the same folder, then rename).
 
-The batch (:func:`prepare_dataset`) mirrors the source tree under the output folder,
-skips a source only when its manifest row says ``done`` for the same source content
-(size and mtime in ns) and the same settings and the output exists (unless ``overwrite``),
+Output size: ``PrepareConfig.size`` ``"auto"`` (the default) keeps the source size but at most
+1024x2048 (never upsamples; larger sources are downsampled to 1024x2048), ``None`` keeps the
+source size, an explicit ``(H, W)`` resizes to exactly that (upsampling included).
+
+The batch (:func:`run_prepare`, :func:`prepare_dataset`) mirrors the source tree under the
+output folder, skips a source only when its manifest row says ``done`` for the same source
+content (``source_sha256``, :func:`opama_tools.jobs.source_signature`) and the same settings
+(``settings``, :func:`opama_tools.jobs.settings_key`) and the output exists (unless ``overwrite``),
 runs files in worker processes, keeps going past bad files (status ``failed`` with the
 reason), and merges one row per source into ``OUT_DIR/manifest.csv`` (pandas; rows of
 earlier runs are kept). Each result is journaled as it lands (``OUT_DIR/.manifest.journal.jsonl``,
@@ -35,9 +40,20 @@ from typing import Callable
 import numpy as np
 
 from opama_tools.io import atomic_path, find_files, printable_path, remove_stale_temps, utf8_name_problem
-from opama_tools.jobs import NoInputsError, Terminated, check_stop, die_with_parent, stop_name, stop_raises
+from opama_tools.jobs import (
+    NoInputsError,
+    Terminated,
+    check_stop,
+    die_with_parent,
+    record_matches,
+    settings_key,
+    source_signature,
+    stop_name,
+    stop_raises,
+)
 
 __all__ = [
+    "DEFAULT_MAX_SIZE",
     "HDR_EXTS",
     "LDR_EXTS",
     "MANIFEST_COLUMNS",
@@ -54,6 +70,7 @@ __all__ = [
     "read_manifest",
     "process_file",
     "resize_equirect",
+    "run_prepare",
     "to_uint8",
 ]
 
@@ -64,30 +81,48 @@ JOURNAL_NAME = ".manifest.journal.jsonl"
 MANIFEST_COLUMNS = [
     "source", "output", "status", "error", "width", "height", "src_width", "src_height",
     "operator", "params", "nan_pixels", "posinf_pixels", "negative_pixels", "repaired_pixels",
-    "source_bytes", "source_mtime_ns", "updated",
+    "source_bytes", "source_mtime_ns", "source_sha256", "settings", "updated",
 ]
 _INT_COLUMNS = ["width", "height", "src_width", "src_height", "nan_pixels", "posinf_pixels", "negative_pixels",
                 "repaired_pixels", "source_bytes", "source_mtime_ns"]
 
 
 # --------------------------------------------------------------------------- config
+DEFAULT_MAX_SIZE = (1024, 2048)
+"""The largest output ``(H, W)`` of ``size="auto"``: smaller sources keep their size."""
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """Options of a prepare run.
 
-    ``size``: output ``(height, width)`` in pixels (must be 2:1), or None to keep the
-    source size. ``operator``/``exposure``: see :func:`opama_tools.data.tonemap.tonemap`
+    ``size``: ``"auto"`` (default): the source size, at most :data:`DEFAULT_MAX_SIZE`
+    (1024x2048; never upsampled); ``None``: the source size; ``(height, width)`` in pixels
+    (2:1): exactly that size. A non-2:1 source (with ``force_aspect``) counts as
+    ``H x 2H``. ``operator``/``exposure``: see :func:`opama_tools.data.tonemap.tonemap`
     (``exposure`` in EV, applied before the operator). ``force_aspect``: resize non-2:1
     sources instead of failing them. ``overwrite``: redo outputs that exist.
     """
 
-    size: tuple[int, int] | None = (1024, 2048)
+    size: tuple[int, int] | None | str = "auto"
     operator: str = "percentile"
     exposure: float = 0.0
     force_aspect: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        from opama_tools.data.tonemap import OPERATORS
+
+        if self.operator not in OPERATORS:
+            raise ValueError(f"--operator must be one of {', '.join(OPERATORS)}, got {self.operator!r}")
+        if isinstance(self.size, str):
+            if self.size != "auto":
+                raise ValueError(f"--size must be 'auto', 'native' or HEIGHTxWIDTH, got {self.size!r}")
+        elif self.size is not None:
+            h, w = (int(v) for v in self.size)
+            if h < 1 or w != 2 * h:
+                raise ValueError(f"size {h}x{w} is not a 2:1 equirect size (width must be 2 x height)")
+            object.__setattr__(self, "size", (h, w))
         if not math.isfinite(self.exposure):
             raise ValueError(f"--exposure must be a finite number of EV, got {self.exposure}")
         if abs(self.exposure) > 64:
@@ -96,15 +131,33 @@ class PrepareConfig:
     def params_json(self) -> str:
         return json.dumps({"exposure_ev": self.exposure})
 
+    def output_size(self, src_height: int, src_width: int) -> tuple[int, int]:
+        """Output ``(H, W)`` for a source of ``src_height x src_width`` pixels (see ``size``)."""
+        if isinstance(self.size, tuple):
+            return self.size
+        h = int(src_height)
+        if self.size == "auto" and h > DEFAULT_MAX_SIZE[0]:
+            return DEFAULT_MAX_SIZE
+        return h, (int(src_width) if src_width == 2 * h else 2 * h)
 
-def parse_size(text: str) -> tuple[int, int] | None:
-    """Parse ``"HxW"`` (e.g. ``"1024x2048"``, height first) or ``"native"`` (None). Requires W = 2 H."""
+    def key(self, is_hdr: bool, out_size: tuple[int, int]) -> str:
+        """The settings key (:func:`opama_tools.jobs.settings_key`) of one output: what shapes its
+        pixels besides the source (tonemap and exposure for HDR sources, the output size)."""
+        tone = [self.operator, float(self.exposure)] if is_hdr else ["none"]
+        return settings_key("prepare", tone, [int(out_size[0]), int(out_size[1])])
+
+
+def parse_size(text: str) -> tuple[int, int] | None | str:
+    """Parse ``"HxW"`` (e.g. ``"1024x2048"``, height first; W = 2 H), ``"native"`` (None: the
+    source size) or ``"auto"`` (the source size, at most :data:`DEFAULT_MAX_SIZE`)."""
     t = text.strip().lower()
+    if t == "auto":
+        return "auto"
     if t in ("native", "keep", "none"):
         return None
     parts = t.replace("×", "x").split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"size must look like HEIGHTxWIDTH (e.g. 1024x2048) or 'native', got {text!r}")
+        raise ValueError(f"size must look like HEIGHTxWIDTH (e.g. 1024x2048), 'auto' or 'native', got {text!r}")
     h, w = (int(p) for p in parts)
     if h < 1 or w != 2 * h:
         raise ValueError(f"size {h}x{w} is not a 2:1 equirect size (width must be 2 x height)")
@@ -220,7 +273,8 @@ def _row(src: Path, dst_rel: str, **kw) -> dict:
 
 
 def _signature(src: Path) -> tuple[int, int] | None:
-    """``(size in bytes, mtime in ns)`` of a source: what "unchanged input" means for re-runs."""
+    """``(size in bytes, mtime in ns)`` of a source, recorded in the manifest for information
+    (whether a source is unchanged is decided by its content signature)."""
     try:
         st = src.stat()
     except OSError:
@@ -285,6 +339,7 @@ def process_file(src: str | Path, dst: str | Path, cfg: PrepareConfig, dst_rel: 
     if sig is not None:
         row.update(source_bytes=sig[0], source_mtime_ns=sig[1])
     try:
+        row["source_sha256"] = source_signature(src)
         params: dict = {}
         counts = {"nan": 0, "posinf": 0, "negative": 0}
         if is_hdr:
@@ -301,7 +356,7 @@ def process_file(src: str | Path, dst: str | Path, cfg: PrepareConfig, dst_rel: 
         if w != 2 * h and not cfg.force_aspect:
             raise ValueError(f"{printable_path(src)}: not a 2:1 equirect panorama ({w}x{h} pixels, W x H); "
                              "use --force-aspect to resize it")
-        out_h, out_w = cfg.size if cfg.size is not None else (h, w if w == 2 * h else 2 * h)
+        out_h, out_w = cfg.output_size(h, w)
         if is_hdr:
             bad = _non_finite_message(x)
             if bad:
@@ -315,6 +370,7 @@ def process_file(src: str | Path, dst: str | Path, cfg: PrepareConfig, dst_rel: 
         u8 = x if x.dtype == np.uint8 else to_uint8(x)
         row.update(
             status="done", width=out_w, height=out_h, params=json.dumps(params, sort_keys=True),
+            settings=cfg.key(is_hdr, (out_h, out_w)),
             nan_pixels=counts["nan"], posinf_pixels=counts["posinf"], negative_pixels=counts["negative"],
             repaired_pixels=counts["nan"] + counts["posinf"] + counts["negative"],
         )
@@ -335,7 +391,8 @@ def _failed(row: dict, error: str, journal: str | Path | None, dst: Path | None 
     if dst is not None:
         with contextlib.suppress(OSError):
             dst.unlink()
-    for c in ("width", "height", "params", "nan_pixels", "posinf_pixels", "negative_pixels", "repaired_pixels"):
+    for c in ("width", "height", "params", "nan_pixels", "posinf_pixels", "negative_pixels", "repaired_pixels",
+              "settings"):
         row[c] = None
     row.update(status="failed", error=error, updated=_now())
     if journal is not None:
@@ -477,26 +534,19 @@ def _int_or_none(v) -> int | None:
 
 def _up_to_date(row: dict | None, src: Path, dst: Path, rel: str, cfg: PrepareConfig) -> bool:
     """True when ``row`` (from the manifest) records ``dst`` done from this very source content
-    (size + mtime in ns) with the settings of ``cfg``, and ``dst`` exists."""
+    (:func:`opama_tools.jobs.source_signature`) with the settings of ``cfg``, and ``dst`` exists."""
     if row is None or row.get("status") != "done" or row.get("output") != rel or not dst.is_file():
         return False
-    sig = _signature(src)
-    if sig is None or sig != (_int_or_none(row.get("source_bytes")), _int_or_none(row.get("source_mtime_ns"))):
-        return False
-    is_hdr = src.suffix.lower() in HDR_EXTS
-    if row.get("operator") != (cfg.operator if is_hdr else "none"):
-        return False
-    if is_hdr:
-        try:
-            if float(json.loads(row.get("params") or "{}").get("exposure_ev", 0.0)) != float(cfg.exposure):
-                return False
-        except (ValueError, TypeError, AttributeError):
-            return False
     sh, sw = _int_or_none(row.get("src_height")), _int_or_none(row.get("src_width"))
-    if sh is None or sw is None:
+    if sh is None or sw is None or not row.get("source_sha256") or not row.get("settings"):
         return False
-    want = cfg.size if cfg.size is not None else (sh, sw if sw == 2 * sh else 2 * sh)
-    return (_int_or_none(row.get("height")), _int_or_none(row.get("width"))) == tuple(want)
+    try:
+        sig = source_signature(src)
+    except OSError:
+        return False
+    # same content: the recorded source size is this source's size
+    key = cfg.key(src.suffix.lower() in HDR_EXTS, cfg.output_size(sh, sw))
+    return record_matches({"source": row.get("source_sha256"), "settings": row.get("settings")}, sig, key)
 
 
 def _load_old_rows(manifest: Path) -> dict[str, dict]:
@@ -613,6 +663,38 @@ def prepare_dataset(
                 summary.done = sum(v == "done" for v in last.values())
                 summary.failed = sum(v == "failed" for v in last.values())
     return summary
+
+
+def run_prepare(
+    src_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    size: tuple[int, int] | None | str = "auto",
+    operator: str = "percentile",
+    exposure: float = 0.0,
+    force_aspect: bool = False,
+    overwrite: bool = False,
+    workers: int | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_result: Callable[[dict], None] | None = None,
+) -> PrepareSummary:
+    """The ``opama prepare`` stage: check the options, then :func:`prepare_dataset`.
+
+    ``size``: ``"auto"``, ``"native"`` or ``"HxW"`` text (:func:`parse_size`), or a value of
+    :attr:`PrepareConfig.size`. Other arguments as in :class:`PrepareConfig` and
+    :func:`prepare_dataset`. Raises ``ValueError`` (a bad option, named, e.g. ``--size: ...``;
+    an unusable output folder or manifest; :class:`opama_tools.jobs.NoInputsError`) or
+    ``FileNotFoundError`` (no source folder), each a one-line message; nothing is written then.
+    Summary counts: ``done``, ``skipped``, ``failed``; ``interrupted`` when stopped.
+    """
+    if isinstance(size, str):
+        try:
+            size = parse_size(size)
+        except ValueError as e:
+            raise ValueError(f"--size: {e}") from None
+    cfg = PrepareConfig(size=size, operator=operator, exposure=exposure, force_aspect=force_aspect,
+                        overwrite=overwrite)
+    return prepare_dataset(src_dir, out_dir, cfg, workers=workers, on_start=on_start, on_result=on_result)
 
 
 def _run_pool(tasks: list[tuple], n_workers: int, record: Callable[[dict], None],
