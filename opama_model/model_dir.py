@@ -20,13 +20,12 @@ is located like everywhere else (:func:`opama_model.weights.require`, never down
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from .fileio import atomic_dir
 
 __all__ = ["MODEL_FILE", "ModelFolderError", "save_model_dir", "read_model_info", "load_model_dir"]
 
@@ -45,8 +44,9 @@ def save_model_dir(components, path: str | Path, *, trained: tuple[str, ...] = (
                    extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``components`` (a :class:`opama_model.presets.Components`) as a model folder.
 
-    Only the ``trained`` parts are stored. The folder is written beside ``path`` and renamed
-    into place, so a reader never sees a half-written model; an existing folder is replaced.
+    Only the ``trained`` parts are stored. The folder is written beside ``path`` and swapped
+    in as a whole (:func:`opama_model.fileio.atomic_dir`), so a reader never sees a
+    half-written model; an existing folder is replaced.
     """
     path = Path(path)
     bad = [t for t in trained if t not in TRAINABLE_PARTS]
@@ -58,37 +58,13 @@ def save_model_dir(components, path: str | Path, *, trained: tuple[str, ...] = (
     info = dict(format=FORMAT, version=VERSION, preset=components.preset.name, conditioner=kind,
                 random_backbone=bool(random_backbone), backbone_seed=int(backbone_seed), trained=list(trained))
     info.update(extra or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:  # a reader never sees a half-written model; the old folder goes last
         for part in trained:
             getattr(components, part).save_pretrained(tmp / part)
         if getattr(components, "scheduler", None) is not None:  # convert-reference has none: the preset's
             components.scheduler.save_pretrained(tmp / "scheduler")
         (tmp / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        _usual_modes(tmp)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
-
-
-def _usual_modes(root: Path) -> None:
-    """mkdtemp makes 0700 folders: give the tree the usual modes (0777/0666 less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for d, _, files in os.walk(root):
-        os.chmod(d, 0o777 & ~mask)
-        for f in files:
-            os.chmod(os.path.join(d, f), 0o666 & ~mask)
 
 
 def read_model_info(path: str | Path) -> dict:

@@ -47,3 +47,22 @@ def test_bad_model_folders(tmp_path):
         {"format": "opama-model", "version": 1, "preset": "tiny", "conditioner": "opama", "trained": ["conditioner"]}))
     with pytest.raises(ModelFolderError, match="conditioner: missing or incomplete"):
         load_model_dir(tmp_path / "m")
+
+
+def test_failed_save_keeps_the_old_folder(tmp_path, monkeypatch):
+    """The folder swap of opama_model.fileio: a save that fails half-way leaves the previous
+    model folder as it was and no temp folder behind."""
+    c = build_components("tiny", conditioner="opama", seed=0)
+    d = save_model_dir(c, tmp_path / "model", extra={"steps": 1})
+    before = {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+
+    def half_save(folder, *a, **k):
+        os.makedirs(folder, exist_ok=True)
+        (folder / "config.json").write_text("{}")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(c.conditioner, "save_pretrained", half_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_model_dir(c, d, extra={"steps": 2})
+    assert {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
