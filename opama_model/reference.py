@@ -83,7 +83,9 @@ def flatten_reference_state(state: Mapping[str, Any]) -> dict[str, torch.Tensor]
         elif isinstance(obj, torch.Tensor):
             out[prefix] = obj.detach()
         else:
-            raise ReferenceCheckpointError(f"{prefix!r} is a {type(obj).__name__}, not a tensor")
+            kind = type(obj).__name__
+            raise ReferenceCheckpointError(f"{prefix!r} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a "
+                                           "tensor (not an OPa-Ma reference checkpoint)")
 
     walk("", state)
     return out
@@ -312,16 +314,31 @@ def read_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if m is None:
-            raise ReferenceCheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from None
+            raise ReferenceCheckpointError(_not_a_checkpoint(path)) from None
         raise ReferenceCheckpointError(
             f"{path}: needs unpickling of arbitrary Python objects ({m.group(1)}), which opama refuses; in an "
             "environment you trust, save its ['state_dict'] alone with torch.save and convert that file") from None
-    except Exception as e:
-        raise ReferenceCheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
+    except Exception:  # torch's readers raise anything (IndexError, RuntimeError, ...) for other files
+        raise ReferenceCheckpointError(_not_a_checkpoint(path)) from None
     try:
         return flatten_reference_state(obj)
     except ReferenceCheckpointError as e:
         raise ReferenceCheckpointError(f"{path}: {e}") from None
+
+
+def _not_a_checkpoint(path: Path) -> str:
+    """One line saying why ``path`` is not a file of ``torch.save`` (what its first bytes look like)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return f"{path}: cannot read ({e.strerror or e})"
+    if not head:
+        return f"{path}: empty file, not a PyTorch checkpoint"
+    if head == b"PK\x03\x04":
+        return f"{path}: a zip archive but not a PyTorch checkpoint (not written by torch.save)"
+    return (f"{path}: not a PyTorch checkpoint (expected a .ckpt/.pt file written by torch.save, "
+            "or a .safetensors file)")
 
 
 def _first_line(e: BaseException) -> str:

@@ -244,3 +244,31 @@ def test_reference_json_config_is_saved(tmp_path):
     m.save_pretrained(tmp_path / "c")
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     assert cfg["gma_residual"] == "reference" and cfg["gma_ring_scan"] is False and cfg["vcr_depth"] == 2
+
+
+def test_cli_non_checkpoints_one_clear_line(tmp_path):
+    """Files that are no checkpoint at all: one line saying so (never torch's internal message), exit 2."""
+    import zipfile
+
+    files = {
+        "text.ckpt": b"some text\nmore\n",  # torch.load: "pop from empty list"
+        "mark.ckpt": b"(.",
+        "digits.ckpt": b"hello",  # torch.load: "101"
+        "empty.ckpt": b"",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with zipfile.ZipFile(tmp_path / "archive.ckpt", "w") as z:
+        z.writestr("x.txt", "hi")
+    torch.save({"a": 1}, tmp_path / "ints.ckpt")
+    want = {"text.ckpt": "not a PyTorch checkpoint (expected a .ckpt/.pt file written by torch.save",
+            "mark.ckpt": "not a PyTorch checkpoint (expected", "digits.ckpt": "not a PyTorch checkpoint (expected",
+            "empty.ckpt": "empty file, not a PyTorch checkpoint",
+            "archive.ckpt": "a zip archive but not a PyTorch checkpoint",
+            "ints.ckpt": "'a' is an int, not a tensor (not an OPa-Ma reference checkpoint)"}
+    for name, text in want.items():
+        code, lines = _bad(tmp_path, tmp_path / name, tmp_path / "o")
+        assert code == 2 and len(lines) == 1, (name, lines)
+        assert f"{name}: {text}" in lines[0], (name, lines)
+        assert "pop from empty list" not in lines[0] and "inline_container" not in lines[0]
+    assert not (tmp_path / "o").exists()
