@@ -32,7 +32,7 @@ def crop(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from opama_model.views import parse_views
-    from opama_tools.data.crop import CropSettings, find_panoramas, run_crop
+    from opama_tools.data.crop import CropSettings, run_crop
     from opama_tools.io import printable_path
     from opama_tools.jobs import RESUME_HINT, stop_exit_code
 
@@ -40,27 +40,30 @@ def crop(
         settings = CropSettings(views=tuple(parse_views(views)), fov=fov, size=size, cube=cube, masks=masks)
     except ValueError as e:
         raise fail(f"--views/--fov/--size/--cube: {e}", 2) from None
-    if not pano_dir.is_dir():
-        raise fail(f"{printable_path(pano_dir)}: not a folder", 2)
-    n = len(find_panoramas(pano_dir, exclude=out_dir))
 
     def report(path: Path, reason: str) -> None:
         err_console.print(f"[red]failed[/] {escape(printable_path(path))}: {escape(reason)}", highlight=False,
                           soft_wrap=True)
 
-    with Progress(
+    bar = Progress(
         TextColumn("[bold]crop"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.description}"), console=console, transient=False,
-    ) as bar:
-        task = bar.add_task("", total=n)
-        try:
-            result = run_crop(
-                pano_dir, out_dir, settings, overwrite=overwrite, on_failure=report,
-                on_progress=lambda k, total, p: bar.update(task, completed=k, description=escape(printable_path(p.name))),
-            )
-        except (ValueError, FileNotFoundError) as e:
-            bar.stop()
-            raise fail(str(e), 2) from None
+    )
+    task = bar.add_task("", total=None)
+
+    def on_start(n: int) -> None:  # the inputs are checked: show the bar
+        bar.update(task, total=n)
+        bar.start()
+
+    try:
+        result = run_crop(
+            pano_dir, out_dir, settings, overwrite=overwrite, on_start=on_start, on_failure=report,
+            on_progress=lambda k, total, p: bar.update(task, completed=k, description=escape(printable_path(p.name))),
+        )
+    except (ValueError, FileNotFoundError) as e:
+        raise fail(str(e), 2) from None
+    finally:
+        bar.stop()
     per = len(settings.views) + (6 if settings.cube else 0)
     console.print(
         f"crop: {len(result.done)} done, {len(result.skipped)} skipped, {len(result.failed)} failed "

@@ -286,13 +286,15 @@ def run_crop(
     settings: CropSettings,
     *,
     overwrite: bool = False,
+    on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[int, int, Path], None] | None = None,
     on_failure: Callable[[Path, str], None] | None = None,
 ) -> CropResult:
     """Crop every panorama under ``pano_dir`` (recursively) into ``out_dir``; write ``views.csv``.
 
     A bad file is recorded in ``result.failed`` with its reason (and passed to ``on_failure``)
-    and does not stop the batch. ``on_progress(k, n, path)`` is called after each panorama.
+    and does not stop the batch. ``on_start(n)`` is called once the inputs are checked (``n``
+    panoramas), ``on_progress(k, n, path)`` after each panorama.
     SIGTERM / Ctrl-C stop the batch cleanly (``result.interrupted``). Raises
     ``FileNotFoundError`` when ``pano_dir`` is not a folder, :class:`opama_tools.jobs.NoInputsError`
     when it holds no panorama, :class:`opama_tools.io.OutputPathError` for an unusable ``out_dir``.
@@ -307,6 +309,8 @@ def run_crop(
         raise NoInputsError(f"{printable_path(pano_dir)}: no panoramas (*.png, *.jpg, *.jpeg) found")
     ensure_output_dir(out_dir)
     remove_stale_temps(out_dir)
+    if on_start is not None:
+        on_start(len(paths))
     result = CropResult()
     rows: list[dict] = []
     seen: dict[str, Path] = {}
