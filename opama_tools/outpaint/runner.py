@@ -36,6 +36,7 @@ from opama_model.directions import check_direction
 from opama_tools.devices import resolve_device
 from opama_tools.images import parse_size
 from opama_tools.io import atomic_path, atomic_write_text
+from opama_tools.jobs import file_digest, read_done
 
 from .inputs import IMAGE_EXTS, InputSpec, Row, parse_input_spec, read_input_image, read_rows
 
@@ -179,14 +180,6 @@ class OutpaintSettings:
         return files
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _canvas_size(model: OutpaintModel, settings: OutpaintSettings) -> tuple[int, int]:
     from opama_model.pipeline import default_canvas_size
 
@@ -208,7 +201,7 @@ def check_row(row: Row, model: OutpaintModel, settings: OutpaintSettings) -> tup
     for spec in row.inputs:
         check_direction(spec.direction)
         images.append(read_input_image(spec.path))
-        digests.append(_file_digest(spec.path))
+        digests.append(file_digest(spec.path))
     key_src = dict(inputs=[[d, *s.direction] for d, s in zip(digests, row.inputs)], prompt=row.prompt,
                    model=model.digest, size=[h, w], **{k: v for k, v in asdict(settings).items()
                                                       if k not in ("size", "cube", "video", "viewer")})
@@ -217,11 +210,8 @@ def check_row(row: Row, model: OutpaintModel, settings: OutpaintSettings) -> tup
 
 
 def _is_done(folder: Path, key: str, settings: OutpaintSettings) -> bool:
-    try:
-        meta = json.loads((folder / META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return meta.get("key") == key and all((folder / f).is_file() for f in settings.output_files())
+    meta = read_done(folder / META)
+    return meta is not None and meta.get("key") == key and all((folder / f).is_file() for f in settings.output_files())
 
 
 def _usual_mode(path: Path) -> None:
