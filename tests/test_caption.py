@@ -453,3 +453,29 @@ def test_resume_redoes_changed_images_and_settings(tmp_path, no_weights):
     s = run_metadata_job(d, out, scenes, CaptionSettings(augment=True, stride=45), progress=False)
     assert (s.done, s.skipped) == (3, 0)
     assert all(len(r["views"]) == 8 for r in _lines(out)) and len(_lines(out)) == 3
+
+
+def test_run_caption_checks_inputs_then_runs(tmp_path, no_weights):
+    """The library entry point of `opama caption`: one-line ValueErrors, nothing written; then the job."""
+    from opama_tools.data.caption import run_caption
+    from opama_tools.weights import MissingWeightsError
+
+    d = tmp_path / "png"
+    d.mkdir()
+    sc = make_scene(3)
+    _tonemapped_png(render_equirect(sc, 8, 16, supersample=1), d / "synth_0003.png")
+    scenes = tmp_path / "scenes.jsonl"
+    scenes.write_text(json.dumps({"image": "synth_0003.exr", "seed": 3, "kind": sc.kind,
+                                  "caption": sc.description, "scene": sc.to_dict()}) + "\n")
+    out = tmp_path / "c.jsonl"
+    with pytest.raises(ValueError, match="nope: not a folder"):
+        run_caption(tmp_path / "nope", out, scenes=scenes, progress=False)
+    with pytest.raises(ValueError, match="missing.jsonl: scenes file not found"):
+        run_caption(d, out, scenes=tmp_path / "missing.jsonl", progress=False)
+    with pytest.raises(MissingWeightsError):
+        run_caption(d, out, progress=False)  # no BLIP on this machine
+    assert not out.exists()
+    s = run_caption(d, out, CaptionSettings(augment=True, stride=180), scenes=scenes, progress=False)
+    assert (s.done, s.exit_code) == (1, 0)
+    rec = _lines(out)[0]
+    assert rec["caption"] == sc.description and [v["yaw"] for v in rec["views"]] == [0, 180]

@@ -114,3 +114,31 @@ def test_scene_descriptions_do_not_depend_on_the_hash_seed():
         outs.append(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                    check=True).stdout)
     assert outs[0] == outs[1] == outs[2] and outs[0].count("\n") == 40
+
+
+def test_scene_from_dict_round_trip_and_sun_direction():
+    """Scene.from_dict(to_dict through JSON) gives the same scene and the same pixels; the sun
+    direction follows the conventions (yaw right, pitch up) and is seen by visible_objects."""
+    import json
+
+    from opama_tools.data.synthetic import Scene, make_scene, render_equirect, visible_objects
+
+    for seed in (0, 1, 2, 3):
+        sc = make_scene(seed)
+        back = Scene.from_dict(json.loads(json.dumps(sc.to_dict())))
+        assert back == sc
+        np.testing.assert_array_equal(render_equirect(back, 8, 16, supersample=1),
+                                      render_equirect(sc, 8, 16, supersample=1))
+    out = make_scene(0, "outdoor")
+    out.buildings = []
+    out.sun_yaw, out.sun_pitch = 90.0, 0.0
+    np.testing.assert_allclose(out.sun_direction(), [1.0, 0.0, 0.0], atol=1e-12)  # yaw 90: to the right (+x)
+    out.sun_yaw, out.sun_pitch = 0.0, 30.0
+    np.testing.assert_allclose(out.sun_direction(), [0.0, 0.5, np.sqrt(3) / 2], atol=1e-12)
+    assert visible_objects(out, 0.0, 30.0, 60.0)["sun"] and not visible_objects(out, 180.0, 30.0, 60.0)["sun"]
+    d = make_scene(0, "outdoor").to_dict()
+    del d["camera_height"]
+    with pytest.raises(ValueError, match="lacks the field.*camera_height"):
+        Scene.from_dict(d)
+    with pytest.raises(ValueError, match="malformed"):
+        Scene.from_dict({**make_scene(0, "outdoor").to_dict(), "buildings": [{"lo": [0, 0, 0]}]})

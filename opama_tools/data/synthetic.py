@@ -132,6 +132,8 @@ class Scene:
                     kw[k] = tuple(kw[k])
             kw["lamps"] = [tuple(lp) for lp in kw.get("lamps", [])]
             kw["tex_freqs"] = [tuple(t) for t in kw.get("tex_freqs", [])]
+            kw["windows"] = [{**w, "centre": tuple(w["centre"])} if "centre" in w else dict(w)
+                             for w in kw.get("windows", [])]
             return cls(**kw)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
