@@ -9,12 +9,11 @@ horizontal ``fov``) shows, from :func:`opama_tools.data.synthetic.visible_object
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
 
-from opama_tools.data.synthetic import Scene, make_scene, visible_objects
+from opama_tools.data.synthetic import Scene, make_scene, read_scene_records, visible_objects
 
 __all__ = ["scene_from_record", "scene_view_caption", "read_scenes"]
 
@@ -121,28 +120,10 @@ def scene_view_caption(scene, yaw: float, pitch: float = 0.0, fov: float = 90.0,
 def read_scenes(scenes_jsonl: str | os.PathLike) -> dict[str, dict]:
     """``scenes.jsonl`` of the synthetic generator → ``{file stem: record}``.
 
-    Raises ``ValueError`` naming the file (and line) for anything that is not a scene record.
+    Raises ``ValueError`` naming the file (and line) for anything that is not a scene record
+    (:func:`opama_tools.data.synthetic.read_scene_records`) or when it holds none.
     """
-    path = Path(scenes_jsonl)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a scenes JSONL file (not UTF-8 text at byte {e.start})") from None
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
-    scenes: dict[str, dict] = {}
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {i}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}: line {i}: not a scene record (a JSON object expected)")
-        if not isinstance(rec.get("image"), str) or not rec["image"]:
-            raise ValueError(f"{path}: line {i}: scene record without an 'image' file name")
-        scenes[Path(rec["image"]).stem] = rec
+    scenes = {Path(r["image"]).stem: r for r in read_scene_records(scenes_jsonl)}
     if not scenes:
-        raise ValueError(f"{path}: no scene records (empty file)")
+        raise ValueError(f"{Path(scenes_jsonl)}: no scene records (empty file)")
     return scenes

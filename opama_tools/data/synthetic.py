@@ -40,6 +40,7 @@ __all__ = [
     "Scene",
     "make_scene",
     "visible_objects",
+    "read_scene_records",
     "render_equirect",
     "render_perspective",
     "generate_dataset",
@@ -529,30 +530,32 @@ def render_perspective(
     return (acc / supersample**2).astype(np.float32)
 
 
-def _read_existing_scenes(meta: Path) -> dict[str, dict]:
-    """Records of an existing ``scenes.jsonl`` by image name; ``ValueError`` naming the file and
-    line for anything else (nothing is overwritten then)."""
-    existing: dict[str, dict] = {}
-    if not meta.exists():
-        return existing
-    hint = "move it away or choose another folder"
+def read_scene_records(path: str | Path, hint: str = "") -> list[dict]:
+    """The records of a ``scenes.jsonl`` (one JSON object with an ``image`` file name per line;
+    blank lines skipped), in file order. ``ValueError`` naming the file (and line) for anything
+    else; ``hint`` (e.g. what to do about it) ends each message after ``"; "``."""
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
     try:
-        text = meta.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{meta}: not a scenes JSONL file (not UTF-8 text); {hint}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a scenes JSONL file (not UTF-8 text at byte {e.start}){tail}") from None
     except OSError as e:
-        raise ValueError(f"{meta}: cannot read ({e.strerror or e}); {hint}") from None
+        raise ValueError(f"{path}: cannot read ({e.strerror or e}){tail}") from None
+    records = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{meta}: line {i}: not valid JSON ({e.msg}); {hint}") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("image"), str):
-            raise ValueError(f"{meta}: line {i}: not a scene record (no 'image' name); {hint}")
-        existing[rec["image"]] = rec
-    return existing
+            raise ValueError(f"{path}: line {i}: not valid JSON ({e.msg} at column {e.colno}){tail}") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: line {i}: not a scene record (a JSON object expected){tail}")
+        if not isinstance(rec.get("image"), str) or not rec["image"]:
+            raise ValueError(f"{path}: line {i}: scene record without an 'image' file name{tail}")
+        records.append(rec)
+    return records
 
 
 def generate_dataset(
@@ -579,7 +582,9 @@ def generate_dataset(
 
     out = ensure_output_dir(Path(out_dir))  # OutputPathError (a ValueError) naming the folder
     meta = out / "scenes.jsonl"
-    existing = _read_existing_scenes(meta)
+    existing: dict[str, dict] = {}
+    if meta.exists():  # nothing is overwritten when it is not a scenes file
+        existing = {r["image"]: r for r in read_scene_records(meta, "move it away or choose another folder")}
     width = width or 2 * height
     paths: list[Path] = []
     records = []
