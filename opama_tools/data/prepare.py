@@ -532,21 +532,41 @@ def _int_or_none(v) -> int | None:
         return None
 
 
-def _up_to_date(row: dict | None, src: Path, dst: Path, rel: str, cfg: PrepareConfig) -> bool:
+def _up_to_date(row: dict | None, src: Path, dst: Path, rel: str, cfg: PrepareConfig, sig: str | None) -> bool:
     """True when ``row`` (from the manifest) records ``dst`` done from this very source content
-    (:func:`opama_tools.jobs.source_signature`) with the settings of ``cfg``, and ``dst`` exists."""
-    if row is None or row.get("status") != "done" or row.get("output") != rel or not dst.is_file():
+    (``sig``: :func:`opama_tools.jobs.source_signature` of ``src`` now, None if unreadable) with
+    the settings of ``cfg``, and ``dst`` exists."""
+    if not _maybe_done(row, rel, dst) or sig is None:
         return False
     sh, sw = _int_or_none(row.get("src_height")), _int_or_none(row.get("src_width"))
-    if sh is None or sw is None or not row.get("source_sha256") or not row.get("settings"):
-        return False
-    try:
-        sig = source_signature(src)
-    except OSError:
+    if sh is None or sw is None:
         return False
     # same content: the recorded source size is this source's size
     key = cfg.key(src.suffix.lower() in HDR_EXTS, cfg.output_size(sh, sw))
     return record_matches({"source": row.get("source_sha256"), "settings": row.get("settings")}, sig, key)
+
+
+def _maybe_done(row: dict | None, rel: str, dst: Path) -> bool:
+    """The cheap part of :func:`_up_to_date`: a done row with a signature, and its output exists."""
+    return (row is not None and row.get("status") == "done" and row.get("output") == rel
+            and bool(row.get("source_sha256")) and bool(row.get("settings")) and dst.is_file())
+
+
+def _signatures(paths: list[Path], threads: int) -> dict[Path, str | None]:
+    """:func:`opama_tools.jobs.source_signature` of ``paths`` (None for an unreadable file),
+    ``threads`` at a time (hashlib releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(p: Path) -> str | None:
+        try:
+            return source_signature(p)
+        except OSError:
+            return None
+
+    if threads <= 1 or len(paths) <= 1:
+        return {p: one(p) for p in paths}
+    with ThreadPoolExecutor(max_workers=threads) as ex:
+        return dict(zip(paths, ex.map(one, paths)))
 
 
 def _load_old_rows(manifest: Path) -> dict[str, dict]:
@@ -617,12 +637,16 @@ def prepare_dataset(
 
     tasks: list[tuple[str, str, PrepareConfig, str, str]] = []
     claimed: dict[Path, Path] = {}
+    plan = []  # (source, its absolute path, output path relative to out_root as text, output path)
     for src in sources:
         rel = src.relative_to(src_root).with_suffix(".png")
-        dst = out_root / rel
+        plan.append((src, src.resolve(), printable_path(rel.as_posix()), out_root / rel))
+    # hash (in threads) the sources an earlier run may have done: is their content unchanged?
+    candidates = [] if cfg.overwrite else [
+        a for _, a, rel_txt, dst in plan if _maybe_done(old.get(printable_path(a)), rel_txt, dst)]
+    sigs = _signatures(candidates, workers or _default_workers())
+    for src, src_abs, rel_txt, dst in plan:
         key = Path(os.path.normcase(dst))
-        src_abs = src.resolve()
-        rel_txt = printable_path(rel.as_posix())
         bad_name = utf8_name_problem(src)
         if bad_name:
             record_failed_here(_row(src_abs, rel_txt, status="failed", error=bad_name))
@@ -633,7 +657,7 @@ def prepare_dataset(
             continue
         claimed[key] = src
         prev = old.get(printable_path(src_abs))
-        if not cfg.overwrite and _up_to_date(prev, src_abs, dst, rel_txt, cfg):
+        if not cfg.overwrite and _up_to_date(prev, src_abs, dst, rel_txt, cfg, sigs.get(src_abs)):
             row = {c: prev.get(c) for c in MANIFEST_COLUMNS}
             row["status"] = "skipped"
             record(row)
