@@ -10,8 +10,8 @@ from opama_tools.cli.app import app, console, err_console, fail
 @app.command(
     help="Caption panoramas with BLIP; --augment adds one caption per NFoV view every --stride degrees.\n\n"
     "Writes one JSONL line per panorama {image, caption, views: [{yaw, pitch, caption}]}; re-runs skip "
-    "panoramas already in OUT_JSONL from the same image content with the same settings. --from-metadata uses the synthetic generator's scenes.jsonl "
-    "instead of a captioning model.\n\n"
+    "panoramas already in OUT_JSONL from the same image content with the same settings. --from-metadata "
+    "uses the synthetic generator's scenes.jsonl instead of a captioning model.\n\n"
     "Example: opama caption data/laval_png captions.jsonl --augment --stride 30"
 )
 def caption(
