@@ -34,7 +34,7 @@ def crop(
     from opama_model.views import parse_views
     from opama_tools.data.crop import CropSettings, run_crop
     from opama_tools.io import printable_path
-    from opama_tools.jobs import RESUME_HINT, stop_exit_code
+    from opama_tools.jobs import RESUME_HINT
 
     try:
         settings = CropSettings(views=tuple(parse_views(views)), fov=fov, size=size, cube=cube, masks=masks)
@@ -73,6 +73,5 @@ def crop(
     )
     if result.interrupted:
         err_console.print(f"[yellow]interrupted ({result.interrupted})[/]: {RESUME_HINT}.", highlight=False)
-        raise typer.Exit(stop_exit_code(result.interrupted))
-    if result.failed:
-        raise typer.Exit(1)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)

@@ -34,7 +34,7 @@ def prepare(
     force_aspect: bool = typer.Option(False, "--force-aspect", help="Resize non-2:1 sources instead of failing them."),
 ) -> None:
     from opama_tools.data.prepare import run_prepare
-    from opama_tools.jobs import RESUME_HINT, stop_exit_code
+    from opama_tools.jobs import RESUME_HINT
 
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -69,6 +69,5 @@ def prepare(
     )
     if summary.interrupted:
         err_console.print(f"[yellow]interrupted ({summary.interrupted})[/]: {RESUME_HINT}.", highlight=False)
-        raise typer.Exit(stop_exit_code(summary.interrupted))
-    if summary.failed:
-        raise typer.Exit(1)
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)

@@ -62,6 +62,7 @@ from opama_tools.jobs import (
     read_done,
     settings_key,
     source_signature,
+    stop_exit_code,
     stop_name,
     stop_raises,
     write_done,
@@ -124,6 +125,13 @@ class CropResult:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     csv: Path | None = None
     interrupted: str | None = None  # "SIGTERM" / "SIGINT" when the run was stopped
+
+    @property
+    def exit_code(self) -> int:
+        """The command's exit status: 130/143 when stopped, 1 when a panorama failed, else 0."""
+        if self.interrupted:
+            return stop_exit_code(self.interrupted)
+        return 1 if self.failed else 0
 
 
 def find_panoramas(pano_dir: str | Path, exclude: str | Path | None = None) -> list[Path]:

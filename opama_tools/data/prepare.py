@@ -437,6 +437,15 @@ class PrepareSummary:
     def failures(self) -> list[dict]:
         return [r for r in self.rows if r["status"] == "failed"]
 
+    @property
+    def exit_code(self) -> int:
+        """The command's exit status: 130/143 when stopped, 1 when a file failed, else 0."""
+        from opama_tools.jobs import stop_exit_code
+
+        if self.interrupted:
+            return stop_exit_code(self.interrupted)
+        return 1 if self.failed else 0
+
 
 def read_manifest(path: str | Path) -> "pd.DataFrame":  # noqa: F821
     """Read a prepare ``manifest.csv``: text columns as str (empty, never NaN), counts and sizes as
