@@ -125,7 +125,8 @@ def source_signature(source: str | os.PathLike | Sequence[str | os.PathLike]) ->
     * a file: the sha256 of its bytes (:func:`file_digest`); its name and mtime do not count;
     * a folder: sha256 over every file below it, sorted by relative POSIX name, each as
       ``name NUL file_digest LF`` (a renamed, added or removed file changes it);
-    * a list or tuple of files/folders: sha256 over the entries' signatures, in order.
+    * a list or tuple of files/folders: sha256 over the entries' signatures, in order (the
+      entries' own names do not count: put names that matter, e.g. of pairs, in the settings key).
 
     Raises ``OSError`` when an input cannot be read.
     """
