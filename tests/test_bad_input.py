@@ -160,7 +160,7 @@ def test_prepare_zoo(tmp_path, ldr):
 
 @pytest.mark.parametrize("opt,value,word", [
     ("--exposure", "nan", "finite"), ("--exposure", "inf", "finite"), ("--exposure", "-inf", "finite"),
-    ("--size", "0x0", "2:1"), ("--size", "8x8", "2:1"), ("--size", "big", "HEIGHTxWIDTH"),
+    ("--size", "0x0", "1 pixel"), ("--size", "8x8", "2:1"), ("--size", "big", "HxW"), ("--size", "", "HxW"),
     ("--operator", "magic", "--operator"),
 ])
 def test_prepare_bad_options(tmp_path, ldr, opt, value, word):

@@ -76,8 +76,9 @@ def test_resize_is_seamless_across_180():
 
 def test_parse_size():
     assert pp.parse_size("1024x2048") == (1024, 2048)
-    assert pp.parse_size("native") is None
-    for bad in ("1024x1024", "abc", "10x", "0x0"):
+    assert pp.parse_size("native") is None and pp.parse_size("auto") == "auto"
+    assert pp.parse_size(" 8X16 ") == (8, 16)
+    for bad in ("1024x1024", "abc", "10x", "0x0", ""):
         with pytest.raises(ValueError):
             pp.parse_size(bad)
 

@@ -28,7 +28,7 @@ def caption(
     fov: float = typer.Option(90.0, "--fov", help="Horizontal field of view of the (square) views, degrees."),
     view_size: int = typer.Option(512, "--view-size", min=8, help="Side of each view in pixels before the processor resizes it."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per generate call (views and panoramas are batched together)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (fp16 on CUDA, fp32 on CPU)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps (fp16 on CUDA, fp32 otherwise)."),
     max_new_tokens: int = typer.Option(30, "--max-new-tokens", min=1, help="Caption length limit in tokens."),
     prompt: str = typer.Option(
         "a photography of", "--prompt", help="Text prompt the caption continues (removed from the output); '' for none."

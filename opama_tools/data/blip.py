@@ -2,7 +2,7 @@
 
 * Weights are looked up locally only (a folder or a repo id in the local HF cache, then
   ``OPAMA_BLIP``, then the HF cache of ``Salesforce/blip-image-captioning-large``); BLIP vs
-  BLIP-2 is chosen from the checkpoint's ``config.json`` ``model_type``. fp16 on CUDA, fp32 on CPU.
+  BLIP-2 is chosen from the checkpoint's ``config.json`` ``model_type``. fp16 on CUDA, fp32 elsewhere.
 * :meth:`Captioner.generate_batch` makes exactly one ``generate`` call for up to
   ``batch_size`` images; the prompt prefix is removed from the captions.
 """
@@ -127,24 +127,6 @@ def resolve_model_path(model: str | os.PathLike | None = None) -> Path:
     )
 
 
-def _pick_device(device: str | None):
-    import torch
-
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"--device {device!r}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: not supported (use auto, cpu, cuda or cuda:N)")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
-
-
 def load_captioner(
     model: str | os.PathLike | None = None,
     *,
@@ -155,7 +137,8 @@ def load_captioner(
 ) -> Captioner:
     """Load BLIP (``model_type`` ``blip``) or BLIP-2 (``blip-2``) from a local folder / HF cache.
 
-    fp16 on CUDA, fp32 on CPU. See :func:`resolve_model_path` for where it looks.
+    ``device``: :func:`opama_tools.devices.resolve_device` (auto, cpu, cuda, cuda:N, mps).
+    fp16 on CUDA, fp32 elsewhere. See :func:`resolve_model_path` for where it looks.
     """
     import torch
 
@@ -170,7 +153,9 @@ def load_captioner(
         raise ValueError(f"{cfg_file}: line {e.lineno}: not valid JSON ({e.msg})") from None
     except OSError as e:
         raise ValueError(f"{cfg_file}: cannot read the model config ({e.strerror or e})") from None
-    dev = _pick_device(device)
+    from opama_tools.devices import resolve_device
+
+    dev = resolve_device(device or "auto")
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     if model_type == "blip":
         from transformers import BlipForConditionalGeneration, BlipProcessor

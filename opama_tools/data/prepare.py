@@ -148,20 +148,16 @@ class PrepareConfig:
 
 
 def parse_size(text: str) -> tuple[int, int] | None | str:
-    """Parse ``"HxW"`` (e.g. ``"1024x2048"``, height first; W = 2 H), ``"native"`` (None: the
-    source size) or ``"auto"`` (the source size, at most :data:`DEFAULT_MAX_SIZE`)."""
-    t = text.strip().lower()
-    if t == "auto":
+    """``--size``: ``"HxW"`` (e.g. ``"1024x2048"``, height first, 2:1; :func:`opama_tools.images.parse_size`),
+    ``"native"`` (None: the source size) or ``"auto"`` (the source size, at most
+    :data:`DEFAULT_MAX_SIZE`). Raises ``ValueError``: one line naming ``--size``."""
+    from opama_tools.images import parse_size as parse_hw
+
+    if text.strip().lower() == "auto":
         return "auto"
-    if t in ("native", "keep", "none"):
-        return None
-    parts = t.replace("×", "x").split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"size must look like HEIGHTxWIDTH (e.g. 1024x2048), 'auto' or 'native', got {text!r}")
-    h, w = (int(p) for p in parts)
-    if h < 1 or w != 2 * h:
-        raise ValueError(f"size {h}x{w} is not a 2:1 equirect size (width must be 2 x height)")
-    return h, w
+    if not text.strip():
+        raise ValueError("--size '': expected HxW in pixels, height first (e.g. 1024x2048) or 'auto' / 'native'")
+    return parse_hw(text, option="--size", equirect=True, native=("native", "keep", "none", "auto"))
 
 
 # --------------------------------------------------------------------------- resize
@@ -721,10 +717,7 @@ def run_prepare(
     Summary counts: ``done``, ``skipped``, ``failed``; ``interrupted`` when stopped.
     """
     if isinstance(size, str):
-        try:
-            size = parse_size(size)
-        except ValueError as e:
-            raise ValueError(f"--size: {e}") from None
+        size = parse_size(size)
     cfg = PrepareConfig(size=size, operator=operator, exposure=exposure, force_aspect=force_aspect,
                         overwrite=overwrite)
     return prepare_dataset(src_dir, out_dir, cfg, workers=workers, on_start=on_start, on_result=on_result)
