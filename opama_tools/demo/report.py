@@ -16,13 +16,19 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from opama_tools.io import atomic_path, atomic_write_text
+from opama_tools.eval import registry
 from opama_tools.eval.report import best_mask, fmt, load_report, missing_lines
+from opama_tools.io import atomic_path, atomic_write_text
 
-__all__ = ["comparison_rows", "timing_rows", "write_demo_report", "significant_pairs", "paired_rows", "PAIRED_KEYS"]
+__all__ = ["comparison_rows", "timing_rows", "write_demo_report", "significant_pairs", "paired_results", "paired_rows",
+           "verdict", "verdicts", "PAIRED_KEYS", "VERDICT_KEY"]
 
-PAIRED_KEYS = ("gen_colour", "gen_psnr", "gen_ssim", "gen_gradient")
-"""Weight-free generated-region metrics compared panorama by panorama (:func:`paired_rows`)."""
+VERDICT_KEY = "gen_colour"
+"""The metric the page's verdict is stated on (:func:`verdict`)."""
+PAIRED_KEYS = (VERDICT_KEY, *(m.key for m in registry.METRICS if m.region == "generated" and not m.learned
+                              and m.scope == "image" and m.key != VERDICT_KEY))
+"""Weight-free per-image generated-region metrics compared panorama by panorama (:func:`paired_rows`),
+the verdict's metric first."""
 
 
 def comparison_rows(reports: dict[str, dict]) -> tuple[list[str], list[list[str]], list[str]]:
@@ -36,7 +42,9 @@ def comparison_rows(reports: dict[str, dict]) -> tuple[list[str], list[list[str]
     rows, better = [], []
     for lab in labels:
         ms = [by[n].get(lab) for n in names]
-        direction = next((m.get("better", "") for m in ms if m), "")
+        # rows measured on the references are the same data for every method: nothing to mark
+        direction = "reference" if registry.on_reference(lab) else registry.direction(
+            lab, next((m.get("better", "") for m in ms if m), ""))
         vals = [float(m["value"]) if m and m.get("value") is not None else math.nan for m in ms]
         marks = best_mask(vals, direction)
         cells = []
@@ -63,20 +71,19 @@ def significant_pairs(reports: dict[str, dict], a: str, b: str) -> list[str]:
         y = mb.get(lab)
         if y is None or None in (x.get("ci_low"), x.get("ci_high"), y.get("ci_low"), y.get("ci_high")):
             continue
-        d = x.get("better")
-        if d == "higher" and x["ci_low"] > y["ci_high"]:
-            out.append(lab)
-        elif d == "lower" and x["ci_high"] < y["ci_low"]:
+        if registry.beats((x["ci_low"], x["ci_high"]), (y["ci_low"], y["ci_high"]),
+                          registry.direction(lab, x.get("better", ""))):
             out.append(lab)
     return out
 
 
-def paired_rows(out: Path, reports: dict[str, dict], pairs: Sequence[tuple[str, str]], reps: int = 1000,
-                seed: int = 0) -> list[list[str]]:
-    """One row per ``(a, b)`` pair and :data:`PAIRED_KEYS` metric that both reports have:
-    ``a``, ``b``, the metric, ``mean(a - b) [95% interval]`` over the panoramas both scored
-    (:func:`opama_tools.eval.paired.paired_table`, as ``opama eval compare b a --paired``), on
-    how many ``a`` is better, and whether the interval excludes 0 on ``a``'s better side."""
+def paired_results(out: Path, reports: dict[str, dict], pairs: Sequence[tuple[str, str]], reps: int = 1000,
+                   seed: int = 0) -> list[dict]:
+    """One dict per ``(a, b)`` pair and :data:`PAIRED_KEYS` metric that both reports have: ``a``,
+    ``b`` and the row of :func:`opama_tools.eval.paired.paired_table` (as ``opama eval compare b a
+    --paired``): ``metric`` (label), ``key``, ``better``, ``n``, ``mean``, ``ci_low``, ``ci_high``
+    (of ``a - b`` over the panoramas both scored), ``wins`` (panoramas where ``a`` is better) and
+    ``excludes_0``. Reports are read from ``out/reports/NAME/``."""
     from opama_tools.eval.paired import paired_table
 
     rows = []
@@ -87,9 +94,46 @@ def paired_rows(out: Path, reports: dict[str, dict], pairs: Sequence[tuple[str, 
         df = paired_table(dirs, [b, a], reps=reps, seed=seed).set_index("key")
         for k in (k for k in PAIRED_KEYS if k in df.index):
             d = df.loc[k]
-            rows.append([a, b, d["metric"], f"{fmt(d['mean'], 3)} [{fmt(d['ci_low'], 3)}, {fmt(d['ci_high'], 3)}]",
-                         f"{d['wins']} of {d['n']}", "yes" if d["excludes_0"] else "no"])
+            rows.append(dict(a=a, b=b, key=k, metric=d["metric"], better=d["better"], n=int(d["n"]),
+                             mean=float(d["mean"]), ci_low=float(d["ci_low"]), ci_high=float(d["ci_high"]),
+                             wins=int(d["wins"]), excludes_0=bool(d["excludes_0"])))
     return rows
+
+
+def paired_rows(out: Path, reports: dict[str, dict], pairs: Sequence[tuple[str, str]], reps: int = 1000,
+                seed: int = 0, results: list[dict] | None = None) -> list[list[str]]:
+    """The table of :func:`paired_results` (``results`` if already computed): ``a``, ``b``, the metric,
+    ``mean(a - b) [95% interval]``, on how many panoramas ``a`` is better, and whether the interval
+    excludes 0 on ``a``'s better side."""
+    results = paired_results(out, reports, pairs, reps, seed) if results is None else results
+    return [[d["a"], d["b"], d["metric"], f"{fmt(d['mean'], 3)} [{fmt(d['ci_low'], 3)}, {fmt(d['ci_high'], 3)}]",
+             f"{d['wins']} of {d['n']}", "yes" if d["excludes_0"] else "no"] for d in results]
+
+
+def verdict(d: dict) -> str:
+    """The sentence a paired result (a dict of :func:`paired_results`) supports.
+
+    ``a`` is better (or ``b`` is) only when the 95% interval of the mean difference ``a - b``
+    lies wholly on that side of 0; otherwise the two are not distinguishable on these panoramas.
+    Example: ``trained-fast vs input-only: colour distance (generated) paired difference -0.045
+    [-0.072, -0.018], better on 5 of 6: trained-fast is closer to the references``.
+    """
+    m = registry.lookup(d["key"])
+    closer = "closer to the references" if m is not None and m.region == "generated" else "better"
+    head = (f"{d['a']} vs {d['b']}: {d['metric']} paired difference {fmt(d['mean'], 3)} "
+            f"[{fmt(d['ci_low'], 3)}, {fmt(d['ci_high'], 3)}], better on {d['wins']} of {d['n']}")
+    if not (math.isfinite(d["ci_low"]) and math.isfinite(d["ci_high"])):
+        return f"{head}: not distinguishable (too few panoramas for an interval)"
+    if registry.interval_better(d["ci_low"], d["ci_high"], d["better"]):
+        return f"{head}: {d['a']} is {closer}"
+    if registry.interval_better(-d["ci_high"], -d["ci_low"], d["better"]):
+        return f"{head}: {d['b']} is {closer}"
+    return f"{head}: not distinguishable (the interval includes 0)"
+
+
+def verdicts(results: list[dict]) -> list[str]:
+    """:func:`verdict` of every :data:`VERDICT_KEY` result, in order."""
+    return [verdict(d) for d in results if d["key"] == VERDICT_KEY]
 
 
 def timing_rows(out: Path, names: Sequence[str]) -> list[list[str]]:
@@ -181,8 +225,10 @@ def write_demo_report(out: str | Path, names: Sequence[str], times: dict[str, fl
                 sig.append(f"{a} beats {b} with non-overlapping 95% intervals on: "
                            + (", ".join(labs) if labs else "no metric"))
     trained = [n for n in names if n.startswith("trained")]
-    paired = paired_rows(out, reports, [(a, b) for a in trained for b in ("input-only", "untrained-fast")],
-                         reps=int(settings.get("bootstrap", 1000)))
+    paired_res = paired_results(out, reports, [(a, b) for a in trained for b in ("input-only", "untrained-fast")],
+                                reps=int(settings.get("bootstrap", 1000)))
+    paired = paired_rows(out, reports, [], results=paired_res)
+    verdict_lines = verdicts(paired_res)
     gen_names = [n for n in names if n != "input-only"]
     timing = timing_rows(out, gen_names)
     has_loss = _loss_plot(out, out / "report_assets" / "loss.png")
@@ -214,6 +260,11 @@ def write_demo_report(out: str | Path, names: Sequence[str], times: dict[str, fl
         "<h1>opama demo: text-guided 360° outpainting, end to end</h1>",
         "<p>Synthetic HDR panoramas, the <b>tiny</b> randomly initialised preset trained for minutes on a CPU. "
         "This shows every stage working together; it is <b>not</b> evidence about OPa-Ma's quality at full scale.</p>",
+        *(["<h2>Verdict</h2>",
+           "<p>From the paired comparison below (per test panorama, a's value minus b's; a side wins only when "
+           "the 95% interval of the mean difference excludes 0):</p>",
+           "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdict_lines) + "</ul>"]
+          if verdict_lines else []),
         "<h2>Stages</h2>", _table(["stage", "seconds", "what it produced"], stage_rows),
         "<h2>Comparison on the held-out test panoramas</h2>",
         "<p>Mean over panoramas with its 95% bootstrap interval; best value per row in bold "

@@ -42,6 +42,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from opama_tools.eval import registry
 from opama_tools.eval.metrics.features import MetricUnavailable
 
 __all__ = [
@@ -62,10 +63,9 @@ __all__ = [
     "parse_metrics",
 ]
 
-ALL_METRICS = ("fid", "kid", "is", "omnifid", "fidh", "faed", "clip", "lpips", "sc", "psnr", "ssim", "region",
-               "seam", "ds", "pole")
+ALL_METRICS = registry.OPTIONS  # the --metrics names (declared in opama_tools.eval.registry)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-LEARNED = {"fid", "kid", "is", "omnifid", "fidh", "faed", "clip", "lpips", "sc"}
+LEARNED = registry.LEARNED
 
 # view index -> (yaw, pitch): 0-5 cube faces F R B L U D, 6-9 the diagonal horizontal views
 _VIEWS = ((0, 0), (90, 0), (180, 0), (-90, 0), (0, 90), (0, -90), (45, 0), (135, 0), (-135, 0), (-45, 0))
@@ -469,7 +469,13 @@ class Networks:
     sentence: object = None
     captioner: object = None
     faed: object = None
-    unavailable: dict = field(default_factory=dict)
+    unavailable: dict = field(default_factory=dict)  # network key (registry.NETWORKS) -> reason
+
+    def get(self, key: str):
+        """The loaded network of registry key ``key`` (``fid-clip``, ``inception``, ``lpips`` ...), or None."""
+        if key == "fid-clip":
+            return next((n for n in self.feat_nets if n is not self.inception), None)
+        return getattr(self, key)
 
 
 def _one_line(msg: str, limit: int = 400) -> str:
@@ -494,9 +500,9 @@ def _load(nets: Networks, key: str, load: Callable[[], object], explicit: str | 
 
 def load_networks(opt: EvalOptions, device: str, log: Callable[[str], None]) -> Networks:
     """Stage 2: load what the requested metrics need, from local files only."""
-    want = set(opt.metrics)
+    need = registry.networks_for(opt.metrics)
     nets = Networks()
-    if want & {"fid", "kid", "is", "omnifid", "fidh"}:
+    if need & {"fid-clip", "inception"}:
         from opama_tools.eval.metrics.features import load_fid_clip, load_inception
 
         for key, loader, explicit, flag in (
@@ -510,17 +516,17 @@ def load_networks(opt: EvalOptions, device: str, log: Callable[[str], None]) -> 
             if key == "inception":
                 nets.inception = net
             log(f"{key}: {net.name} from {net.path}")
-    if want & {"lpips", "region"}:
+    if "lpips" in need:
         from opama_tools.eval.metrics.lpips import load_lpips
 
         nets.lpips = _load(nets, "lpips", lambda: load_lpips(opt.lpips_weights).to(device), opt.lpips_weights,
                            "--lpips-weights")
-    if "faed" in want:
+    if "faed" in need:
         from opama_tools.eval.metrics.faed import load_faed
 
         nets.faed = _load(nets, "faed", lambda: load_faed(opt.faed_weights, opt.faed_height).to(device),
                           opt.faed_weights, "--faed-weights")
-    if "clip" in want:
+    if "clip" in need:
         if not opt.captions:
             nets.unavailable["clip"] = _NEEDS_CAPTIONS
         else:
@@ -528,13 +534,13 @@ def load_networks(opt: EvalOptions, device: str, log: Callable[[str], None]) -> 
 
             nets.clip = _load(nets, "clip", lambda: load_clip_scorer(opt.clip_weights, device), opt.clip_weights,
                               "--clip-weights")
-    if "sc" in want:
+    if "sentence" in need:
         from opama_tools.eval.metrics.sc import load_captioner, load_sentence_model
 
         if not opt.captions:
-            nets.unavailable["sc"] = _NEEDS_CAPTIONS
+            nets.unavailable["sentence"] = _NEEDS_CAPTIONS
         else:
-            nets.sentence = _load(nets, "sc", lambda: load_sentence_model(opt.sentence_model, device),
+            nets.sentence = _load(nets, "sentence", lambda: load_sentence_model(opt.sentence_model, device),
                                   opt.sentence_model, "--sentence-model")
             if nets.sentence is not None and not opt.gen_captions:
                 try:
@@ -543,7 +549,7 @@ def load_networks(opt: EvalOptions, device: str, log: Callable[[str], None]) -> 
                     if opt.captioner:
                         raise EvalInputError(_one_line(f"--captioner {opt.captioner}: {e}")) from None
                     nets.sentence = None
-                    nets.unavailable["sc"] = (
+                    nets.unavailable["sentence"] = (
                         "needs captions of the generated panoramas: pass --gen-captions GEN_CAPTIONS.jsonl "
                         f"(`opama caption GEN_DIR GEN_CAPTIONS.jsonl`), or a BLIP captioner: {_one_line(str(e))}"
                     )
@@ -711,62 +717,63 @@ def score_pairs(inputs: EvalInputs, nets: Networks, opt: EvalOptions, device: st
 # ---- stage 4: set metrics (FID family, IS, FAED) ----------------------------------------------
 
 
-def _canon(net_key: str) -> str:
-    return {"fid-clip": "clip_vit_b_32", "inception": "inception"}[net_key]
+def _result(key: str, status: str, name: str | None = None, value: float | None = None,
+            ci: tuple[float | None, float | None] = (None, None), ci_method: str = "", network: str | None = None,
+            n: int = 0, detail: str = "") -> MetricResult:
+    """A table row of registry metric ``key``; ``name`` (a network's) goes in brackets after its key and label."""
+    m = registry.lookup(key)
+    br = f"[{name}]" if name else ""
+    return MetricResult(f"{key}{br}", f"{m.label}{br}", status, value, ci[0], ci[1], ci_method, m.better, network, n,
+                        detail, m.group)
+
+
+def _unavailable(m: registry.Metric, nets: Networks, default: str) -> MetricResult:
+    """The row of metric ``m`` whose network (its first) is not loaded, named by the network's canonical name."""
+    net = registry.NETWORKS[m.networks[0]]
+    return _result(m.key, "unavailable", net.canonical, detail=nets.unavailable.get(net.key, default))
 
 
 def set_metrics(sc: Scores, nets: Networks, opt: EvalOptions) -> list[MetricResult]:
     """Stage 4: distribution metrics over the whole set, with bootstrap intervals over panoramas."""
     from opama_tools.eval.metrics import fid as F
 
-    want = set(opt.metrics)
     n_ok = len(sc.rows)
     out: list[MetricResult] = []
-    families = (
-        ("fid", "FID", "cube faces"),
-        ("kid", "KID", "cube faces"),
-        ("omnifid", "OmniFID", "U, D and side faces; side faces pooled per face"),
-        ("omnifid", "OmniFID-pano", "U, D and side faces; side-face features averaged per panorama"),
-        ("fidh", "FID-h", "8 horizontal 90° views"),
-    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for key, fam, note in families:
-            if key not in want:
+        for m in registry.metrics_for(opt.metrics):
+            if m.scope != "set":
                 continue
-            mkey = "omnifid_pano" if fam == "OmniFID-pano" else key
-            for net_key in ("fid-clip", "inception"):
-                net = next((n for n in nets.feat_nets if (n is nets.inception) == (net_key == "inception")), None)
+            if m.key == "faed":
+                out.append(_faed_metric(sc, nets, opt, F))
+                continue
+            if m.key == "is":
+                inc = nets.inception
+                if inc is None:
+                    out.append(_unavailable(m, nets, "network not loaded"))
+                elif not sc.is_logits:
+                    out.append(_result("is", "failed", inc.name, detail="no image evaluated"))
+                else:
+                    v, s = F.inception_score(torch.cat(sc.is_logits), opt.is_splits, opt.seed)
+                    out.append(_result("is", "ok", inc.name, v, (v - s, v + s), f"± std over {opt.is_splits} splits",
+                                       inc.name, n_ok))
+                continue
+            for net_key in m.networks:  # the FID family: one row per feature network
+                net = nets.get(net_key)
                 if net is None:
-                    canon = _canon(net_key)
-                    out.append(MetricResult(f"{mkey}[{canon}]", f"{fam}[{canon}]", "unavailable", better="lower",
-                                            detail=nets.unavailable.get(net_key, "network not loaded"), group="whole"))
+                    canon = registry.NETWORKS[net_key].canonical
+                    out.append(_result(m.key, "unavailable", canon,
+                                       detail=nets.unavailable.get(net_key, "network not loaded")))
                     continue
-                out.append(_one_set_metric(mkey, fam, note, net, sc, opt, F))
-        if "is" in want:
-            inc = nets.inception
-            if inc is None:
-                out.append(MetricResult("is[inception]", "IS[inception]", "unavailable", better="higher",
-                                        detail=nets.unavailable.get("inception", "network not loaded"), group="whole"))
-            elif not sc.is_logits:
-                out.append(MetricResult(f"is[{inc.name}]", f"IS[{inc.name}]", "failed", better="higher",
-                                        detail="no image evaluated", group="whole"))
-            else:
-                m, s = F.inception_score(torch.cat(sc.is_logits), opt.is_splits, opt.seed)
-                out.append(MetricResult(f"is[{inc.name}]", f"IS[{inc.name}]", "ok", m, m - s, m + s,
-                                        f"± std over {opt.is_splits} splits", "higher", inc.name, n_ok, group="whole"))
-        if "faed" in want:
-            out.append(_faed_metric(sc, nets, opt, F))
+                out.append(_one_set_metric(m, net, sc, opt, F))
     return out
 
 
-def _one_set_metric(key: str, fam: str, note: str, net, sc: Scores, opt: EvalOptions, F) -> MetricResult:
+def _one_set_metric(m: registry.Metric, net, sc: Scores, opt: EvalOptions, F) -> MetricResult:
     n_ok = len(sc.rows)
     st = sc.feats[id(net)]
-    label, mk = f"{fam}[{net.name}]", f"{key}[{net.name}]"
     if n_ok < 2:
-        return MetricResult(mk, label, "failed", better="lower", network=net.name, n=n_ok,
-                            detail="needs at least 2 evaluated pairs", group="whole")
+        return _result(m.key, "failed", net.name, network=net.name, n=n_ok, detail="needs at least 2 evaluated pairs")
 
     def stack(side: str, idx: list[int], sel: np.ndarray | None = None, per_pano: bool = False) -> np.ndarray:
         arr = np.stack([np.stack(st[side][i]) for i in idx], axis=1)  # (P, V, D)
@@ -790,39 +797,34 @@ def _one_set_metric(key: str, fam: str, note: str, net, sc: Scores, opt: EvalOpt
         "omnifid_pano": lambda s=None: omni(s, per_pano=True),
     }
     try:
-        if key == "kid":
+        if m.key == "kid":
             sub = F.kid_subsets(stack("gen", sel), stack("ref", sel), opt.kid_subsets, 1000, opt.seed)
             val, sd = float(sub.mean()), float(sub.std())
-            return MetricResult(mk, label, "ok", val, val - sd, val + sd, f"± std over {opt.kid_subsets} subsets",
-                                "lower", net.name, n_ok, note, group="whole")
-        fn = fns[key]
+            return _result(m.key, "ok", net.name, val, (val - sd, val + sd), f"± std over {opt.kid_subsets} subsets",
+                           net.name, n_ok, m.note)
+        fn = fns[m.key]
         val = fn()
-        lo, hi = F.bootstrap_set_metric(fn, n_ok, opt.set_bootstrap, opt.seed)
-        return MetricResult(mk, label, "ok", val, lo, hi, "bootstrap over panoramas", "lower", net.name, n_ok, note,
-                            group="whole")
+        ci = F.bootstrap_set_metric(fn, n_ok, opt.set_bootstrap, opt.seed)
+        return _result(m.key, "ok", net.name, val, ci, "bootstrap over panoramas", net.name, n_ok, m.note)
     except Exception as e:  # numerical failure: report, keep going
-        return MetricResult(mk, label, "failed", better="lower", network=net.name, n=n_ok,
-                            detail=f"{type(e).__name__}: {e}", group="whole")
+        return _result(m.key, "failed", net.name, network=net.name, n=n_ok, detail=f"{type(e).__name__}: {e}")
 
 
 def _faed_metric(sc: Scores, nets: Networks, opt: EvalOptions, F) -> MetricResult:
     n_ok = len(sc.rows)
     if nets.faed is None:
-        return MetricResult("faed[panfusion_faed]", "FAED[panfusion_faed]", "unavailable", better="lower",
-                            detail=nets.unavailable.get("faed", "network not loaded"), group="whole")
+        return _unavailable(registry.lookup("faed"), nets, "network not loaded")
     name = nets.faed.name
     if n_ok < 2:
-        return MetricResult(f"faed[{name}]", f"FAED[{name}]", "failed", better="lower", network=name, n=n_ok,
-                            detail="needs at least 2 evaluated pairs", group="whole")
+        return _result("faed", "failed", name, network=name, n=n_ok, detail="needs at least 2 evaluated pairs")
     g, r = np.stack(sc.faed["gen"]), np.stack(sc.faed["ref"])
     try:
         val = F.fid_fast(g, r)
-        lo, hi = F.bootstrap_set_metric(lambda s: F.fid_fast(g[s], r[s]), n_ok, opt.set_bootstrap, opt.seed)
+        ci = F.bootstrap_set_metric(lambda s: F.fid_fast(g[s], r[s]), n_ok, opt.set_bootstrap, opt.seed)
     except Exception as e:
-        return MetricResult(f"faed[{name}]", f"FAED[{name}]", "failed", better="lower", network=name, n=n_ok,
-                            detail=f"{type(e).__name__}: {e}", group="whole")
-    return MetricResult(f"faed[{name}]", f"FAED[{name}]", "ok", val, lo, hi, "bootstrap over panoramas", "lower",
-                        name, n_ok, f"whole panoramas at {opt.faed_height}x{2 * opt.faed_height}", group="whole")
+        return _result("faed", "failed", name, network=name, n=n_ok, detail=f"{type(e).__name__}: {e}")
+    return _result("faed", "ok", name, val, ci, "bootstrap over panoramas", name, n_ok,
+                   f"whole panoramas at {opt.faed_height}x{2 * opt.faed_height}")
 
 
 # ---- stage 5: text metrics (CLIP score, SC) -> per-image columns -----------------------------
@@ -866,81 +868,38 @@ def text_metrics(per_image, sc: Scores, nets: Networks, opt: EvalOptions, ref_ca
 
 
 def summarise_per_image(per_image, sc: Scores, nets: Networks, opt: EvalOptions) -> list[MetricResult]:
-    """Stage 6: mean and bootstrap interval of every per-image column, in the report's order."""
-    want = set(opt.metrics)
+    """Stage 6: mean and bootstrap interval of every per-image column, in the registry's order."""
     out: list[MetricResult] = []
-
-    def row(key: str, col: str, label: str, better: str, group: str, network: str | None = None, note: str = "") -> None:
-        if col not in per_image.columns:
-            out.append(MetricResult(key, label, "failed", better=better, network=network,
-                                    detail="no image evaluated", group=group))
-            return
-        m, lo, hi, n = mean_ci(per_image[col].to_numpy(dtype=float), opt.bootstrap, opt.seed)
-        if n == 0:
-            out.append(MetricResult(key, label, "failed", better=better, network=network,
-                                    detail="no value (missing captions?)", group=group))
-            return
-        out.append(MetricResult(key, label, "ok", m, lo, hi, "bootstrap of the mean", better, network, n, note, group))
-
-    def unavailable(key: str, label: str, reason: str, better: str, group: str) -> None:
-        out.append(MetricResult(key, label, "unavailable", better=better, detail=reason, group=group))
-
     lp = nets.lpips
-    if "psnr" in want:
-        row("psnr", "psnr", "PSNR (input region, dB)", "higher", "input", note="masked to the input view; capped at 100 dB")
-    if "ssim" in want:
-        row("ssim", "ssim", "SSIM (input region)", "higher", "input", note="masked to the input view")
-    if "lpips" in want:
-        if lp is None:
-            unavailable("lpips[squeezenet1_1]", "LPIPS[squeezenet1_1]", nets.unavailable.get("lpips", ""), "lower", "whole")
-        else:
-            row(f"lpips[{lp.name}]", f"lpips[{lp.name}]", f"LPIPS[{lp.name}]", "lower", "whole", lp.name,
-                f"{len(sc.lpips_faces)} cube faces of {opt.face_size} px")
-    if "region" in want:
-        row("gen_psnr", "gen_psnr", "PSNR (generated, dB)", "higher", "generated",
-            note="pixels outside the input view; capped at 100 dB")
-        row("gen_ssim", "gen_ssim", "SSIM (generated)", "higher", "generated", note="pixels outside the input view")
-        if lp is None:
-            unavailable("gen_lpips[squeezenet1_1]", "LPIPS (generated)[squeezenet1_1]",
-                        nets.unavailable.get("lpips", ""), "lower", "generated")
-        elif not sc.lpips_gen_faces:
-            out.append(MetricResult(f"gen_lpips[{lp.name}]", f"LPIPS (generated)[{lp.name}]", "failed",
-                                    better="lower", network=lp.name, group="generated",
-                                    detail="every cube face overlaps the input view"))
-        else:
-            faces = "".join("FRBLUD"[i] for i in sc.lpips_gen_faces)
-            row(f"gen_lpips[{lp.name}]", f"gen_lpips[{lp.name}]", f"LPIPS (generated)[{lp.name}]", "lower",
-                "generated", lp.name, f"cube faces {faces} (outside the input view)")
-        row("gen_colour", "gen_colour", "colour distance (generated)", "lower", "generated",
-            note="W1 of cos-weighted RGB histograms per 30° latitude band; 0 = same")
-        row("gen_gradient", "gen_gradient", "gradient distance (generated)", "lower", "generated",
-            note="W1 of gradient-magnitude histograms per 30° latitude band; 0 = same")
-    if "clip" in want:
-        if nets.clip is None:
-            for k, lab in (("clip", "CLIP"), ("clip_nfov", "CLIP-NFoV")):
-                unavailable(f"{k}[clip-vit-base-patch16]", f"{lab}[clip-vit-base-patch16]",
-                            nets.unavailable.get("clip", ""), "higher", "text")
-        else:
-            nm = nets.clip.name
-            row(f"clip[{nm}]", f"clip[{nm}]", f"CLIP[{nm}]", "higher", "text", nm, "whole panorama (processor centre crop)")
-            row(f"clip_nfov[{nm}]", f"clip_nfov[{nm}]", f"CLIP-NFoV[{nm}]", "higher", "text", nm,
-                f"mean over {opt.clip_views} horizontal 90° views")
-    if "sc" in want:
-        if nets.sentence is None:
-            unavailable("sc", "SC", nets.unavailable.get("sc", ""), "higher", "text")
-        else:
-            nm = nets.sentence.name
-            src = f"captioner {nets.captioner.name}" if nets.captioner is not None else f"gen captions {opt.gen_captions}"
-            row(f"sc[{nm}]", f"sc[{nm}]", f"SC[{nm}]", "higher", "text", nm, src)
-    if "seam" in want:
-        row("seam", "seam", "seam", "1.0", "seam", note="|col 0 - col W-1| / interior; 1.0 = seamless")
-        row("seam_ref", "seam_ref", "seam (reference)", "1.0", "seam", note="same, on the reference panoramas")
-    if "ds" in want:
-        row("ds", "ds", "DS", "1.0", "seam", note="Discontinuity Score (arXiv 2407.18207) at ±180°; ≈1 seamless, ≫1 seam")
-        row("ds_ref", "ds_ref", "DS (reference)", "1.0", "seam", note="same, on the reference panoramas")
-    if "pole" in want:
-        row("pole", "pole", "pole variance", "lower", "seam", note="variance along the top/bottom rows")
-        row("pole_ref", "pole_ref", "pole variance (reference)", "lower", "seam", note="same, on the references")
+    notes = {
+        "lpips": f"{len(sc.lpips_faces)} cube faces of {opt.face_size} px",
+        "gen_lpips": f"cube faces {''.join('FRBLUD'[i] for i in sc.lpips_gen_faces)} (outside the input view)",
+        "clip_nfov": f"mean over {opt.clip_views} horizontal 90° views",
+    }
+    if nets.sentence is not None:
+        notes["sc"] = (f"captioner {nets.captioner.name}" if nets.captioner is not None
+                       else f"gen captions {opt.gen_captions}")
+    for m in registry.metrics_for(opt.metrics):
+        if m.scope != "image":
+            continue
+        net = nets.get(m.networks[0]) if m.learned else None
+        if m.learned and net is None:
+            out.append(_unavailable(m, nets, ""))
+            continue
+        name = net.name if net is not None else None
+        if m.key == "gen_lpips" and not sc.lpips_gen_faces:
+            out.append(_result(m.key, "failed", name, network=name, detail="every cube face overlaps the input view"))
+            continue
+        col = f"{m.key}[{name}]" if name else m.key
+        if col not in per_image.columns:
+            out.append(_result(m.key, "failed", name, network=name, detail="no image evaluated"))
+            continue
+        mean, lo, hi, n = mean_ci(per_image[col].to_numpy(dtype=float), opt.bootstrap, opt.seed)
+        if n == 0:
+            out.append(_result(m.key, "failed", name, network=name, detail="no value (missing captions?)"))
+            continue
+        out.append(_result(m.key, "ok", name, mean, (lo, hi), "bootstrap of the mean", name, n,
+                           notes.get(m.key, m.note)))
     return out
 
 

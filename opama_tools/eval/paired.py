@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from opama_tools.eval import registry
+
 __all__ = ["PairedDifference", "paired_difference", "paired_differences", "paired_table"]
 
 
@@ -38,11 +40,7 @@ class PairedDifference:
     @property
     def a_better(self) -> bool:
         """The whole interval lies on ``a``'s better side of 0."""
-        if self.better == "lower":
-            return self.ci_high < 0
-        if self.better == "higher":
-            return self.ci_low > 0
-        return False
+        return registry.interval_better(self.ci_low, self.ci_high, self.better)
 
 
 def paired_difference(a, b, key: str, better: str, reps: int = 1000, seed: int = 0) -> PairedDifference:
@@ -65,7 +63,7 @@ def paired_difference(a, b, key: str, better: str, reps: int = 1000, seed: int =
     ok = np.isfinite(va) & np.isfinite(vb)
     d = va[ok] - vb[ok]
     mean, lo, hi, n = mean_ci(d, reps, seed)
-    wins = int((d < 0).sum() if better == "lower" else (d > 0).sum())
+    wins = int(registry.a_better(d, better).sum())
     return PairedDifference(key, better, n, mean, lo, hi, wins)
 
 
@@ -109,8 +107,8 @@ def paired_table(reports: list, names: list[str], reps: int = 1000, seed: int = 
     rows = []
     base, base_info = tables[0], infos[0]
     for name, table, info in zip(names[1:], tables[1:], infos[1:]):
-        keys = {k: m["better"] for k, m in info.items()
-                if m.get("better") in ("lower", "higher") and k in base_info and k in table.columns}
+        dirs = {k: registry.direction(k, m.get("better", "")) for k, m in info.items()}
+        keys = {k: d for k, d in dirs.items() if d in ("lower", "higher") and k in base_info and k in table.columns}
         for d in paired_differences(table, base, keys, reps, seed):
             rows.append(dict(method=name, baseline=names[0], metric=info[d.key]["label"], key=d.key, better=d.better,
                              n=d.n, mean=d.mean, ci_low=d.ci_low, ci_high=d.ci_high, wins=d.wins,

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from opama_tools.eval import registry
+from opama_tools.eval.registry import GROUP_TITLES
 from opama_tools.io import atomic_path, atomic_write_text
 
 __all__ = ["REPORT_FILES", "write_report", "fmt", "load_report", "compare_reports", "write_compare", "missing_lines",
@@ -52,10 +54,6 @@ def _ci(m: dict) -> str:
     if any(isinstance(x, float) and math.isnan(x) for x in (lo, hi)):
         return "—"
     return f"[{fmt(lo)}, {fmt(hi)}]"
-
-
-GROUP_TITLES = {"input": "input region", "generated": "generated region", "whole": "whole panorama",
-                "text": "text", "seam": "seam and poles", "": ""}
 
 
 def _table_rows(metrics: list[dict]) -> list[list[str]]:
@@ -303,10 +301,9 @@ def load_report(path: str | Path) -> dict:
 
 
 def _better_of(metrics_by_label: list[dict[str, dict]], label: str) -> str:
-    for d in metrics_by_label:
-        if label in d and d[label].get("better"):
-            return d[label]["better"]
-    return ""
+    """The registry's direction of ``label``; for a label it does not declare, what the reports say."""
+    said = next((d[label]["better"] for d in metrics_by_label if label in d and d[label].get("better")), "")
+    return registry.direction(label, said)
 
 
 def best_mask(values: list[float], better: str) -> list[bool]:
@@ -316,9 +313,9 @@ def best_mask(values: list[float], better: str) -> list[bool]:
     """
     v = np.asarray(values, dtype=np.float64)
     ok = np.isfinite(v)
-    if ok.sum() < 2 or better not in ("lower", "higher", "1.0"):
+    if ok.sum() < 2 or better not in registry.DIRECTIONS:
         return [False] * len(values)
-    score = {"lower": v, "higher": -v, "1.0": np.abs(v - 1.0)}[better]
+    score = registry.badness(v, better)
     best = np.min(score[ok])
     return [bool(o and np.isclose(s_, best, rtol=1e-12, atol=0.0)) for o, s_ in zip(ok, score)]
 
@@ -359,7 +356,7 @@ def compare_reports(paths: list[str | Path], names: list[str] | None = None):
         index=pd.Index(labels, name="metric"), columns=names, dtype=float,
     )
     # rows measured on the references are the same data for every method: nothing to mark
-    better = pd.Series(["reference" if lab.endswith("(reference)") else _better_of(by_label, lab) for lab in labels],
+    better = pd.Series(["reference" if registry.on_reference(lab) else _better_of(by_label, lab) for lab in labels],
                        index=vals.index, name="better")
     disp = vals.copy().astype(object)
     for lab in labels:
