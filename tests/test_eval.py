@@ -85,12 +85,21 @@ def test_all_weights_missing_weight_free_metrics_run(data, tmp_path, monkeypatch
     assert again.exit_code == 0 and "skipped" in again.output
 
 
-def test_only_learned_metrics_and_none_available_exits_1(data, tmp_path, monkeypatch):
+def test_only_learned_metrics_and_none_available_exits_2(data, tmp_path, monkeypatch):
+    """No requested metric can run: one line naming every missing file and where it is looked for."""
     no_weights_env(monkeypatch, tmp_path)
     res = runner.invoke(app, ["eval", str(data / "gen"), str(data / "ref"), "--metrics", "fid,lpips",
-                              "--out", str(tmp_path / "r")])
-    assert res.exit_code == 1
-    assert "no metric could run" in res.output
+                              "--out", str(tmp_path / "r")], env={"COLUMNS": "80"})
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no requested metric can run" in lines[0], res.output
+    from opama_tools.weights import component
+
+    for key, name in (("inception", "inception-2015-12-05.pt"), ("fid-clip", "ViT-B-32.pt"),
+                      ("lpips", "squeezenet1_1-b8a52dc0.pth")):
+        assert component(key).cache_hint() in lines[0] and name in lines[0], key
+        assert component(key).flag in lines[0] and component(key).env in lines[0], key
+    assert "summary" not in res.output and not (tmp_path / "r").exists()
 
 
 def test_sc_with_the_installed_sentence_model(data, tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -59,20 +58,24 @@ def evaluate(
         return
     if len(paths) != 2:
         raise fail("expected GEN_DIR REF_DIR (or: compare REPORT_A REPORT_B ...)", 2)
+
+    from opama_tools.eval.evaluate import EvalOptions, parse_metrics
+    from opama_tools.eval.run import run_eval
+
     gen_dir, ref_dir = Path(paths[0]), Path(paths[1])
-    for d in (gen_dir, ref_dir):
-        if not d.is_dir():
-            raise fail(f"{d}: not a folder", 2)
-    for f in (captions, gen_captions):
-        if f is not None and not f.is_file():
-            raise fail(f"{f}: caption file not found", 2)
-
-    from opama_tools.eval.evaluate import EvalInputError, EvalOptions, collect_inputs, evaluate as run_eval, parse_metrics
-    from opama_tools.eval.report import check_out_dir, write_report
-
     out_dir = out or Path("report")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    prog = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.description}"), console=err_console, transient=True)
+    task = prog.add_task("", total=None)
+
+    def on_progress(done: int, total: int, name: str) -> None:
+        if not prog.live.is_started:  # started on the first pair: an early error prints alone
+            prog.start()
+        prog.update(task, completed=done, total=total, description=name)
+
     try:
-        check_out_dir(out_dir)
         opts = EvalOptions(
             metrics=parse_metrics(metrics), faces=faces, face_size=face_size,
             captions=str(captions) if captions else None, gen_captions=str(gen_captions) if gen_captions else None,
@@ -81,39 +84,19 @@ def evaluate(
             sentence_model=sentence_model, captioner=captioner, device=device, input_fov=input_fov,
             input_size=input_size, resize=resize, bootstrap=bootstrap, set_bootstrap=set_bootstrap, seed=seed,
         )
-        opts.validate()
-        inputs = collect_inputs(gen_dir, ref_dir, opts, method)
+        summary = run_eval(gen_dir, ref_dir, out_dir, opts, method=method, overwrite=overwrite, progress=on_progress,
+                           log=lambda m: err_console.print(f"note: {m}", highlight=False, markup=False))
     except ValueError as e:  # EvalInputError and option errors: one line naming the culprit
-        raise fail(str(e), 2)
-    if not overwrite and _same_run_done(out_dir, inputs.fingerprint):
-        console.print(f"{out_dir}/metrics.json already holds this run (same files, sizes, mtimes and options): "
-                      "skipped (pass --overwrite to recompute).", highlight=False)
-        console.print("summary: 0 done, 1 skipped, 0 failed")
-        return
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    prog = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.description}"), console=err_console, transient=True)
-    task = prog.add_task("", total=len(inputs.pairs))
-
-    def on_progress(done: int, total: int, name: str) -> None:
-        if not prog.live.is_started:  # started on the first pair: an early error prints alone
-            prog.start()
-        prog.update(task, completed=done, total=total, description=name)
-
-    try:
-        res = run_eval(gen_dir, ref_dir, opts, progress=on_progress, inputs=inputs,
-                       log=lambda m: err_console.print(f"note: {m}", highlight=False, markup=False))
-    except EvalInputError as e:
         raise fail(str(e), 2)
     finally:
         if prog.live.is_started:
             prog.stop()
-    try:
-        write_report(res, out_dir)
-    except OSError as e:
-        raise fail(f"--out {out_dir}: cannot write the report ({e.strerror or e})", 2)
+    if summary.skipped:
+        console.print(f"{out_dir}/metrics.json already holds this run (same files, sizes, mtimes and options): "
+                      "skipped (pass --overwrite to recompute).", highlight=False)
+        console.print("summary: 0 done, 1 skipped, 0 failed")
+        return
+    res = summary.result
     _print_table(res)
     for p, r in res.failed:
         err_console.print(f"failed: {p}: {r}", highlight=False, markup=False)
@@ -123,25 +106,13 @@ def evaluate(
             f"(listed in {out_dir}/report.md)", highlight=False)
         for p in (res.gen_only + res.ref_only)[:10]:
             err_console.print(f"  {p}", highlight=False, markup=False)
-    n_done = len(res.per_image)
-    console.print(f"summary: {n_done} done, 0 skipped, {len(res.failed)} failed; report in {out_dir}/ (report.md, report.html)",
-                  highlight=False)
+    console.print(f"summary: {summary.done} done, 0 skipped, {summary.failed} failed; report in {out_dir}/ "
+                  "(report.md, report.html)", highlight=False)
     if not res.ran_any:
-        raise fail("no metric could run (see the line above)", 1)
+        raise fail(f"no metric could run: {summary.failed} files could not be read (listed above)"
+                   if res.failed else "no metric could run", 1)
     if res.failed:
         raise typer.Exit(1)
-
-
-def _same_run_done(out_dir: Path, fingerprint: str) -> bool:
-    """True when ``out_dir/metrics.json`` was computed from the same inputs (content key) and options."""
-    p = out_dir / "metrics.json"
-    if not p.is_file():
-        return False
-    try:
-        cfg = json.loads(p.read_text()).get("config", {})
-    except Exception:
-        return False
-    return cfg.get("fingerprint") == fingerprint
 
 
 def _print_table(res) -> None:
@@ -174,25 +145,14 @@ def _compare(reports: list[str], out: Optional[Path], names: Optional[str], pair
     from rich.table import Table
     from rich.text import Text
 
-    from opama_tools.eval.paired import paired_table
-    from opama_tools.eval.report import check_out_dir, compare_reports, write_compare
+    from opama_tools.eval.run import run_compare
 
-    if len(reports) < 1:
-        raise fail("compare needs at least one report folder", 2)
-    for r in reports:
-        p = Path(r)
-        if not ((p / "metrics.json").is_file() or (p.is_file() and p.name.endswith(".json"))):
-            raise fail(f"{r}: no metrics.json (not an opama eval report)", 2)
     name_list = [n.strip() for n in names.split(",")] if names is not None else None
-    base = out or Path("compare")
     try:
-        check_out_dir(base.parent if str(base.parent) else Path("."))
-        disp, vals, better = compare_reports(reports, name_list)
-        pairs = paired_table(reports, list(disp.columns), reps=bootstrap, seed=seed) if paired else None
-    except ValueError as e:
+        summary = run_compare(reports, out or Path("compare"), name_list, paired, bootstrap, seed)
+    except ValueError as e:  # EvalInputError: one line naming the culprit
         raise fail(str(e), 2)
-    except (OSError, json.JSONDecodeError, KeyError) as e:
-        raise fail(f"cannot read the reports: {e}", 2)
+    disp, better = summary.display, summary.better
     t = Table(title="opama eval compare (* = best)")
     t.add_column("metric", overflow="fold", max_width=30)
     t.add_column("better", no_wrap=True)
@@ -202,20 +162,15 @@ def _compare(reports: list[str], out: Optional[Path], names: Optional[str], pair
         cells = [Text(str(x), style="bold green" if str(x).endswith("*") else "") for x in disp.loc[lab]]
         t.add_row(Text(str(lab)), better[lab], *cells)
     console.print(t, soft_wrap=False)
-    try:
-        paths = write_compare(disp, vals, better, base)
-    except OSError as e:
-        raise fail(f"--out {base}: cannot write ({e.strerror or e})", 2)
-    if pairs is not None:
-        paths.append(_write_paired(pairs, list(disp.columns)[0], base))
-    console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
+    if summary.paired is not None:
+        _print_paired(summary.paired, summary.names[0])
+    console.print("wrote " + ", ".join(str(p) for p in summary.written), highlight=False)
 
 
-def _write_paired(df, baseline: str, base: Path) -> Path:
+def _print_paired(df, baseline: str) -> None:
     from rich.table import Table
 
     from opama_tools.eval.report import fmt
-    from opama_tools.io import atomic_path
 
     t = Table(title=f"paired: each method minus {baseline}, panorama by panorama (* = interval excludes 0)")
     for c in ("method", "metric", "better", "mean [95% interval]", "better on"):
@@ -224,10 +179,3 @@ def _write_paired(df, baseline: str, base: Path) -> Path:
         cell = f"{fmt(r.mean, 3)} [{fmt(r.ci_low, 3)}, {fmt(r.ci_high, 3)}]" + ("*" if r.excludes_0 else "")
         t.add_row(r.method, r.metric, r.better, cell, f"{r.wins} of {r.n}")
     console.print(t, soft_wrap=False)
-    dst = base.parent / f"{base.name.removesuffix('.md').removesuffix('.csv')}_paired.csv"
-    try:
-        with atomic_path(dst) as tmp:
-            df.to_csv(tmp, index=False)
-    except OSError as e:
-        raise fail(f"--out {base}: cannot write ({e.strerror or e})", 2)
-    return dst

@@ -61,6 +61,7 @@ __all__ = [
     "resolve_device",
     "evaluate",
     "parse_metrics",
+    "check_runnable",
 ]
 
 ALL_METRICS = registry.OPTIONS  # the --metrics names (declared in opama_tools.eval.registry)
@@ -149,9 +150,13 @@ class EvalOptions:
             raise bad("--faed-height", "a multiple of 32, at least 64", self.faed_height)
         for flag, v, lo in (("--clip-views", self.clip_views, 1), ("--kid-subsets", self.kid_subsets, 1),
                             ("--is-splits", self.is_splits, 1), ("--bootstrap", self.bootstrap, 0),
-                            ("--set-bootstrap", self.set_bootstrap, 0)):
+                            ("--set-bootstrap", self.set_bootstrap, 0), ("--seed", self.seed, 0)):
             if v < lo:
                 raise bad(flag, f">= {lo}", v)
+        for net in registry.NETWORKS.values():  # an explicit weight path must exist, used or not
+            path = getattr(self, net.option)
+            if path and not Path(path).expanduser().exists():
+                raise EvalInputError(f"{net.flag} {path}: not found")
         resolve_device(self.device)
 
 
@@ -234,13 +239,16 @@ def _list_images(root: Path, generated: bool = False) -> dict[str, Path]:
     """``{pairing key: path}`` of the images under ``root`` (hidden files skipped).
 
     With ``generated``, ``a/b/pano.png`` counts as ``a/b.png`` (the outpaint layout); a
-    flat ``a/b.png`` wins if both exist.
+    flat ``a/b.png`` wins if both exist. The other images ``opama outpaint`` writes beside a
+    ``pano.png`` (:func:`_outpaint_side_file`) are not panoramas and are left out.
     """
     out: dict[str, Path] = {}
     nested: dict[str, Path] = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
         if any(part.startswith(".") for part in rel.parts) or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+            continue
+        if generated and len(rel.parts) > 1 and _outpaint_side_file(p):
             continue
         if generated and p.stem == "pano" and len(rel.parts) > 1:
             nested[rel.parent.as_posix() + p.suffix.lower()] = p
@@ -249,6 +257,15 @@ def _list_images(root: Path, generated: bool = False) -> dict[str, Path]:
     for k, p in nested.items():
         out.setdefault(k, p)
     return out
+
+
+def _outpaint_side_file(p: Path) -> bool:
+    """``p`` is ``input_mask.png`` or a cube face ``cube_F.png`` ... ``cube_D.png`` in a folder
+    that holds a ``pano`` image: a side file of the outpaint layout, not a panorama."""
+    stem = p.stem
+    if stem != "input_mask" and not (stem.startswith("cube_") and stem[5:] in tuple("FRBLUD")):
+        return False
+    return any((p.parent / f"pano{suf}").is_file() for suf in IMAGE_SUFFIXES)
 
 
 def _ref_lookup(refs: dict[str, Path], key: str) -> str | None:
@@ -554,6 +571,18 @@ def load_networks(opt: EvalOptions, device: str, log: Callable[[str], None]) -> 
                         f"(`opama caption GEN_DIR GEN_CAPTIONS.jsonl`), or a BLIP captioner: {_one_line(str(e))}"
                     )
     return nets
+
+
+def check_runnable(opt: EvalOptions, nets: Networks) -> None:
+    """:class:`EvalInputError` when no requested metric can run with ``nets``: one line naming,
+    per missing network, the files and where they are looked for (or the missing captions)."""
+    wanted = registry.metrics_for(opt.metrics)
+    if any(not m.learned or any(nets.get(n) is not None for n in m.networks) for m in wanted):
+        return
+    missing = {n: nets.unavailable.get(n, "network not loaded") for m in wanted for n in m.networks}
+    why = "; ".join(f"{n}: {reason}" for n, reason in missing.items())
+    raise EvalInputError(f"--metrics {','.join(opt.metrics)}: no requested metric can run here ({why}); "
+                         "see `opama doctor`")
 
 
 # ---- stage 3: per-image metrics and the features of the set metrics ---------------------------
@@ -935,6 +964,7 @@ def evaluate(
     ref_caps, gen_caps = inputs.ref_caps, inputs.gen_caps
     # 2. networks
     nets = load_networks(opt, device, say)
+    check_runnable(opt, nets)
     # 3. per-image metrics (and the features of the set metrics)
     sc = score_pairs(inputs, nets, opt, device, ref_caps, gen_caps, progress)
     per_image = pd.DataFrame(sc.rows)
