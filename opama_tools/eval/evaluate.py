@@ -21,12 +21,15 @@ Protocol (AOG-Net / OPa-Ma evaluation, see the facts file):
   view does not touch) and colour / gradient histogram distances per latitude band.
 
 A metric whose network is missing is reported ``unavailable`` with what to place where;
-the others still run. Learned metrics carry the network's name: ``FID[clip_vit_b_32]``.
+the others still run (when none of the requested metrics can, :func:`check_runnable` says which
+files are missing). Learned metrics carry the network's name: ``FID[clip_vit_b_32]``. Each
+metric's label, direction, group and networks are declared in :mod:`opama_tools.eval.registry`.
 
 :func:`evaluate` reads top to bottom as its stages: :func:`collect_inputs` (pairing,
 sizes, what was scored, the cache key), :func:`load_networks`, :func:`score_pairs`
 (per-image metrics and the features of the set metrics), :func:`set_metrics`,
-:func:`text_metrics`, :func:`summarise_per_image`.
+:func:`text_metrics`, :func:`summarise_per_image`. :func:`opama_tools.eval.run.run_eval` adds
+validation, the skip of a finished run and the report files around it.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ def parse_metrics(spec: str | None) -> tuple[str, ...]:
     names = []
     for raw in spec.split(","):
         n = raw.strip().lower().replace("-", "")
-        n = {"clipscore": "clip", "inception": "is", "generated": "region"}.get(n, n)
+        n = registry.ALIASES.get(n, n)
         if not n:
             continue
         if n not in ALL_METRICS:

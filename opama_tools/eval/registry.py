@@ -10,13 +10,13 @@ report key; a learned metric's report key and label carry its network in bracket
 (``fid[inception]``, ``FID[inception]``). :func:`lookup` accepts either form.
 
 Directions (``better``): ``lower``, ``higher``, or ``1.0`` (closest to 1 is best; seam and DS).
+The module imports nothing heavy (numpy only inside the functions that compare values), so the
+CLI can read it at start-up.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
 
 __all__ = [
     "Metric",
@@ -24,6 +24,7 @@ __all__ = [
     "METRICS",
     "NETWORKS",
     "OPTIONS",
+    "ALIASES",
     "LEARNED",
     "GROUPS",
     "GROUP_TITLES",
@@ -160,6 +161,8 @@ _BY_LABEL = {m.label: m for m in METRICS}
 OPTIONS: tuple[str, ...] = ("fid", "kid", "is", "omnifid", "fidh", "faed", "clip", "lpips", "sc", "psnr", "ssim",
                             "region", "seam", "ds", "pole")
 """The ``--metrics`` names, in the order ``all`` expands to."""
+ALIASES = {"clipscore": "clip", "inception": "is", "generated": "region"}
+"""Other spellings ``--metrics`` accepts (after lower-casing and removing ``-``)."""
 LEARNED: frozenset[str] = frozenset(o for o in OPTIONS if all(m.learned for m in METRICS if m.option == o))
 """``--metrics`` names whose every row needs a network."""
 
@@ -197,8 +200,11 @@ def networks_for(options) -> set[str]:
     return {n for m in metrics_for(options) for n in m.networks}
 
 
-def badness(values, better: str) -> np.ndarray:
-    """``values`` mapped so that smaller is better: itself (lower), negated (higher), ``|v - 1|`` (1.0)."""
+def badness(values, better: str):
+    """``values`` (array-like) as a float64 array in which smaller is better: itself (lower),
+    negated (higher), ``|v - 1|`` (1.0)."""
+    import numpy as np
+
     v = np.asarray(values, dtype=np.float64)
     if better == "lower":
         return v
@@ -218,8 +224,10 @@ def _signed(better: str) -> float:
     raise ValueError(f"better must be 'lower' or 'higher', got {better!r}")
 
 
-def a_better(diff, better: str) -> np.ndarray:
-    """Where the differences ``a - b`` say ``a`` is strictly better (``lower``/``higher`` metrics only)."""
+def a_better(diff, better: str):
+    """Boolean array: where the differences ``a - b`` say ``a`` is strictly better (``lower``/``higher`` only)."""
+    import numpy as np
+
     return np.asarray(diff, dtype=np.float64) * _signed(better) > 0
 
 
