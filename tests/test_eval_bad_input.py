@@ -183,7 +183,7 @@ def test_interrupted_report_write_is_not_taken_for_done(folders, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(report, "_plots", boom)
-    (folders / "gen" / "p0.png").touch()  # inputs changed: recompute
+    write_pngs(folders / "gen", {"p0.png": synthetic_pano8(9, H)})  # inputs changed: recompute
     res = _run(args)
     assert res.exit_code == 2 and "No space left" in res.output and "Traceback" not in res.output
     assert not (out / "metrics.json").exists()

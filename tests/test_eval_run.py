@@ -47,11 +47,20 @@ def test_run_eval_writes_then_skips_then_overwrites(folders):
     assert not first.skipped and first.done == 3 and first.failed == 0
     assert {p.name for p in first.written} >= {"metrics.json", "per_image.csv", "report.md", "report.html"}
     stamp = (out / "metrics.json").stat().st_mtime_ns
-    assert finished_run(out, first.result.config["fingerprint"])
+    rec = json.loads((out / "metrics.json").read_text())
+    assert finished_run(out, rec["source"], rec["settings"]) and not finished_run(out, rec["source"], "other")
+    assert len(rec["source"]) == 64 and len(rec["settings"]) == 16  # the job layer's signature and key
 
     again = run_eval(folders / "gen", folders / "ref", out, _opts())  # the Python API skips too
     assert again.skipped and again.result is None and again.written == []
     assert (out / "metrics.json").stat().st_mtime_ns == stamp
+
+    (folders / "gen" / "p0.png").touch()  # same bytes: still done
+    assert run_eval(folders / "gen", folders / "ref", out, _opts()).skipped
+    (out / "report.html").unlink()  # a report file missing: redone
+    assert not run_eval(folders / "gen", folders / "ref", out, _opts()).skipped
+    write_pngs(folders / "gen", {"p0.png": synthetic_pano8(7, H)})  # other bytes: redone
+    assert not run_eval(folders / "gen", folders / "ref", out, _opts()).skipped
 
     other = run_eval(folders / "gen", folders / "ref", out, _opts(seed=1))  # other options: recomputed
     assert not other.skipped and other.result.config["seed"] == 1

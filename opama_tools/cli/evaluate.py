@@ -94,7 +94,7 @@ def evaluate(
         if prog.live.is_started:
             prog.stop()
     if summary.skipped:
-        console.print(f"{out_dir}/metrics.json already holds this run (same files, sizes, mtimes and options): "
+        console.print(f"{out_dir}/metrics.json already holds this run (same file contents and options): "
                       "skipped (pass --overwrite to recompute).", highlight=False)
         console.print("summary: 0 done, 1 skipped, 0 failed")
         return

@@ -34,8 +34,8 @@ validation, the skip of a finished run and the report files around it.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -193,13 +193,17 @@ class Pair:
 
 @dataclass
 class EvalInputs:
-    """Stage 1 (:func:`collect_inputs`): the pairs, what is unpaired, what was scored, the cache key."""
+    """Stage 1 (:func:`collect_inputs`): the pairs, what is unpaired, what was scored, and what
+    identifies the run for the job layer: ``source`` (:func:`opama_tools.jobs.source_signature`
+    of the input files) and ``settings`` (:func:`opama_tools.jobs.settings_key` of the options
+    and the pairing)."""
 
     pairs: list[Pair]
     gen_only: list[str]
     ref_only: list[str]
     scored: dict
-    fingerprint: str
+    source: str
+    settings: str
     resized: list[str] = field(default_factory=list)
     ref_caps: dict[str, str] = field(default_factory=dict)
     gen_caps: dict[str, str] = field(default_factory=dict)
@@ -217,6 +221,7 @@ class EvalResult:
     seconds: float = 0.0
     samples: list[tuple[str, str, str]] = field(default_factory=list)  # (name, generated path, reference path)
     scored: dict = field(default_factory=dict)
+    done: dict = field(default_factory=dict)  # the job layer's done fields {"source", "settings"} of the inputs
 
     @property
     def ran_any(self) -> bool:
@@ -232,6 +237,7 @@ class EvalResult:
             "failed": [{"path": p, "reason": r} for p, r in self.failed],
             "config": self.config,
             "seconds": self.seconds,
+            **self.done,
         }
 
 
@@ -336,27 +342,26 @@ def _summarise_scored(metas: list[dict]) -> dict:
     return out
 
 
-def _stat_key(p: Path) -> list:
-    st = p.stat()
-    return [str(p), st.st_size, st.st_mtime_ns]
-
-
 def collect_inputs(gen_dir: str | Path, ref_dir: str | Path, opt: EvalOptions, method: str | None = None) -> EvalInputs:
     """Stage 1: pair the folders, read every ``meta.json`` and the caption files, check sizes, key the run.
 
     Raises :class:`EvalInputError` when nothing pairs, a ``meta.json`` or caption line is broken, or a
     generated panorama and its reference differ in size (unless ``opt.resize``);
-    unreadable images are left to stage 3, which reports them per pair. The fingerprint hashes every paired and unpaired file's path, size
-    and mtime (ns), the caption, meta and explicitly given weight files' the same way, and
-    the options (except the device): a re-run with the same fingerprint computes the same report.
+    unreadable images are left to stage 3, which reports them per pair. The run's identity
+    (the job layer's): ``source``, the content signature of every paired image, ``meta.json``,
+    caption file and explicitly given weight file; ``settings``, the key of the options (except
+    the device), the method, the folders and the pairing (paired, unpaired and unreadable
+    names). The same source and settings compute the same report.
     """
+    from opama_tools.jobs import settings_key, source_signature
+
     gen_dir, ref_dir = Path(gen_dir), Path(ref_dir)
     raw, gen_only, ref_only = pair_images(gen_dir, ref_dir)
     if not raw:
         n_gen = len(gen_only)
         what = "no images" if not n_gen and not ref_only else f"{n_gen} generated and {len(ref_only)} reference images, none with the same name"
         raise EvalInputError(f"{gen_dir} and {ref_dir}: nothing to evaluate ({what})")
-    pairs, resized, stats = [], [], []
+    pairs, resized, files, names = [], [], [], []
     for rel, gp, rp in raw:
         gs, rs = _image_size(gp), _image_size(rp)
         if gs is not None and rs is not None and gs != rs:
@@ -367,19 +372,21 @@ def collect_inputs(gen_dir: str | Path, ref_dir: str | Path, opt: EvalOptions, m
             resized.append(rel)
         meta = _read_meta(gp)
         pairs.append(Pair(rel, gp, rp, meta))
-        stats.append([rel, *_stat_key(gp), *_stat_key(rp)] + (_stat_key(gp.parent / "meta.json") if meta else []))
+        files += [gp, rp] + ([gp.parent / "meta.json"] if meta else [])
+        names.append([rel, gp.relative_to(gen_dir).as_posix(), rp.relative_to(ref_dir).as_posix(), bool(meta)])
     caps = [_read_caption_file(opt.captions), _read_caption_file(opt.gen_captions)]
     scored = _summarise_scored([p.meta for p in pairs])
     if method:
         scored["method"] = method
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opt).items() if k != "device"}
-    files = ("captions", "gen_captions", "inception_weights", "fid_clip_weights", "clip_weights", "lpips_weights",
-             "faed_weights", "sentence_model", "captioner")
-    extra = {f: _stat_key(Path(getattr(opt, f))) for f in files if getattr(opt, f) and Path(getattr(opt, f)).exists()}
-    blob = json.dumps({"pairs": stats, "gen_only": gen_only, "ref_only": ref_only, "settings": settings,
-                       "files": extra, "method": method, "gen_dir": str(gen_dir), "ref_dir": str(ref_dir)},
-                      sort_keys=True, default=str)
-    return EvalInputs(pairs, gen_only, ref_only, scored, hashlib.sha256(blob.encode()).hexdigest(), resized, *caps)
+    given = ("captions", "gen_captions", *(n.option for n in registry.NETWORKS.values()))
+    files += [Path(getattr(opt, f)).expanduser() for f in given if getattr(opt, f)]
+    unreadable = [str(f) for f in files if not os.access(f, os.R_OK)]  # stage 3 reports unreadable images
+    source = source_signature([f for f in files if str(f) not in unreadable])
+    key = settings_key("eval", settings, {"pairs": names, "gen_only": gen_only, "ref_only": ref_only,
+                                          "unreadable": unreadable, "method": method, "gen_dir": str(gen_dir),
+                                          "ref_dir": str(ref_dir)})
+    return EvalInputs(pairs, gen_only, ref_only, scored, source, key, resized, *caps)
 
 
 def _read_caption_file(path: str | None) -> dict[str, str]:
@@ -956,6 +963,8 @@ def evaluate(
     """
     import pandas as pd
 
+    from opama_tools.jobs import done_fields
+
     opt = options or EvalOptions()
     opt.validate()
     say = log or (lambda m: None)
@@ -979,12 +988,12 @@ def evaluate(
 
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opt).items()}
     config.update({"gen_dir": str(gen_dir), "ref_dir": str(ref_dir), "device": device,
-                   "fingerprint": inputs.fingerprint, "resized": inputs.resized})
+                   "resized": inputs.resized})
     order = {"input": 0, "generated": 1, "whole": 2, "text": 3, "seam": 4}
     results.sort(key=lambda m: order.get(m.group, 5))
     evaluated = {r["image"] for r in sc.rows}
     pairs = [p.rel for p in inputs.pairs]
     res = EvalResult(results, per_image, pairs, inputs.gen_only, inputs.ref_only, sc.failed, config,
-                     time.perf_counter() - t0, scored=inputs.scored)
+                     time.perf_counter() - t0, scored=inputs.scored, done=done_fields(inputs.source, inputs.settings))
     res.samples = [(p.rel, str(p.gen), str(p.ref)) for p in inputs.pairs if p.rel in evaluated][:4]
     return res

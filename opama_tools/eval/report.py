@@ -4,8 +4,9 @@
 
 * ``metrics.json``: what was scored (method, model id, procedure from the outpainting
   ``meta.json``), the table (value, 95% interval, method, network, status, what is
-  missing), the pairing (unpaired and failed files) and the options with the inputs'
-  fingerprint (the "already done" key);
+  missing), the pairing (unpaired and failed files), the options, and the job layer's done
+  fields ``source`` and ``settings`` (:mod:`opama_tools.jobs`: the inputs' content signature
+  and the settings key), which make it the run's done record;
 * ``per_image.csv``: one row per evaluated pair (pandas);
 * ``report.md`` and ``report.html``: what was scored, the table of the metrics that ran
   (grouped: input region, generated region, whole panorama, text, seam and poles), one
@@ -197,7 +198,7 @@ def write_report(result, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     data = result.to_json()
     written = []
-    # metrics.json is the "done" marker (it holds the inputs' fingerprint): an older one is removed
+    # metrics.json is the done record (it holds the inputs' signature and settings key): an older one is removed
     # first and the new one written last, so an interrupted write never passes for a finished run.
     if (out / "metrics.json").is_file():
         (out / "metrics.json").unlink()

@@ -5,10 +5,12 @@ Each validates its inputs, skips finished work, writes its files and returns a s
 mistake raises :class:`~opama_tools.eval.evaluate.EvalInputError` (a ``ValueError``) whose one-line
 message names the file or option, before anything is written.
 
-"Already done": a report folder whose ``metrics.json`` holds the fingerprint of the same inputs
-(every paired and unpaired file's path, size and mtime, the caption, meta and weight files) and
-options is a finished run. ``metrics.json`` is written last (:func:`~opama_tools.eval.report.write_report`),
-so an interrupted write never passes for a finished one.
+"Already done" is the job layer's (:mod:`opama_tools.jobs`): ``metrics.json`` is the done record.
+It holds ``source`` (the content signature of the paired images, ``meta.json``, caption and
+given weight files) and ``settings`` (the key of the options and the pairing), see
+:func:`~opama_tools.eval.evaluate.collect_inputs`; a report folder whose record matches and whose
+report files all exist is a finished run. ``metrics.json`` is written last
+(:func:`~opama_tools.eval.report.write_report`), so an interrupted write never passes for a finished one.
 """
 
 from __future__ import annotations
@@ -64,16 +66,14 @@ class CompareSummary:
     written: list[Path]
 
 
-def finished_run(out_dir: str | Path, fingerprint: str) -> bool:
-    """True when ``out_dir/metrics.json`` was computed from the same inputs and options (``fingerprint``)."""
-    p = Path(out_dir) / "metrics.json"
-    if not p.is_file():
-        return False
-    try:
-        cfg = json.loads(p.read_text(encoding="utf-8")).get("config", {})
-    except Exception:  # unreadable or foreign: not this run
-        return False
-    return cfg.get("fingerprint") == fingerprint
+def finished_run(out_dir: str | Path, source: str, settings: str) -> bool:
+    """True when ``out_dir`` holds every report file and its ``metrics.json`` records this ``source``
+    signature and ``settings`` key (:func:`opama_tools.jobs.is_done`)."""
+    from opama_tools.eval.report import REPORT_FILES
+    from opama_tools.jobs import is_done
+
+    out = Path(out_dir)
+    return is_done(out / "metrics.json", source, settings, [out / f for f in REPORT_FILES])
 
 
 def run_eval(
@@ -117,7 +117,7 @@ def run_eval(
         raise EvalInputError(str(e)) from None
     opt.validate()
     inputs = collect_inputs(gen_dir, ref_dir, opt, method)
-    if not overwrite and finished_run(out, inputs.fingerprint):
+    if not overwrite and finished_run(out, inputs.source, inputs.settings):
         return EvalSummary(out, skipped=True)
     res = evaluate(gen_dir, ref_dir, opt, progress=progress, log=log, inputs=inputs)
     try:
