@@ -97,6 +97,18 @@ def test_negative_seed_is_one_line(folders):
     assert not list(folders.glob("table*"))
 
 
+def test_every_pair_unreadable_exits_1_naming_the_files(folders):
+    for k in range(3):
+        (folders / "gen" / f"p{k}.png").write_bytes(b"not a png")
+    out = folders / "rep"
+    res = runner.invoke(app, ["eval", str(folders / "gen"), str(folders / "ref"), "--metrics", "seam",
+                              "--out", str(out)], env={"COLUMNS": "200"})
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert sum(ln.startswith("failed: ") for ln in res.output.splitlines()) == 3
+    assert "0 done, 0 skipped, 3 failed" in res.output
+    assert "no metric could run: 3 files could not be read (listed above)" in res.output
+
+
 def test_missing_weight_file_is_one_line_even_without_captions(folders):
     out = folders / "rep"
     res = runner.invoke(app, ["eval", str(folders / "gen"), str(folders / "ref"), "--clip-weights", "/nonexistent",

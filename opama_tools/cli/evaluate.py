@@ -61,13 +61,13 @@ def evaluate(
     if len(paths) != 2:
         raise fail("expected GEN_DIR REF_DIR (or: compare REPORT_A REPORT_B ...)", 2)
 
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from opama_tools.eval.evaluate import EvalOptions, parse_metrics
     from opama_tools.eval.run import run_eval
 
     gen_dir, ref_dir = Path(paths[0]), Path(paths[1])
     out_dir = out or Path("report")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     prog = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     TextColumn("{task.description}"), console=err_console, transient=True)
     task = prog.add_task("", total=None)
