@@ -44,7 +44,7 @@ def _one_line_error(res, culprit: str, code: int = 2) -> None:
 def test_run_eval_writes_then_skips_then_overwrites(folders):
     out = folders / "rep"
     first = run_eval(folders / "gen", folders / "ref", out, _opts())
-    assert not first.skipped and first.done == 3 and first.failed == 0
+    assert not first.skipped and first.done == 3 and first.failed == 0 and first.exit_code == 0
     assert {p.name for p in first.written} >= {"metrics.json", "per_image.csv", "report.md", "report.html"}
     stamp = (out / "metrics.json").stat().st_mtime_ns
     rec = json.loads((out / "metrics.json").read_text())
@@ -52,7 +52,7 @@ def test_run_eval_writes_then_skips_then_overwrites(folders):
     assert len(rec["source"]) == 64 and len(rec["settings"]) == 16  # the job layer's signature and key
 
     again = run_eval(folders / "gen", folders / "ref", out, _opts())  # the Python API skips too
-    assert again.skipped and again.result is None and again.written == []
+    assert again.skipped and again.result is None and again.written == [] and again.exit_code == 0
     assert (out / "metrics.json").stat().st_mtime_ns == stamp
 
     (folders / "gen" / "p0.png").touch()  # same bytes: still done
@@ -107,6 +107,8 @@ def test_every_pair_unreadable_exits_1_naming_the_files(folders):
     assert sum(ln.startswith("failed: ") for ln in res.output.splitlines()) == 3
     assert "0 done, 0 skipped, 3 failed" in res.output
     assert "no metric could run: 3 files could not be read (listed above)" in res.output
+    s = run_eval(folders / "gen", folders / "ref", folders / "rep2", _opts())
+    assert s.failed == 3 and s.done == 0 and s.exit_code == 1
 
 
 def test_missing_weight_file_is_one_line_even_without_captions(folders):

@@ -112,9 +112,9 @@ def evaluate(
                   "(report.md, report.html)", highlight=False)
     if not res.ran_any:
         raise fail(f"no metric could run: {summary.failed} files could not be read (listed above)"
-                   if res.failed else "no metric could run", 1)
-    if res.failed:
-        raise typer.Exit(1)
+                   if res.failed else "no metric could run", summary.exit_code)
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
 
 
 def _print_table(res) -> None:

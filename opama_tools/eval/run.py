@@ -48,6 +48,13 @@ class EvalSummary:
         """Files that could not be read (their pairs are left out)."""
         return 0 if self.result is None else len(self.result.failed)
 
+    @property
+    def exit_code(self) -> int:
+        """0, or 1 when a file could not be read or no metric produced a value."""
+        if self.result is None:
+            return 0
+        return 1 if self.result.failed or not self.result.ran_any else 0
+
 
 @dataclass
 class CompareSummary:
