@@ -27,11 +27,17 @@ The autoregressive loop of the OPa-Ma / AOG-Net reference inference, readable to
 
 Procedures (:data:`PROCEDURES`): ``reference`` (OPa-Ma's: DPM-Solver++ 25 steps, guidance 2.5,
 separate conditional/unconditional calls), ``aog`` (AOG-Net's: PNDM 50 steps), ``fast`` (the
-default: batched guidance in one UNet call with the null tokens zero-padded to the conditional
-length and masked with ``encoder_attention_mask``; DPM-Solver++ with Karras sigmas, 10 steps,
-whose integration error matches the reference's 25 uniform steps; guidance in the first half of
-the steps only, which changes the solution by less than that error: 210 UNet calls (315 rows)
-instead of 1,050). ``benchmarks/bench_outpaint.py`` measures every choice.
+default: DPM-Solver++ with Karras sigmas, 10 steps, whose integration error matches the
+reference's 25 uniform steps; guidance in the first half of the steps only, which changes the
+solution by less than that error: 315 UNet rows instead of 1,050; guidance batched in one UNet
+call (null tokens zero-padded to the conditional length and masked with
+``encoder_attention_mask``) where that is faster, ``batched_cfg="auto"``: on CUDA batched, on
+CPU two separate calls, measured 25.3 s vs 2 x 12.2 s per sd2 pass on one thread; and
+**face reuse**: the CLIP embeddings and the GMA's per-image work (stem and the leading stages
+without cross-image blocks) of the cube faces whose pixels did not change since the previous
+view are reused, not recomputed). ``reference`` and ``aog`` keep the published per-view
+recomputation. ``benchmarks/bench_outpaint.py`` and ``benchmarks/bench_sd2.py`` measure every
+choice.
 
 Seeds: one CPU ``torch.Generator`` per panorama draws every view's initial noise, so a seed
 gives the same panorama on any device up to the device's arithmetic (bit-identical on CPU).
@@ -41,7 +47,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -58,6 +64,7 @@ from diffusers import (
 from diffusers.utils import BaseOutput
 
 from .canvas import cut_view
+from .gma import GMA, VIEW_INDEX
 from .conditioner import AOGConditioner, OPaMaConditioner, pad_tokens  # noqa: F401 (from_pretrained finds them)
 from .directions import Direction, check_direction
 from .spherical import equi_to_pers, equirect_directions, pers_to_equi, project_to_view
@@ -65,6 +72,7 @@ from .views import AOG21
 
 __all__ = [
     "Procedure",
+    "resolve_batched_cfg",
     "PROCEDURES",
     "SCHEDULERS",
     "make_scheduler",
@@ -89,9 +97,15 @@ class Procedure:
         steps: inference steps per view (the scheduler may evaluate the UNet a few more times,
             e.g. PNDM's warm-up: passes are counted, not assumed).
         guidance: classifier-free guidance scale ``g`` (1 = no guidance).
-        batched_cfg: conditional and null branches in one UNet call (null tokens padded + masked).
+        batched_cfg: conditional and null branches in one UNet call (null tokens padded + masked);
+            ``"auto"``: batched except on CPU (:func:`resolve_batched_cfg`).
         guidance_fraction: guidance in the first ``ceil(fraction * n)`` of the ``n`` UNet
             evaluations per view, conditional branch only afterwards.
+        reuse_faces: reuse, from the previous view of the same panorama, the CLIP embeddings and
+            the GMA's per-image features (stem and the leading stages without cross-image or
+            ring blocks) of every cube face whose pixels did not change (compared exactly). The
+            result equals recomputing up to float rounding of the smaller batches (tested
+            <= 1e-5). Off for ``reference`` and ``aog``, which recompute every view as published.
 
     The precision is the loaded model's (``opama outpaint --dtype auto``: fp16 UNet/VAE/CLIP and
     channels-last on CUDA, fp32 on CPU), the same for every procedure.
@@ -101,14 +115,16 @@ class Procedure:
     scheduler: str
     steps: int
     guidance: float = 2.5
-    batched_cfg: bool = False
+    batched_cfg: bool | str = False
     guidance_fraction: float = 1.0
+    reuse_faces: bool = False
 
 
 PROCEDURES: dict[str, Procedure] = {
     "reference": Procedure("reference", "dpm++2m", 25, 2.5),
     "aog": Procedure("aog", "pndm", 50, 2.5),
-    "fast": Procedure("fast", "dpm++2m-karras", 10, 2.5, batched_cfg=True, guidance_fraction=0.5),
+    "fast": Procedure("fast", "dpm++2m-karras", 10, 2.5, batched_cfg="auto", guidance_fraction=0.5,
+                      reuse_faces=True),
 }
 """The three procedures of ``opama outpaint --procedure`` (see the module docstring)."""
 
@@ -143,6 +159,17 @@ def make_scheduler(name: str, base_config: dict):
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}") from None
     cfg = {k: v for k, v in dict(base_config).items() if k in NOISE_SCHEDULE_KEYS}
     return cls.from_config(cfg, **kwargs)
+
+
+def resolve_batched_cfg(value: bool | str, device=None) -> bool:
+    """``batched_cfg`` of a :class:`Procedure` for ``device``: ``"auto"`` is False on CPU (two
+    batch-1 UNet calls measured faster there: sd2, one thread, 25.3 s batched vs 2 x 12.2 s) and
+    True elsewhere (a GPU runs a batch of 2 in about the time of one)."""
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"batched_cfg must be True, False or 'auto', got {value!r}")
+        return torch.device(device if device is not None else "cpu").type != "cpu"
+    return bool(value)
 
 
 def _guided_steps(n_evals: int, guidance: float, fraction: float) -> int:
@@ -253,14 +280,17 @@ def plan_views(known: torch.Tensor, schedule: Sequence[tuple[float, float]], fov
     return steps, known
 
 
-def expected_unet_passes(steps: Sequence[ViewStep], procedure: Procedure, n_evals: int) -> tuple[int, int]:
+def expected_unet_passes(steps: Sequence[ViewStep], procedure: Procedure, n_evals: int,
+                         device=None) -> tuple[int, int]:
     """``(calls, rows)`` of UNet forward passes a plan implies.
 
     ``n_evals`` is the number of UNet evaluations per view of the scheduler (``len(timesteps)``).
-    Each guided evaluation is 2 calls of batch 1 (separate) or 1 call of batch 2 (batched).
+    Each guided evaluation is 2 calls of batch 1 (separate) or 1 call of batch 2 (batched;
+    ``"auto"`` resolved for ``device``, default CPU).
     """
     guided = _guided_steps(n_evals, procedure.guidance, procedure.guidance_fraction)
-    per_calls = (guided if procedure.batched_cfg else 2 * guided) + (n_evals - guided)
+    batched = resolve_batched_cfg(procedure.batched_cfg, device)
+    per_calls = (guided if batched else 2 * guided) + (n_evals - guided)
     per_rows = 2 * guided + (n_evals - guided)
     n = sum(1 for s in steps if s.generate)
     return n * per_calls, n * per_rows
@@ -467,6 +497,7 @@ class OPaMaPipeline(DiffusionPipeline):
         scheduler: str | None = None,
         batched_cfg: bool | None = None,
         guidance_fraction: float | None = None,
+        reuse_faces: bool | None = None,
         seed: int = 0,
         schedule: Sequence[tuple[float, float]] = AOG21,
         view_fov: float = 90.0,
@@ -482,8 +513,9 @@ class OPaMaPipeline(DiffusionPipeline):
             prompt: the caption ("" = none), encoded once.
             height, width: canvas size, 2:1 (default :func:`default_canvas_size`).
             procedure: a :data:`PROCEDURES` name or a :class:`Procedure`; ``num_inference_steps``,
-                ``guidance_scale``, ``scheduler``, ``batched_cfg`` and ``guidance_fraction``
-                override its fields.
+                ``guidance_scale``, ``scheduler``, ``batched_cfg``, ``guidance_fraction`` and
+                ``reuse_faces`` override its fields (``batched_cfg="auto"`` is resolved for the
+                pipeline's device).
             seed: seeds the CPU generator of every view's initial noise.
             schedule: generated views ``(yaw, pitch)`` in order, degrees (completion views follow).
             view_fov: horizontal fov of the generated views, degrees.
@@ -496,8 +528,10 @@ class OPaMaPipeline(DiffusionPipeline):
         timer = _Timer()
         proc = PROCEDURES[procedure] if isinstance(procedure, str) else procedure
         overrides = dict(steps=num_inference_steps, guidance=guidance_scale, scheduler=scheduler,
-                         batched_cfg=batched_cfg, guidance_fraction=guidance_fraction)
+                         batched_cfg=batched_cfg, guidance_fraction=guidance_fraction, reuse_faces=reuse_faces)
         proc = Procedure(**{**asdict(proc), **{k: v for k, v in overrides.items() if v is not None}})
+        device = self._execution_device
+        proc = replace(proc, batched_cfg=resolve_batched_cfg(proc.batched_cfg, device))
         if proc.steps < 1:
             raise ValueError(f"steps must be >= 1, got {proc.steps}")
         size = self.view_size
@@ -505,7 +539,6 @@ class OPaMaPipeline(DiffusionPipeline):
             height, width = default_canvas_size(size)
         elif height is None or width is None or width != 2 * height or height < 2:
             raise ValueError(f"canvas must be 2:1 (width = 2 x height), got {height}x{width} (HxW)")
-        device = self._execution_device
         images = list(images or [])
         if directions is None:
             directions = [(0.0, 0.0, 90.0)] * len(images)
@@ -519,7 +552,7 @@ class OPaMaPipeline(DiffusionPipeline):
             sched.set_timesteps(proc.steps, device=device)
             n_evals = len(sched.timesteps)
             guided = _guided_steps(n_evals, proc.guidance, proc.guidance_fraction)
-            expected_calls, expected_rows = expected_unet_passes(steps, proc, n_evals)
+            expected_calls, expected_rows = expected_unet_passes(steps, proc, n_evals, device)
 
         # 2. caption, once per panorama
         with timer("encode_text"):
@@ -528,6 +561,7 @@ class OPaMaPipeline(DiffusionPipeline):
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         self.unet_calls = self.unet_rows = 0
         views_info = []
+        faces_cache = FaceCache() if proc.reuse_faces else None
         for k, step in enumerate(steps):
             calls0 = self.unet_calls
             # 3. inputs at the view
@@ -538,7 +572,7 @@ class OPaMaPipeline(DiffusionPipeline):
             view_out = inp.view
             if step.generate:
                 with timer("condition"):
-                    tokens, residuals = self._condition(inp, text)
+                    tokens, residuals = self._condition(inp, text, faces_cache)
                 with timer("encode_image"):
                     masked_latents = self._vae_encode(inp.masked_image)
                     lat_mask = F.interpolate(inp.unknown, size=masked_latents.shape[-2:])
@@ -567,7 +601,8 @@ class OPaMaPipeline(DiffusionPipeline):
         info = dict(
             procedure=proc.name, scheduler=proc.scheduler, scheduler_class=type(sched).__name__,
             steps=proc.steps, unet_evals_per_view=n_evals, guidance=proc.guidance, guided_evals_per_view=guided,
-            batched_cfg=proc.batched_cfg, guidance_fraction=proc.guidance_fraction, seed=int(seed),
+            batched_cfg=proc.batched_cfg, guidance_fraction=proc.guidance_fraction, reuse_faces=proc.reuse_faces,
+            faces_reused=faces_cache.reused if faces_cache is not None else 0, seed=int(seed),
             prompt=prompt, size=[height, width], view_size=size, view_fov=view_fov,
             inputs=[dict(zip(("yaw", "pitch", "fov"), check_direction(d))) for d in directions],
             views=views_info, generated_views=sum(s.generate for s in steps),
@@ -594,20 +629,40 @@ class OPaMaPipeline(DiffusionPipeline):
             return out, mask_np, info
         return OPaMaPipelineOutput(images=out, input_mask=mask_np, info=info)
 
-    def _condition(self, inp, text: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Conditional tokens ``(1, T, D)`` and GMA residuals of one view (once per view)."""
+    def _condition(self, inp, text: torch.Tensor, cache: "FaceCache | None" = None
+                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Conditional tokens ``(1, T, D)`` and GMA residuals of one view (once per view).
+
+        With a :class:`FaceCache` (``Procedure.reuse_faces``) the CLIP embeddings and the GMA's
+        per-image features of faces equal to the previous view's are taken from it; otherwise,
+        and at the first view, everything is computed (the conditioner's own ``forward``).
+        """
         b = inp.view.shape[0]
         clip = inp.clip_images  # (B, 7, 3, S, S), the view first
-        embeds = self._encode_images(clip.flatten(0, 1)).view(b, clip.shape[1], -1)
-        out = self.conditioner(inp.gma_images.float(), embeds, text.expand(b, -1, -1))
-        return out.encoder_hidden_states, list(out.down_intrablock_additional_residuals)
+        text = text.expand(b, -1, -1)
+        if cache is None:
+            embeds = self._encode_images(clip.flatten(0, 1)).view(b, clip.shape[1], -1)
+            out = self.conditioner(inp.gma_images.float(), embeds, text)
+            return out.encoder_hidden_states, list(out.down_intrablock_additional_residuals)
+        global_branch, local_branch = self.conditioner._branches()
+        embeds = cache.clip_embeds(inp.faces, inp.view, self._encode_images)
+        tokens = global_branch(embeds, text)
+        images = inp.gma_images.float()
+        if isinstance(local_branch, GMA):
+            residuals = cache.gma_residuals(local_branch, images)
+        else:
+            residuals = list(local_branch(images))
+        return tokens, residuals
 
     def _denoise(self, sched, proc: Procedure, guided: int, tokens: torch.Tensor, residuals: list[torch.Tensor],
                  lat_mask: torch.Tensor, masked_latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Denoise one view's latent ``(1, 4, h, w)`` with guidance in the first ``guided`` evaluations."""
         device = masked_latents.device
         b = masked_latents.shape[0]
-        null = self.conditioner.null_condition(b).to(tokens.dtype)
+        dtype = self.unet.dtype  # cast once per view, not per call
+        tokens = tokens.to(dtype)
+        residuals = [r.to(dtype) for r in residuals]
+        null = self.conditioner.null_condition(b).to(dtype)
         if proc.batched_cfg:  # one call: [cond; null padded to T and masked]
             null_padded, null_mask = pad_tokens(null, tokens.shape[1])
             both_tokens = torch.cat((tokens, null_padded))
@@ -629,6 +684,79 @@ class OPaMaPipeline(DiffusionPipeline):
                 eps = eps_u + proc.guidance * (eps_c - eps_u)
             latents = sched.step(eps, t, latents, return_dict=False)[0]
         return latents
+
+
+class FaceCache:
+    """Per-panorama cache of the cube faces' CLIP embeddings and GMA per-image features
+    (``Procedure.reuse_faces``).
+
+    A face is reused when its pixels (the CLIP input ``(B, 3, S, S)``, resp. the GMA input
+    ``(B, 5, S, S)``) equal the previous view's exactly (``torch.equal``); changed faces and the
+    view are computed in one smaller batch. ``reused`` counts reused face encodings (CLIP and
+    GMA separately).
+    """
+
+    def __init__(self) -> None:
+        self._clip_in: torch.Tensor | None = None  # (B, 6, 3, S, S)
+        self._clip_out: torch.Tensor | None = None  # (B, 6, E)
+        self._gma_in: torch.Tensor | None = None  # (B, 6, 5, S, S)
+        self._gma_out: torch.Tensor | None = None  # (B, 6, C, h, w): input of the first cross-image stage
+        self.reused = 0
+
+    @staticmethod
+    def _same(prev: torch.Tensor | None, cur: torch.Tensor) -> list[bool]:
+        n = cur.shape[1]
+        if prev is None or prev.shape != cur.shape:
+            return [False] * n
+        return [torch.equal(prev[:, i], cur[:, i]) for i in range(n)]
+
+    def clip_embeds(self, faces: torch.Tensor, view: torch.Tensor, encode: Callable) -> torch.Tensor:
+        """``(B, 7, E)`` embeddings, the view first (``encode``: ``(N, 3, S, S) -> (N, E)``)."""
+        b = view.shape[0]
+        same = self._same(self._clip_in, faces)
+        todo = [i for i, s in enumerate(same) if not s]
+        x = torch.cat((view.unsqueeze(1), faces[:, todo]), dim=1)  # (B, 1 + m, 3, S, S)
+        new = encode(x.flatten(0, 1)).view(b, x.shape[1], -1)
+        if self._clip_out is None:
+            out = new[:, 1:].clone()
+        else:
+            out = self._clip_out.clone()
+            out[:, todo] = new[:, 1:]
+        self.reused += len(same) - len(todo)
+        self._clip_in, self._clip_out = faces.clone(), out
+        return torch.cat((new[:, :1], out), dim=1)
+
+    def gma_residuals(self, gma: GMA, images: torch.Tensor) -> list[torch.Tensor]:
+        """The view's GMA features per stage (as ``gma(images)``), ``images (B, 7, 5, S, S)``
+        (faces then the view, :data:`opama_model.gma.VIEW_INDEX` last)."""
+        b, n = images.shape[:2]
+        if n - 1 != VIEW_INDEX:
+            raise ValueError(f"GMA images must be 6 faces then the view, got {n}")
+        # stages that treat each image alone: no cross-image blocks, no ring along the faces
+        k = 0
+        while k < len(gma.stages) and len(gma.stages[k].cross) == 0 and gma.stages[k].ring is None:
+            k += 1
+        faces = images[:, :VIEW_INDEX]
+        same = self._same(self._gma_in, faces)
+        todo = [i for i, s in enumerate(same) if not s] + [VIEW_INDEX]
+        x = gma.stem(images[:, todo].flatten(0, 1)).unflatten(0, (b, len(todo)))
+        x = x + gma.image_embed[todo][None, :, :, None, None]
+        residuals = []
+        for stage in gma.stages[:k]:
+            x = stage(x)
+            residuals.append(x[:, -1].contiguous())
+        if self._gma_out is None:
+            cached = x[:, :-1].clone()
+        else:
+            cached = self._gma_out.clone()
+            cached[:, todo[:-1]] = x[:, :-1]
+        self.reused += len(same) - (len(todo) - 1)
+        self._gma_in, self._gma_out = faces.clone(), cached
+        x = torch.cat((cached, x[:, -1:]), dim=1)
+        for stage in gma.stages[k:]:
+            x = stage(x)
+            residuals.append(x[:, VIEW_INDEX].contiguous())
+        return residuals
 
 
 class _Timer:

@@ -108,9 +108,12 @@ def test_seam_no_worse_than_interior(pipe):
 
 @pytest.mark.parametrize("procedure", ["reference", "fast"])
 def test_unet_passes_counted_and_match_the_plan(pipe, procedure):
+    # fast's batched_cfg="auto" is separate calls on CPU: the batched path is forced here, the
+    # auto choice is tested in tests/test_pipeline_reuse.py
+    extra = dict(batched_cfg=True) if procedure == "fast" else {}
     spy = Spy(pipe.unet)
     try:
-        out = run(pipe, procedure=procedure)
+        out = run(pipe, procedure=procedure, **extra)
     finally:
         spy.close()
     info = out.info
@@ -122,7 +125,7 @@ def test_unet_passes_counted_and_match_the_plan(pipe, procedure):
     sched.set_timesteps(2)
     n = len(sched.timesteps)
     calls, _ = expected_unet_passes(steps, PROCEDURES[procedure].__class__(
-        **{**PROCEDURES[procedure].__dict__, "steps": 2}), n)
+        **{**PROCEDURES[procedure].__dict__, "steps": 2, **extra}), n)
     assert calls == info["unet_passes"]
     if procedure == "reference":  # separate conditional + null calls at every step
         assert info["unet_passes"] == info["generated_views"] * n * 2
