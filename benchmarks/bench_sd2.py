@@ -1,0 +1,354 @@
+"""The sd2 model at its real size: per-stage seconds and memory of one generated view, the projected
+whole panorama under ``fast``, ``reference`` and ``aog``, before/after ``fast``'s reuses.
+
+One process, one model (sd2 with random weights unless both SD-2 folders are found locally, or
+``--random-weights``):
+
+1. **Plan**: one input photo at (0, 0, 90) on the canvas (2048x4096; ``--quick``: 1024x2048), the
+   AOG-21 schedule plus completion views (:func:`opama_model.pipeline.plan_views`); how many
+   cube faces change between consecutive generated views (from the known mask: a face's pixels
+   change only where new pixels become known), i.e. what ``fast``'s face reuse saves.
+2. **Stages of one view** (the first generated view), each timed alone (best of ``--repeat``,
+   after ``--warmup`` untimed runs; CUDA synchronised): cut, CLIP image encoding of 7 images
+   ("before") and of the view + the mean number of changed faces through the face cache
+   ("after"), GMA of 7 images (the cache's first call: the same ops as ``GMA.forward``) and
+   through the cache with the changed faces only, VCR, VAE encode/decode, UNet pass at batch 1
+   and 2 (batched guidance), paste. Peak memory per stage: CUDA ``max_memory_allocated``; CPU the
+   process's peak resident set after the stage.
+3. **Projection** (stated as such): whole panorama = text encoding + generated views x per-view
+   seconds + cut/paste of the views without unknown pixels; per view = overhead + UNet rows of
+   the procedure (guided evaluations batched or separate per ``batched_cfg``). ``fast`` before
+   (recompute everything) and after (reuse on), the ratio reference / fast and its bound
+   (reference rows / fast rows: with zero overhead the ratio cannot exceed it unless a batch-2
+   pass costs less than two batch-1 passes).
+4. ``--panorama PROC``: one real panorama (wall seconds), CUDA advised.
+5. ``--train``: one training step, with and without gradient checkpointing, via
+   ``benchmarks/bench_sd2_train.py``'s ``measure_train_step`` (the training side's benchmark).
+
+Examples::
+
+    flock /tmp/sd2.lock python benchmarks/bench_sd2.py --threads 2 --json /tmp/sd2.json
+    python benchmarks/bench_sd2.py --device cuda --dtype fp16 --panorama fast
+    python benchmarks/bench_sd2.py --preset tiny --quick     # seconds, a dry run of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import machine_info  # noqa: E402
+
+PROCS = ("reference", "aog", "fast")
+
+
+def _rss_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Stages:
+    """Times and peak memory per stage (best of ``repeat`` after ``warmup``)."""
+
+    def __init__(self, device: torch.device, repeat: int, warmup: int) -> None:
+        self.cuda = device.type == "cuda"
+        self.repeat, self.warmup = repeat, warmup
+        self.rows: dict[str, dict] = {}
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def __call__(self, name: str, fn, *, repeat: int | None = None):
+        for _ in range(self.warmup):
+            fn()
+        best, out = float("inf"), None
+        if self.cuda:
+            self.sync()
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(repeat or self.repeat):
+            self.sync()
+            t0 = time.perf_counter()
+            out = fn()
+            self.sync()
+            best = min(best, time.perf_counter() - t0)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else _rss_peak_mb()
+        self.rows[name] = dict(seconds=best, peak_mb=peak)
+        print(f"  {name:<22} {best:>9.3f} s   peak {peak:>9.0f} MB", flush=True)
+        return out
+
+    def s(self, name: str) -> float:
+        return self.rows[name]["seconds"]
+
+
+def input_photo(size: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 8, 8, generator=g) * 2 - 1
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)[0].clamp(-1, 1)
+
+
+def face_changes(steps, known0: torch.Tensor, fov: float, size: int) -> list[int]:
+    """Changed cube faces (of 6) at each generated view since the previous generated view (the
+    first: 6), simulated on the known mask as the loop pastes."""
+    from opama_model.pipeline import _view_cover
+    from opama_model.spherical import equi_to_cube
+
+    known = known0.clone()
+    prev, out = None, []
+    for st in steps:
+        if st.generate:
+            faces = equi_to_cube(known.float(), size, mode="nearest")[0]  # (6, 1, S, S)
+            out.append(6 if prev is None else sum(not torch.equal(faces[i], prev[i]) for i in range(6)))
+            prev = faces
+        known = known | (_view_cover(st.yaw, st.pitch, fov, size, tuple(known.shape[-2:]), known.device) & ~known)
+    return out
+
+
+@torch.inference_mode()
+def measure_inference(a, pipe, device) -> dict:
+    from opama_model.canvas import cut_view
+    from opama_model.gma import GMA
+    from opama_model.pipeline import (PROCEDURES, FaceCache, _guided_steps, make_scheduler, paste_inputs,
+                                      plan_views, resolve_batched_cfg)
+    from opama_model.spherical import pers_to_equi
+    from opama_model.views import AOG21
+
+    size = pipe.view_size
+    hh = (2 if a.quick else 4) * size
+    hw = (hh, 2 * hh)
+    fov = 90.0
+    photo = input_photo(size)
+    canvas, known = paste_inputs([photo], [(0.0, 0.0, 90.0)], hw, device=device)
+    t0 = time.perf_counter()
+    steps, _ = plan_views(known, AOG21, fov, size)
+    plan_s = time.perf_counter() - t0
+    gen = [s for s in steps if s.generate]
+    changes = face_changes(steps, known, fov, size)
+    mean_changed = sum(changes) / len(changes)
+    m = min(6, max(0, round(sum(changes[1:]) / max(1, len(changes) - 1))))  # typical view after the first
+    print(f"\n## Plan: canvas {hw[0]}x{hw[1]}, view {size} px, {len(steps)} views, {len(gen)} generated; "
+          f"changed faces per generated view: {changes} (mean {mean_changed:.2f}; after the first "
+          f"view typically {m}) [plan {plan_s:.1f} s]", flush=True)
+
+    st = Stages(device, a.repeat, a.warmup)
+    print(f"\n## Stages of one generated view ({pipe.unet.dtype}, {device})", flush=True)
+    step = gen[0]
+    text = st("encode_text", lambda: pipe._encode_text("a bright living room with a large window"))
+    inp = st("cut", lambda: cut_view(canvas, known, step.yaw, step.pitch, fov, size))
+    clip = inp.clip_images.flatten(0, 1)
+    cache = FaceCache()
+    if True:
+        embeds = st("clip_7", lambda: pipe._encode_images(clip).view(1, 7, -1))
+        cache.clip_embeds(inp.faces, inp.view, pipe._encode_images)  # prime (untimed)
+
+        def clip_after():
+            stale = inp.faces.clone()
+            stale[:, :m] = stale[:, :m] + 1  # the first m faces differ from the cached ones
+            cache._clip_in = stale
+            return cache.clip_embeds(inp.faces, inp.view, pipe._encode_images)
+
+        st(f"clip_1+{m}", clip_after)
+        vcr, local = pipe.conditioner._branches()
+        images = inp.gma_images.float()
+        is_gma = isinstance(local, GMA)
+        gcache = FaceCache()
+        if is_gma:
+            residuals = st("gma_7", lambda: FaceCache().gma_residuals(local, images))
+            gcache.gma_residuals(local, images)  # prime (untimed)
+
+            def gma_after():
+                stale = images[:, :6].clone()
+                stale[:, :m] = stale[:, :m] + 1
+                gcache._gma_in = stale
+                return gcache.gma_residuals(local, images)
+
+            st(f"gma_1+{m}", gma_after)
+        else:
+            residuals = st("gma_7", lambda: list(local(images)))
+            st(f"gma_1+{m}", lambda: list(local(images)))
+        tokens = st("vcr", lambda: vcr(embeds, text))
+        masked = st("vae_encode", lambda: pipe._vae_encode(inp.masked_image))
+        lat_mask = torch.nn.functional.interpolate(inp.unknown, size=masked.shape[-2:])
+        sched = make_scheduler("dpm++2m", pipe.scheduler.config)
+        sched.set_timesteps(25, device=device)
+        t = sched.timesteps[0]
+        lat = torch.randn(masked.shape, generator=torch.Generator().manual_seed(0)).to(device)
+        x = torch.cat((lat, lat_mask, masked), dim=1)
+        dt = pipe.unet.dtype
+        tok, res = tokens.to(dt), [r.to(dt) for r in residuals]
+        st("unet_b1", lambda: pipe._unet(x, t, tok, res))
+        from opama_model.conditioner import pad_tokens
+
+        null_p, null_m = pad_tokens(pipe.conditioner.null_condition(1).to(dt), tok.shape[1])
+        both_tok = torch.cat((tok, null_p))
+        both_mask = torch.cat((torch.ones_like(null_m), null_m))
+        both_res = [torch.cat((r, r)) for r in res]
+        x2 = torch.cat((x, x))
+        st("unet_b2", lambda: pipe._unet(x2, t, both_tok, both_res, both_mask))
+        decoded = st("vae_decode", lambda: pipe._vae_decode(lat))
+        st("paste", lambda: pers_to_equi(decoded.unsqueeze(1), step.yaw, step.pitch, fov, hw, feather=0.0))
+
+    # ---- projection
+    s = st.s
+    before = dict(cut=s("cut"), clip=s("clip_7"), gma=s("gma_7"), vcr=s("vcr"), vae_encode=s("vae_encode"),
+                  vae_decode=s("vae_decode"), paste=s("paste"))
+    after = dict(before, clip=s(f"clip_1+{m}"), gma=s(f"gma_1+{m}"))
+    n_skip = len(steps) - len(gen)
+    proj = {}
+    for name in PROCS:
+        proc = PROCEDURES[name]
+        sch = make_scheduler(proc.scheduler, pipe.scheduler.config)
+        sch.set_timesteps(proc.steps)
+        n = len(sch.timesteps)
+        guided = _guided_steps(n, proc.guidance, proc.guidance_fraction)
+        variants = {"": (resolve_batched_cfg(proc.batched_cfg, device), proc.reuse_faces)}
+        if name == "fast":
+            variants = {"before": (variants[""][0], False), "after": variants[""],
+                        "after_batched": (True, True), "after_separate": (False, True)}
+        for tag, (batched, reuse) in variants.items():
+            unet = guided * (s("unet_b2") if batched else 2 * s("unet_b1")) + (n - guided) * s("unet_b1")
+            over = after if reuse else before
+            per_view = unet + sum(over.values())
+            total = s("encode_text") + len(gen) * per_view + n_skip * (s("cut") + s("paste"))
+            rows = len(gen) * (2 * guided + (n - guided))
+            key = f"{name}_{tag}" if tag else name
+            proj[key] = dict(procedure=name, evals=n, guided=guided, batched_cfg=batched, reuse_faces=reuse,
+                             unet_s_per_view=unet, overhead_s_per_view=sum(over.values()), per_view_s=per_view,
+                             panorama_s=total, unet_rows=rows)
+    ref, fast = proj["reference"], proj["fast_after"]
+    bound = ref["unet_rows"] / fast["unet_rows"]
+    print(f"\n## Per-stage seconds per generated view, fast before (recompute) / after (reuse {6 - m} of 6 faces)")
+    print(f"{'stage':<12} {'before s':>10} {'after s':>10}")
+    for k in before:
+        print(f"{k:<12} {before[k]:>10.3f} {after[k]:>10.3f}")
+    print(f"{'unet':<12} {proj['fast_before']['unet_s_per_view']:>10.3f} {fast['unet_s_per_view']:>10.3f}")
+    print(f"{'total':<12} {proj['fast_before']['per_view_s']:>10.3f} {fast['per_view_s']:>10.3f}")
+    print(f"\n## Projected whole panorama ({len(gen)} generated views x per-view seconds + text + "
+          f"{n_skip} paste-only views; PROJECTED from single passes, not run)")
+    print(f"{'procedure':<22} {'evals':>5} {'guided':>6} {'batched':>7} {'reuse':>5} {'UNet s/view':>11} "
+          f"{'other s/view':>12} {'panorama s':>11} {'UNet rows':>9}")
+    for k, r in proj.items():
+        print(f"{k:<22} {r['evals']:>5} {r['guided']:>6} {str(r['batched_cfg']):>7} {str(r['reuse_faces']):>5} "
+              f"{r['unet_s_per_view']:>11.2f} {r['overhead_s_per_view']:>12.2f} {r['panorama_s']:>11.1f} "
+              f"{r['unet_rows']:>9}")
+    ratio = ref["panorama_s"] / fast["panorama_s"]
+    ratio_before = ref["panorama_s"] / proj["fast_before"]["panorama_s"]
+    b1, b2 = s("unet_b1"), s("unet_b2")
+    print(f"\nreference / fast (projected): {ratio:.2f}x after reuse, {ratio_before:.2f}x before "
+          f"(bound with zero overhead and separate CFG: {bound:.2f}x = {ref['unet_rows']}/{fast['unet_rows']} rows; "
+          f"batch-2 pass {b2:.3f} s vs 2 x batch-1 {2 * b1:.3f} s: batched {'faster' if b2 < 2 * b1 else 'slower'})")
+    return dict(canvas=list(hw), view_size=size, views=len(steps), generated=len(gen), face_changes=changes,
+                typical_changed=m, stages=st.rows, before=before, after=after, projection=proj,
+                ratio_reference_over_fast=ratio, ratio_before=ratio_before, rows_bound=bound)
+
+
+def run_panorama(a, pipe, device) -> dict:
+    size = pipe.view_size
+    hh = (2 if a.quick else 4) * size
+    photo = input_photo(size)
+    pipe([photo], prompt="warm up", procedure=a.panorama, num_inference_steps=1, schedule=((0.0, 25.0),),
+         height=size, width=2 * size, output_type="np")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = pipe([photo], prompt="a bright living room with a large window", procedure=a.panorama, seed=0,
+               height=hh, width=2 * hh, output_type="np")
+    wall = time.perf_counter() - t0
+    i = out.info
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_peak_mb()
+    r = dict(procedure=a.panorama, wall_s=wall, canvas=i["size"], generated_views=i["generated_views"],
+             unet_passes=i["unet_passes"], unet_rows=i["unet_rows"], batched_cfg=i["batched_cfg"],
+             reuse_faces=i["reuse_faces"], faces_reused=i["faces_reused"], seconds=i["seconds"], peak_mb=peak)
+    print(f"\n## Real panorama ({a.panorama}, {i['size'][0]}x{i['size'][1]}, {i['dtype']}): {wall:.1f} s wall, "
+          f"{i['generated_views']} generated views, {i['unet_passes']} UNet calls ({i['unet_rows']} rows), "
+          f"peak {peak:.0f} MB; stages {i['seconds']}", flush=True)
+    return r
+
+
+def run_train(a) -> dict:
+    here = Path(__file__).resolve().parent
+    if not (here / "bench_sd2_train.py").is_file():
+        msg = "--train: benchmarks/bench_sd2_train.py (the training side's measure_train_step) is not in this tree"
+        print(msg, flush=True)
+        return dict(error=msg)
+    from bench_sd2_train import measure_train_step
+
+    out = {}
+    for ckpt in (False, True):
+        key = f"checkpointing={ckpt}"
+        try:
+            r = measure_train_step(preset=a.preset, device=a.device, dtype=a.dtype, batch_size=a.batch,
+                                   gradient_checkpointing=ckpt, quick=a.quick)
+        except Exception as e:  # one failure must not lose the other measurement
+            r = dict(error=f"{type(e).__name__}: {e}")
+        out[key] = r
+        print(f"train step ({key}, batch {a.batch}): {r}", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="sd2", choices=["sd2", "tiny"], help="tiny: a seconds-long dry run")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--random-weights", action="store_true", help="random weights even if the SD-2 folders exist")
+    ap.add_argument("--quick", action="store_true", help="canvas 2 x 4 views (1024x2048 for sd2) instead of 4 x 8")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--repeat", type=int, default=1, help="timed runs per stage (best kept)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed runs per stage (default 1 on CUDA, 0 on CPU)")
+    ap.add_argument("--panorama", choices=PROCS, help="also run one real panorama with this procedure")
+    ap.add_argument("--no-stages", action="store_true", help="skip the per-stage measurement")
+    ap.add_argument("--train", action="store_true", help="one training step with/without checkpointing")
+    ap.add_argument("--batch", type=int, default=1, help="--train batch size")
+    ap.add_argument("--json", help="write the results here")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    if a.warmup is None:
+        a.warmup = 1 if device.type == "cuda" else 0
+    print(machine_info(("diffusers", "transformers"), gpu=device.type == "cuda"), flush=True)
+    res: dict = dict(args=vars(a), machine=machine_info(("diffusers", "transformers"), gpu=device.type == "cuda"))
+
+    def dump():
+        if a.json:
+            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+
+    if not a.no_stages or a.panorama:
+        from opama_model.weights import MODEL_COMPONENTS as COMPS, locate
+        from opama_tools.outpaint.runner import load_model
+
+        real = a.preset == "sd2" and not a.random_weights and all(locate(c)[0] is not None for c in COMPS)
+        t0 = time.perf_counter()
+        model = load_model(preset=a.preset, random_weights=not real, device=a.device, dtype=a.dtype)
+        pipe = model.pipeline
+        res["weights"] = "real" if real else "random"
+        res["build_s"] = time.perf_counter() - t0
+        print(f"built {a.preset} ({res['weights']} weights) in {res['build_s']:.1f} s; peak RSS "
+              f"{_rss_peak_mb():.0f} MB", flush=True)
+        if not a.no_stages:
+            res["inference"] = measure_inference(a, pipe, device)
+            dump()
+        if a.panorama:
+            res["panorama"] = run_panorama(a, pipe, device)
+            dump()
+        del pipe, model
+    if a.train:
+        res["train"] = run_train(a)
+    dump()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
