@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# One-command GPU check of issue 23 (sd2 at its real size), for a session lent a GPU.
+#
+#   bash benchmarks/gpu_check.sh                 # on the GPU machine, from the repository root;
+#                                                # results under $OUT (or /tmp/gpu_check)
+#   bash benchmarks/gpu_check.sh --cpu-dry-run   # here: the same parts on the tiny preset, CPU
+#
+# Parts, each in its own process under `timeout` (a failure or timeout loses only that part):
+#   1. scan    : the chunked selective scan on CUDA vs opama's reference loop and mambapy's pscan
+#                (benchmarks/bench_scan.py); mamba-ssm's CUDA kernels are not installable on the
+#                lent machine (no network, no build), so the "cuda" method is reported unavailable.
+#   2. fp16    : bench_sd2.py --dtype fp16: per-stage seconds of one 512-px view, projected
+#                2048x4096 panorama for fast/reference/aog, plus ONE real fast panorama.
+#   3. bf16    : the same stages in bf16 (projection only).
+#   4. train1/2: bench_sd2.py --train at batch 1 and 2 (with and without gradient checkpointing,
+#                via benchmarks/bench_sd2_train.py's measure_train_step when that file exists).
+# Files under $OUT (at most 8): gpu_check.log, env.txt, scan.txt, infer_fp16.json,
+# infer_bf16.json, train_b1.json, train_b2.json.
+# Time limits per part (seconds) can be changed with T_SCAN, T_FP16, T_BF16, T_TRAIN (worst case
+# with the defaults: 60 + 150 + 75 + 2 x 90 = 465 s, plus the wheel install).
+set -u
+DRY=0
+[ "${1:-}" = "--cpu-dry-run" ] && DRY=1
+export PYTHONUNBUFFERED=1
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+  echo "no .whl/ wheels here: using the installed packages"
+fi
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+LOG=$OUT/gpu_check.log
+T_SCAN=${T_SCAN:-60}; T_FP16=${T_FP16:-150}; T_BF16=${T_BF16:-75}; T_TRAIN=${T_TRAIN:-90}
+if [ $DRY = 1 ]; then
+  DEV="--device cpu --preset tiny --quick --threads 1 --repeat 2"
+  FP16=fp32  # fp16 needs CUDA: the dry run takes fp32 and bf16
+  SCAN="--device cpu --quick --methods chunked ref --repeat 1"
+else
+  DEV="--device cuda --preset sd2 --repeat 3"
+  FP16=fp16
+  SCAN="--device cuda --D 640 --L 4096 16384 --methods chunked cuda ref pscan mixer:opama mixer:hf-mambapy --cap 30"
+fi
+python3 - > "$OUT/env.txt" 2>&1 <<'EOF'
+import sys, torch
+sys.path.insert(0, "benchmarks")
+from _common import machine_info
+print(machine_info(("diffusers", "transformers", "accelerate", "safetensors")))
+try:
+    import mamba_ssm  # noqa: F401
+    print("mamba-ssm: importable")
+except Exception as e:
+    print(f"mamba-ssm: NOT available ({type(e).__name__}: {e}); the chunked scan is what runs")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"GPU: {p.name}, {p.total_memory / 2**30:.1f} GiB, capability {p.major}.{p.minor}")
+EOF
+cat "$OUT/env.txt" | tee -a "$LOG"
+part() {  # part NAME SECONDS COMMAND...
+  local name=$1 t=$2; shift 2
+  echo "=== $name (timeout ${t}s): $*" | tee -a "$LOG"
+  local s=$SECONDS
+  timeout --kill-after=10 "$t" "$@" >> "$LOG" 2>&1
+  local rc=$?
+  echo "=== $name: rc=$rc in $((SECONDS - s)) s$([ $rc = 124 ] && echo ' (TIMED OUT)')" | tee -a "$LOG"
+}
+part scan "$T_SCAN" bash -c "python3 benchmarks/bench_scan.py $SCAN | tee '$OUT/scan.txt'"
+part "infer $FP16" "$T_FP16" python3 benchmarks/bench_sd2.py $DEV --dtype $FP16 --panorama fast --json "$OUT/infer_fp16.json"
+part "infer bf16" "$T_BF16" python3 benchmarks/bench_sd2.py $DEV --dtype bf16 --json "$OUT/infer_bf16.json"
+for b in 1 2; do
+  part "train batch $b" "$T_TRAIN" python3 benchmarks/bench_sd2.py $DEV --dtype $FP16 --no-stages --train --batch $b --json "$OUT/train_b$b.json"
+done
+echo "done in $SECONDS s; files in $OUT:" | tee -a "$LOG"
+ls -la "$OUT" | tee -a "$LOG"
