@@ -281,14 +281,24 @@ def run_train(a) -> dict:
         msg = "--train: benchmarks/bench_sd2_train.py (the training side's measure_train_step) is not in this tree"
         print(msg, flush=True)
         return dict(error=msg)
+    import inspect
+
     from bench_sd2_train import measure_train_step
 
+    # pass what its signature takes (the training side owns it): preset, device, dtype, batch size,
+    # checkpointing, quick, under the usual names
+    params = inspect.signature(measure_train_step).parameters
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     out = {}
     for ckpt in (False, True):
         key = f"checkpointing={ckpt}"
+        offer = dict(preset=a.preset, device=a.device, dtype=a.dtype, batch_size=a.batch, batch=a.batch,
+                     gradient_checkpointing=ckpt, checkpointing=ckpt, quick=a.quick, threads=a.threads or None)
+        kw = offer if var_kw else {k: v for k, v in offer.items() if k in params}
+        if var_kw:
+            kw = {k: v for k, v in offer.items() if k not in ("batch", "checkpointing")}
         try:
-            r = measure_train_step(preset=a.preset, device=a.device, dtype=a.dtype, batch_size=a.batch,
-                                   gradient_checkpointing=ckpt, quick=a.quick)
+            r = measure_train_step(**kw)
         except Exception as e:  # one failure must not lose the other measurement
             r = dict(error=f"{type(e).__name__}: {e}")
         out[key] = r
