@@ -197,20 +197,47 @@ def measure_inference(a, pipe, device) -> dict:
         decoded = st("vae_decode", lambda: pipe._vae_decode(lat))
         st("paste", lambda: pers_to_equi(decoded.unsqueeze(1), step.yaw, step.pitch, fov, hw, feather=0.0))
 
-    # ---- projection
-    s = st.s
+    res = dict(canvas=list(hw), view_size=size, views=len(steps), generated=len(gen), face_changes=changes,
+               typical_changed=m, stages=st.rows, device_type=device.type)
+    res.update(project(res, pipe.scheduler.config))
+    return res
+
+
+def _after_cost(t_full: float, t_m: float, m: int, changes: list[int]) -> float:
+    """Mean seconds per generated view of a reused stage: ``t_full`` (all 7 images) at the first view
+    and wherever all 6 faces changed, else linear between ``t_m`` (view + ``m`` faces, measured) and
+    ``t_full`` in the number of changed faces (exact at ``m`` and 6)."""
+    out = []
+    for c in changes:
+        if m >= 6 or c == m:
+            out.append(t_m if c == m else t_full)
+        else:
+            out.append(t_m + (t_full - t_m) * (c - m) / (6 - m))
+    return sum(out) / len(out)
+
+
+def project(r: dict, scheduler_config) -> dict:
+    """Projected whole-panorama seconds per procedure from the stage table ``r["stages"]`` (see the
+    module docstring), printed and returned."""
+    from opama_model.pipeline import PROCEDURES, _guided_steps, make_scheduler, resolve_batched_cfg
+
+    def s(name: str) -> float:
+        return r["stages"][name]["seconds"]
+
+    m, changes, n_gen = r["typical_changed"], r["face_changes"], r["generated"]
     before = dict(cut=s("cut"), clip=s("clip_7"), gma=s("gma_7"), vcr=s("vcr"), vae_encode=s("vae_encode"),
                   vae_decode=s("vae_decode"), paste=s("paste"))
-    after = dict(before, clip=s(f"clip_1+{m}"), gma=s(f"gma_1+{m}"))
-    n_skip = len(steps) - len(gen)
+    after = dict(before, clip=_after_cost(s("clip_7"), s(f"clip_1+{m}"), m, changes),
+                 gma=_after_cost(s("gma_7"), s(f"gma_1+{m}"), m, changes))
+    n_skip = r["views"] - n_gen
     proj = {}
     for name in PROCS:
         proc = PROCEDURES[name]
-        sch = make_scheduler(proc.scheduler, pipe.scheduler.config)
+        sch = make_scheduler(proc.scheduler, scheduler_config)
         sch.set_timesteps(proc.steps)
         n = len(sch.timesteps)
         guided = _guided_steps(n, proc.guidance, proc.guidance_fraction)
-        variants = {"": (resolve_batched_cfg(proc.batched_cfg, device), proc.reuse_faces)}
+        variants = {"": (resolve_batched_cfg(proc.batched_cfg, r["device_type"]), proc.reuse_faces)}
         if name == "fast":
             variants = {"before": (variants[""][0], False), "after": variants[""],
                         "after_batched": (True, True), "after_separate": (False, True)}
@@ -218,37 +245,38 @@ def measure_inference(a, pipe, device) -> dict:
             unet = guided * (s("unet_b2") if batched else 2 * s("unet_b1")) + (n - guided) * s("unet_b1")
             over = after if reuse else before
             per_view = unet + sum(over.values())
-            total = s("encode_text") + len(gen) * per_view + n_skip * (s("cut") + s("paste"))
-            rows = len(gen) * (2 * guided + (n - guided))
+            total = s("encode_text") + n_gen * per_view + n_skip * (s("cut") + s("paste"))
+            rows = n_gen * (2 * guided + (n - guided))
             key = f"{name}_{tag}" if tag else name
             proj[key] = dict(procedure=name, evals=n, guided=guided, batched_cfg=batched, reuse_faces=reuse,
                              unet_s_per_view=unet, overhead_s_per_view=sum(over.values()), per_view_s=per_view,
                              panorama_s=total, unet_rows=rows)
     ref, fast = proj["reference"], proj["fast_after"]
     bound = ref["unet_rows"] / fast["unet_rows"]
-    print(f"\n## Per-stage seconds per generated view, fast before (recompute) / after (reuse {6 - m} of 6 faces)")
+    print(f"\n## Per-stage seconds per generated view, fast before (recompute) / after (reuse; mean over the "
+          f"{n_gen} views, changed faces {changes})")
     print(f"{'stage':<12} {'before s':>10} {'after s':>10}")
     for k in before:
         print(f"{k:<12} {before[k]:>10.3f} {after[k]:>10.3f}")
     print(f"{'unet':<12} {proj['fast_before']['unet_s_per_view']:>10.3f} {fast['unet_s_per_view']:>10.3f}")
     print(f"{'total':<12} {proj['fast_before']['per_view_s']:>10.3f} {fast['per_view_s']:>10.3f}")
-    print(f"\n## Projected whole panorama ({len(gen)} generated views x per-view seconds + text + "
+    print(f"\n## Projected whole panorama ({n_gen} generated views x per-view seconds + text + "
           f"{n_skip} paste-only views; PROJECTED from single passes, not run)")
     print(f"{'procedure':<22} {'evals':>5} {'guided':>6} {'batched':>7} {'reuse':>5} {'UNet s/view':>11} "
           f"{'other s/view':>12} {'panorama s':>11} {'UNet rows':>9}")
-    for k, r in proj.items():
-        print(f"{k:<22} {r['evals']:>5} {r['guided']:>6} {str(r['batched_cfg']):>7} {str(r['reuse_faces']):>5} "
-              f"{r['unet_s_per_view']:>11.2f} {r['overhead_s_per_view']:>12.2f} {r['panorama_s']:>11.1f} "
-              f"{r['unet_rows']:>9}")
+    for k, x in proj.items():
+        print(f"{k:<22} {x['evals']:>5} {x['guided']:>6} {str(x['batched_cfg']):>7} {str(x['reuse_faces']):>5} "
+              f"{x['unet_s_per_view']:>11.2f} {x['overhead_s_per_view']:>12.2f} {x['panorama_s']:>11.1f} "
+              f"{x['unet_rows']:>9}")
     ratio = ref["panorama_s"] / fast["panorama_s"]
     ratio_before = ref["panorama_s"] / proj["fast_before"]["panorama_s"]
     b1, b2 = s("unet_b1"), s("unet_b2")
     print(f"\nreference / fast (projected): {ratio:.2f}x after reuse, {ratio_before:.2f}x before "
           f"(bound with zero overhead and separate CFG: {bound:.2f}x = {ref['unet_rows']}/{fast['unet_rows']} rows; "
-          f"batch-2 pass {b2:.3f} s vs 2 x batch-1 {2 * b1:.3f} s: batched {'faster' if b2 < 2 * b1 else 'slower'})")
-    return dict(canvas=list(hw), view_size=size, views=len(steps), generated=len(gen), face_changes=changes,
-                typical_changed=m, stages=st.rows, before=before, after=after, projection=proj,
-                ratio_reference_over_fast=ratio, ratio_before=ratio_before, rows_bound=bound)
+          f"batch-2 pass {b2:.3f} s vs 2 x batch-1 {2 * b1:.3f} s: batched {'faster' if b2 < 2 * b1 else 'slower'})",
+          flush=True)
+    return dict(before=before, after=after, projection=proj, ratio_reference_over_fast=ratio,
+                ratio_before=ratio_before, rows_bound=bound)
 
 
 def run_panorama(a, pipe, device) -> dict:
@@ -321,7 +349,15 @@ def main() -> None:
     ap.add_argument("--train", action="store_true", help="one training step with/without checkpointing")
     ap.add_argument("--batch", type=int, default=1, help="--train batch size")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--from-json", help="recompute and print the projection from a --json file (no model)")
     a = ap.parse_args()
+    if a.from_json:
+        from opama_model.presets import load_config
+
+        old = json.loads(Path(a.from_json).read_text())
+        print(old.get("machine", ""))
+        project(old["inference"], load_config(old["args"]["preset"], "scheduler"))
+        return
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
