@@ -356,6 +356,7 @@ def main() -> None:
 
         old = json.loads(Path(a.from_json).read_text())
         print(old.get("machine", ""))
+        old["inference"].setdefault("device_type", torch.device(old["args"]["device"]).type)
         project(old["inference"], load_config(old["args"]["preset"], "scheduler"))
         return
     if a.threads:
