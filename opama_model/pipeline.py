@@ -648,7 +648,7 @@ class OPaMaPipeline(DiffusionPipeline):
         embeds = cache.clip_embeds(inp.faces, inp.view, self._encode_images)
         tokens = global_branch(embeds, text)
         images = inp.gma_images.float()
-        if isinstance(local_branch, GMA):
+        if isinstance(local_branch, GMA) and all(getattr(st, "ring", None) is None for st in local_branch.stages):
             residuals = cache.gma_residuals(local_branch, images)
         else:
             residuals = list(local_branch(images))
@@ -700,7 +700,7 @@ class FaceCache:
         self._clip_in: torch.Tensor | None = None  # (B, 6, 3, S, S)
         self._clip_out: torch.Tensor | None = None  # (B, 6, E)
         self._gma_in: torch.Tensor | None = None  # (B, 6, 5, S, S)
-        self._gma_out: torch.Tensor | None = None  # (B, 6, C, h, w): input of the first cross-image stage
+        self._gma_state: dict | None = None  # per-face stem/stage outputs and cross-stage block-pair inputs
         self.reused = 0
 
     @staticmethod
@@ -728,35 +728,112 @@ class FaceCache:
 
     def gma_residuals(self, gma: GMA, images: torch.Tensor) -> list[torch.Tensor]:
         """The view's GMA features per stage (as ``gma(images)``), ``images (B, 7, 5, S, S)``
-        (faces then the view, :data:`opama_model.gma.VIEW_INDEX` last)."""
+        (faces then the view, :data:`opama_model.gma.VIEW_INDEX` last).
+
+        What is recomputed: the stem and every stage that treats each image alone (no
+        cross-image or ring blocks) for the changed faces and the view only. A cross-image block
+        scans the 7 images causally (F R B L U D, then the view), so a face's features depend on
+        itself and the faces before it only: in those stages the faces before the first changed
+        one keep their cached block inputs and outputs, and only the later faces' per-image
+        blocks run (the cross block runs on all 7 images, the cached ones included).
+        """
         b, n = images.shape[:2]
         if n - 1 != VIEW_INDEX:
             raise ValueError(f"GMA images must be 6 faces then the view, got {n}")
-        # stages that treat each image alone: no cross-image blocks, no ring along the faces
-        k = 0
-        while k < len(gma.stages) and len(gma.stages[k].cross) == 0 and gma.stages[k].ring is None:
-            k += 1
         faces = images[:, :VIEW_INDEX]
         same = self._same(self._gma_in, faces)
-        todo = [i for i, s in enumerate(same) if not s] + [VIEW_INDEX]
-        x = gma.stem(images[:, todo].flatten(0, 1)).unflatten(0, (b, len(todo)))
-        x = x + gma.image_embed[todo][None, :, :, None, None]
+        changed = [i for i, s in enumerate(same) if not s]
+        first = changed[0] if changed else VIEW_INDEX
+        old = self._gma_state
+        state: dict = {"stem": None, "out": [], "pairs": []}
+        idx = changed + [VIEW_INDEX]  # images whose features are computed (sorted, the view last)
+        x = gma.stem(images[:, idx].flatten(0, 1)).unflatten(0, (b, len(idx)))
+        x = x + gma.image_embed[idx][None, :, :, None, None]
+        prev_faces = self._merge(old["stem"] if old else None, x, idx)
+        state["stem"] = prev_faces
         residuals = []
-        for stage in gma.stages[:k]:
-            x = stage(x)
+        for k, stage in enumerate(gma.stages):
+            if getattr(stage, "ring", None) is not None:
+                raise ValueError("face reuse does not support the GMA ring scan (its faces are not causal)")
+            if len(stage.cross) == 0:
+                x = stage(x)
+                state["pairs"].append(None)
+            else:
+                want = list(range(first, VIEW_INDEX)) + [VIEW_INDEX]
+                if want != idx:  # widen to every face from the first changed one (cached inputs)
+                    pos = {i: j for j, i in enumerate(idx)}
+                    x = torch.stack([x[:, pos[i]] if i in pos else prev_faces[:, i] for i in want], dim=1)
+                    idx = want
+                x, pairs = self._cross_stage(stage, x, first, old["pairs"][k] if old else None)
+                state["pairs"].append(pairs)
+            prev_faces = self._merge(old["out"][k] if old else None, x, idx)
+            state["out"].append(prev_faces)
             residuals.append(x[:, -1].contiguous())
-        if self._gma_out is None:
-            cached = x[:, :-1].clone()
-        else:
-            cached = self._gma_out.clone()
-            cached[:, todo[:-1]] = x[:, :-1]
-        self.reused += len(same) - (len(todo) - 1)
-        self._gma_in, self._gma_out = faces.clone(), cached
-        x = torch.cat((cached, x[:, -1:]), dim=1)
-        for stage in gma.stages[k:]:
-            x = stage(x)
-            residuals.append(x[:, VIEW_INDEX].contiguous())
+        self.reused += len(same) - len(changed)
+        self._gma_in, self._gma_state = faces.clone(), state
         return residuals
+
+    @staticmethod
+    def _merge(cached: torch.Tensor | None, x: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        """``(B, 6, ...)`` face features: ``cached`` with the faces of ``idx`` (``x[:, j]`` for
+        ``idx[j]``; the view, last, is left out) replaced."""
+        faces = idx[:-1]
+        if cached is None:
+            if faces != list(range(VIEW_INDEX)):
+                raise RuntimeError("internal: face cache without a first full view")
+            return x[:, :-1].clone()
+        out = cached.clone()
+        if faces:
+            out[:, faces] = x[:, :-1]
+        return out
+
+    @staticmethod
+    def _cross_stage(stage, x: torch.Tensor, first: int, cached_pairs):
+        """One GMA stage with cross-image blocks (``opama_model.gma._Stage.forward``) for images
+        ``first..6`` (``x (B, 7 - first, C_in, h, w)``); the cross blocks get the faces before
+        ``first`` from ``cached_pairs`` (their inputs at each block pair at the previous view).
+        Returns the stage output for those images and the block-pair inputs of all 6 faces."""
+        b, m = x.shape[:2]
+        x = x.flatten(0, 1)
+        if stage.pool is not None:
+            x = stage.pool(x)
+        if stage.in_conv is not None:
+            x = stage.in_conv(x)
+        c, h, w = x.shape[1:]
+        hidden = x.flatten(2).transpose(1, 2)  # (B m, h w, C)
+        n = first + m
+
+        def full(t, cached):  # (B m, hw, C) -> (B 7, hw, C) with the cached faces before ``first``
+            t = t.reshape(b, m, h * w, c)
+            if first:
+                t = torch.cat((cached[:, :first], t), dim=1)
+            return t
+
+        def to_cross(t):  # (B, 7, hw, C) -> (B hw, 7, C)
+            return t.transpose(1, 2).reshape(b * h * w, n, c)
+
+        def from_cross(t):  # (B hw, 7, C) -> (B m, hw, C), images first..6
+            return t.reshape(b, h * w, n, c).transpose(1, 2)[:, first:].reshape(b * m, h * w, c)
+
+        residual = None
+        pairs = []
+        for i in range(len(stage.layers) // 2):
+            ch = cached_pairs[i] if cached_pairs is not None else (None, None)
+            hid_all = full(hidden, ch[0])
+            res_all = None if residual is None else full(residual, ch[1])
+            pairs.append((hid_all[:, :VIEW_INDEX].clone(), None if res_all is None else res_all[:, :VIEW_INDEX].clone()))
+            hf, rf = stage.layers[2 * i](hidden, residual)
+            hb, rb = stage.layers[2 * i + 1](hidden.flip(1), None if residual is None else residual.flip(1))
+            new_hidden = hf + hb.flip(1)
+            new_residual = rf + rb.flip(1) if stage.residual == "reference" else rf
+            if i < len(stage.cross):
+                hn, rn = stage.cross[i](to_cross(hid_all), None if res_all is None else to_cross(res_all))
+                new_hidden = new_hidden + from_cross(hn)
+                if stage.residual == "reference":
+                    new_residual = new_residual + from_cross(rn)
+            hidden, residual = new_hidden, new_residual
+        out = hidden if residual is None else residual + hidden
+        return out.reshape(b, m, h, w, c).permute(0, 1, 4, 2, 3), pairs
 
 
 class _Timer:

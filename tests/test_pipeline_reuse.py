@@ -88,6 +88,36 @@ def test_face_cache_notices_a_changed_face(pipe):
     assert (stale_tok - tok_ref).abs().max() > 100 * TOL  # the check above could fail
 
 
+@torch.inference_mode()
+def test_gma_cross_stages_reuse_faces_before_the_first_changed_one(pipe):
+    """Only the down face (index 5) changes: the cross-image stages keep faces 0-4 (causal scan
+    across F R B L U D, view) and the result still equals the full GMA."""
+    gma = pipe.conditioner.gma
+    assert any(len(st.cross) for st in gma.stages)  # the tiny GMA has a cross-image stage
+    canvas, known = canvas_with_views(pipe, ())
+    a = cut_view(canvas, known, 0.0, 25.0, 90.0, pipe.view_size).gma_images.float()
+    b = a.clone()
+    b[:, 5, :3] = photo(7)  # new pixels on the down face only
+    changed = [5]
+    cache = FaceCache()
+    cache.gma_residuals(gma, a)
+    calls = []
+    hooks = [blk.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+             for st in gma.stages if len(st.cross) for blk in st.layers[:1]]
+    try:
+        got = cache.gma_residuals(gma, b)
+    finally:
+        for h in hooks:
+            h.remove()
+    want = gma(b)
+    for x, y in zip(got, want):
+        assert (x - y).abs().max() <= TOL * max(1.0, float(y.abs().max()))
+    stale = gma(a)  # the check above could fail: the change reaches the view's features
+    assert max(float((x - y).abs().max()) for x, y in zip(stale, want)) > 100 * TOL
+    # per-image blocks of the cross stages ran on the images from the first changed one only
+    assert calls and all(c == 7 - changed[0] for c in calls), calls
+
+
 def test_fast_panorama_with_and_without_reuse(pipe):
     """Whole fast panoramas: face reuse on vs off differ by <= 1e-5 and reuse happened."""
     args = dict(images=[photo()], prompt="a room", height=H, width=W, num_inference_steps=2, schedule=SHORT,
