@@ -33,9 +33,8 @@ solution by less than that error: 315 UNet rows instead of 1,050; guidance batch
 call (null tokens zero-padded to the conditional length and masked with
 ``encoder_attention_mask``) where that is faster, ``batched_cfg="auto"``: on CUDA batched, on
 CPU two separate calls, measured 25.3 s vs 2 x 12.2 s per sd2 pass on one thread; and
-**face reuse**: the CLIP embeddings and the GMA's per-image work (stem and the leading stages
-without cross-image blocks) of the cube faces whose pixels did not change since the previous
-view are reused, not recomputed). ``reference`` and ``aog`` keep the published per-view
+**face reuse**: the CLIP embeddings and the GMA's work of the cube faces whose pixels did not
+change since the previous view are reused, not recomputed (:class:`FaceCache`)). ``reference`` and ``aog`` keep the published per-view
 recomputation. ``benchmarks/bench_outpaint.py`` and ``benchmarks/bench_sd2.py`` measure every
 choice.
 
@@ -102,8 +101,8 @@ class Procedure:
         guidance_fraction: guidance in the first ``ceil(fraction * n)`` of the ``n`` UNet
             evaluations per view, conditional branch only afterwards.
         reuse_faces: reuse, from the previous view of the same panorama, the CLIP embeddings and
-            the GMA's per-image features (stem and the leading stages without cross-image or
-            ring blocks) of every cube face whose pixels did not change (compared exactly). The
+            the GMA features (:meth:`FaceCache.gma_residuals`) of every cube face whose pixels
+            did not change (compared exactly). The
             result equals recomputing up to float rounding of the smaller batches (tested
             <= 1e-5). Off for ``reference`` and ``aog``, which recompute every view as published.
 
