@@ -332,15 +332,15 @@ def run_train(a) -> dict:
     # pass what its signature takes (the training side owns it): preset, device, dtype, batch size,
     # checkpointing, quick, under the usual names
     params = inspect.signature(measure_train_step).parameters
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     out = {}
     for ckpt in (False, True):
         key = f"checkpointing={ckpt}"
+        view = 512 if a.preset == "sd2" else 64
         offer = dict(preset=a.preset, device=a.device, dtype=a.dtype, batch_size=a.batch, batch=a.batch,
-                     gradient_checkpointing=ckpt, checkpointing=ckpt, quick=a.quick, threads=a.threads or None)
-        kw = offer if var_kw else {k: v for k, v in offer.items() if k in params}
-        if var_kw:
-            kw = {k: v for k, v in offer.items() if k not in ("batch", "checkpointing")}
+                     gradient_checkpointing=ckpt, checkpointing=ckpt, quick=a.quick, threads=a.threads or 0,
+                     mixed_precision={"fp32": "no"}.get(a.dtype, a.dtype), random_weights=True,
+                     canvas=(2 * view, 4 * view) if a.quick else None)
+        kw = {k: v for k, v in offer.items() if k in params}
         try:
             r = measure_train_step(**kw)
         except Exception as e:  # one failure must not lose the other measurement
