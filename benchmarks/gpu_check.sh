@@ -5,19 +5,22 @@
 #                                                # results under $OUT (or /tmp/gpu_check)
 #   bash benchmarks/gpu_check.sh --cpu-dry-run   # here: the same parts on the tiny preset, CPU
 #
-# Parts, each in its own process under `timeout` (a failure or timeout loses only that part):
-#   1. scan    : the chunked selective scan on CUDA vs opama's reference loop and mambapy's pscan
-#                (benchmarks/bench_scan.py); mamba-ssm's CUDA kernels are not installable on the
-#                lent machine (no network, no build), so the "cuda" method is reported unavailable.
-#   2. fp16    : bench_sd2.py --dtype fp16: per-stage seconds of one 512-px view, projected
+# Parts, in this order, each in its own process under `timeout` (a failure or timeout loses only
+# that part):
+#   1. fp16    : bench_sd2.py --dtype fp16: per-stage seconds of one 512-px view, projected
 #                2048x4096 panorama for fast/reference/aog, plus ONE real fast panorama.
-#   3. bf16    : the same stages in bf16 (projection only).
-#   4. train1/2: bench_sd2.py --train at batch 1 and 2 (with and without gradient checkpointing,
-#                via benchmarks/bench_sd2_train.py's measure_train_step when that file exists).
+#   2. train1/2: bench_sd2.py --train at batch 1 and 2, bf16 mixed precision (with and without
+#                gradient checkpointing, via benchmarks/bench_sd2_train.py's measure_train_step
+#                when that file exists).
+#   3. bf16    : the inference stages in bf16 (projection only).
+#   4. scan    : the chunked selective scan on CUDA (D=640, L=4096: the GMA's first stage) vs
+#                opama's reference loop and mambapy's pscan (benchmarks/bench_scan.py); mamba-ssm's
+#                CUDA kernels are not installable on the lent machine (no network, no build), so
+#                its "cuda" method is skipped and env.txt says so.
 # Files under $OUT (at most 8): gpu_check.log, env.txt, scan.txt, infer_fp16.json,
 # infer_bf16.json, train_b1.json, train_b2.json.
 # Time limits per part (seconds) can be changed with T_SCAN, T_FP16, T_BF16, T_TRAIN (worst case
-# with the defaults: 60 + 150 + 75 + 2 x 90 = 465 s, plus the wheel install).
+# with the defaults: 150 + 2 x 110 + 75 + 50 = 495 s, plus the wheel install; typical is less).
 set -u
 DRY=0
 [ "${1:-}" = "--cpu-dry-run" ] && DRY=1
@@ -31,15 +34,17 @@ fi
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 LOG=$OUT/gpu_check.log
-T_SCAN=${T_SCAN:-60}; T_FP16=${T_FP16:-150}; T_BF16=${T_BF16:-75}; T_TRAIN=${T_TRAIN:-90}
+T_SCAN=${T_SCAN:-50}; T_FP16=${T_FP16:-150}; T_BF16=${T_BF16:-75}; T_TRAIN=${T_TRAIN:-110}
 if [ $DRY = 1 ]; then
   DEV="--device cpu --preset tiny --quick --threads 1 --repeat 2"
   FP16=fp32  # fp16 needs CUDA: the dry run takes fp32 and bf16
+  TRAIN_DTYPE=fp32
   SCAN="--device cpu --quick --methods chunked ref --repeat 1"
 else
   DEV="--device cuda --preset sd2 --repeat 3"
   FP16=fp16
-  SCAN="--device cuda --D 640 --L 4096 16384 --methods chunked cuda ref pscan mixer:opama mixer:hf-mambapy --cap 30"
+  TRAIN_DTYPE=${TRAIN_DTYPE:-bf16}  # the training steps' --mixed-precision (override with TRAIN_DTYPE=fp16|fp32)
+  SCAN="--device cuda --D 640 --L 4096 --methods chunked cuda ref pscan mixer:opama mixer:hf-mambapy --cap 20"
 fi
 python3 - > "$OUT/env.txt" 2>&1 <<'EOF'
 import sys, torch
@@ -64,11 +69,12 @@ part() {  # part NAME SECONDS COMMAND...
   local rc=$?
   echo "=== $name: rc=$rc in $((SECONDS - s)) s$([ $rc = 124 ] && echo ' (TIMED OUT)')" | tee -a "$LOG"
 }
-part scan "$T_SCAN" bash -c "python3 benchmarks/bench_scan.py $SCAN | tee '$OUT/scan.txt'"
+# most wanted first: if the device time runs out, the later parts are the ones lost
 part "infer $FP16" "$T_FP16" python3 benchmarks/bench_sd2.py $DEV --dtype $FP16 --panorama fast --json "$OUT/infer_fp16.json"
-part "infer bf16" "$T_BF16" python3 benchmarks/bench_sd2.py $DEV --dtype bf16 --json "$OUT/infer_bf16.json"
 for b in 1 2; do
-  part "train batch $b" "$T_TRAIN" python3 benchmarks/bench_sd2.py $DEV --dtype $FP16 --no-stages --train --batch $b --json "$OUT/train_b$b.json"
+  part "train batch $b" "$T_TRAIN" python3 benchmarks/bench_sd2.py $DEV --dtype $TRAIN_DTYPE --no-stages --train --batch $b --json "$OUT/train_b$b.json"
 done
+part "infer bf16" "$T_BF16" python3 benchmarks/bench_sd2.py $DEV --dtype bf16 --json "$OUT/infer_bf16.json"
+part scan "$T_SCAN" bash -c "python3 benchmarks/bench_scan.py $SCAN | tee '$OUT/scan.txt'"
 echo "done in $SECONDS s; files in $OUT:" | tee -a "$LOG"
 ls -la "$OUT" | tee -a "$LOG"
