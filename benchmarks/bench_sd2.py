@@ -117,8 +117,7 @@ def face_changes(steps, known0: torch.Tensor, fov: float, size: int) -> list[lis
 def measure_inference(a, pipe, device) -> dict:
     from opama_model.canvas import cut_view
     from opama_model.gma import GMA
-    from opama_model.pipeline import (PROCEDURES, FaceCache, _guided_steps, make_scheduler, paste_inputs,
-                                      plan_views, resolve_batched_cfg)
+    from opama_model.pipeline import FaceCache, make_scheduler, paste_inputs, plan_views
     from opama_model.spherical import pers_to_equi
     from opama_model.views import AOG21
 
@@ -213,8 +212,8 @@ def measure_inference(a, pipe, device) -> dict:
         decoded = st("vae_decode", lambda: pipe._vae_decode(lat))
         st("paste", lambda: pers_to_equi(decoded.unsqueeze(1), step.yaw, step.pitch, fov, hw, feather=0.0))
 
-    res = dict(canvas=list(hw), view_size=size, views=len(steps), generated=len(gen), face_changes=changes, changed_faces=sets,
-               typical_changed=m, stages=st.rows, device_type=device.type)
+    res = dict(canvas=list(hw), view_size=size, views=len(steps), generated=len(gen), face_changes=changes,
+               changed_faces=sets, typical_changed=m, stages=st.rows, device_type=device.type)
     res.update(project(res, pipe.scheduler.config))
     return res
 

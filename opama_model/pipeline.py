@@ -32,10 +32,10 @@ reference's 25 uniform steps; guidance in the first half of the steps only, whic
 solution by less than that error: 315 UNet rows instead of 1,050; guidance batched in one UNet
 call (null tokens zero-padded to the conditional length and masked with
 ``encoder_attention_mask``) where that is faster, ``batched_cfg="auto"``: on CUDA batched, on
-CPU two separate calls, measured 25.3 s vs 2 x 12.2 s per sd2 pass on one thread; and
-**face reuse**: the CLIP embeddings and the GMA's work of the cube faces whose pixels did not
-change since the previous view are reused, not recomputed (:class:`FaceCache`)). ``reference`` and ``aog`` keep the published per-view
-recomputation. ``benchmarks/bench_outpaint.py`` and ``benchmarks/bench_sd2.py`` measure every
+CPU two separate calls (:func:`resolve_batched_cfg`); and **face reuse**: the CLIP embeddings
+and the GMA's work of the cube faces whose pixels did not change since the previous view are
+reused, not recomputed (:class:`FaceCache`)). ``reference`` and ``aog`` keep the published
+per-view recomputation. ``benchmarks/bench_outpaint.py`` and ``benchmarks/bench_sd2.py`` measure every
 choice.
 
 Seeds: one CPU ``torch.Generator`` per panorama draws every view's initial noise, so a seed
@@ -63,9 +63,9 @@ from diffusers import (
 from diffusers.utils import BaseOutput
 
 from .canvas import cut_view
-from .gma import GMA, VIEW_INDEX
 from .conditioner import AOGConditioner, OPaMaConditioner, pad_tokens  # noqa: F401 (from_pretrained finds them)
 from .directions import Direction, check_direction
+from .gma import GMA, VIEW_INDEX
 from .spherical import equi_to_pers, equirect_directions, pers_to_equi, project_to_view
 from .views import AOG21
 
@@ -102,9 +102,9 @@ class Procedure:
             evaluations per view, conditional branch only afterwards.
         reuse_faces: reuse, from the previous view of the same panorama, the CLIP embeddings and
             the GMA features (:meth:`FaceCache.gma_residuals`) of every cube face whose pixels
-            did not change (compared exactly). The
-            result equals recomputing up to float rounding of the smaller batches (tested
-            <= 1e-5). Off for ``reference`` and ``aog``, which recompute every view as published.
+            did not change (compared exactly). The result equals recomputing up to float
+            rounding of the smaller batches (tested <= 1e-5). Off for ``reference`` and
+            ``aog``, which recompute every view as published.
 
     The precision is the loaded model's (``opama outpaint --dtype auto``: fp16 UNet/VAE/CLIP and
     channels-last on CUDA, fp32 on CPU), the same for every procedure.
@@ -161,9 +161,10 @@ def make_scheduler(name: str, base_config: dict):
 
 
 def resolve_batched_cfg(value: bool | str, device=None) -> bool:
-    """``batched_cfg`` of a :class:`Procedure` for ``device``: ``"auto"`` is False on CPU (two
-    batch-1 UNet calls measured faster there: sd2, one thread, 25.3 s batched vs 2 x 12.2 s) and
-    True elsewhere (a GPU runs a batch of 2 in about the time of one)."""
+    """``batched_cfg`` of a :class:`Procedure` for ``device``: ``"auto"`` is False on CPU and
+    True elsewhere. On CPU a batch-2 sd2 UNet pass costs two batch-1 passes or more (one thread:
+    25.3 s vs 2 x 12.2 s on a quiet machine, 31.0 s vs 2 x 15.6 s on a loaded one), while a GPU
+    runs a batch of 2 in little more than the time of one (``benchmarks/bench_sd2.py``)."""
     if isinstance(value, str):
         if value != "auto":
             raise ValueError(f"batched_cfg must be True, False or 'auto', got {value!r}")
@@ -820,7 +821,8 @@ class FaceCache:
             ch = cached_pairs[i] if cached_pairs is not None else (None, None)
             hid_all = full(hidden, ch[0])
             res_all = None if residual is None else full(residual, ch[1])
-            pairs.append((hid_all[:, :VIEW_INDEX].clone(), None if res_all is None else res_all[:, :VIEW_INDEX].clone()))
+            pairs.append((hid_all[:, :VIEW_INDEX].clone(),
+                          None if res_all is None else res_all[:, :VIEW_INDEX].clone()))
             hf, rf = stage.layers[2 * i](hidden, residual)
             hb, rb = stage.layers[2 * i + 1](hidden.flip(1), None if residual is None else residual.flip(1))
             new_hidden = hf + hb.flip(1)

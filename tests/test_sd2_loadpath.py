@@ -105,10 +105,9 @@ def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:
 def test_build_sd2_from_hub_cache_layout(env, staged, tiny_parts, tmp_path, monkeypatch):
     inpaint, clip = staged
     cache = tmp_path / "hub" if env == "HF_HOME" else tmp_path / "elsewhere"
-    snaps = {"stabilityai/stable-diffusion-2-inpainting": _write_repo(cache, "stabilityai/stable-diffusion-2-inpainting",
-                                                                       inpaint),
-             "stabilityai/stable-diffusion-2-1-unclip": _write_repo(cache, "stabilityai/stable-diffusion-2-1-unclip",
-                                                                     clip)}
+    snaps = {repo: _write_repo(cache, repo, staging) for repo, staging in
+             (("stabilityai/stable-diffusion-2-inpainting", inpaint),
+              ("stabilityai/stable-diffusion-2-1-unclip", clip))}
     for var in ("HF_HOME", "HF_HUB_CACHE", "OPAMA_SD2_INPAINT", "OPAMA_SD2_CLIP"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv(env, str(tmp_path if env == "HF_HOME" else cache))
