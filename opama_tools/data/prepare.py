@@ -39,6 +39,7 @@ from typing import Callable
 
 import numpy as np
 
+from opama_tools.images import format_hw
 from opama_tools.io import atomic_path, find_files, printable_path, remove_stale_temps, utf8_name_problem
 from opama_tools.jobs import (
     NoInputsError,
@@ -121,7 +122,7 @@ class PrepareConfig:
         elif self.size is not None:
             h, w = (int(v) for v in self.size)
             if h < 1 or w != 2 * h:
-                raise ValueError(f"size {h}x{w} is not a 2:1 equirect size (width must be 2 x height)")
+                raise ValueError(f"size {format_hw(h, w)} is not a 2:1 equirect size (HxW, width must be 2 x height)")
             object.__setattr__(self, "size", (h, w))
         if not math.isfinite(self.exposure):
             raise ValueError(f"--exposure must be a finite number of EV, got {self.exposure}")
@@ -350,7 +351,7 @@ def process_file(src: str | Path, dst: str | Path, cfg: PrepareConfig, dst_rel: 
         h, w = x.shape[:2]
         row.update(src_width=w, src_height=h)
         if w != 2 * h and not cfg.force_aspect:
-            raise ValueError(f"{printable_path(src)}: not a 2:1 equirect panorama ({w}x{h} pixels, W x H); "
+            raise ValueError(f"{printable_path(src)}: not a 2:1 equirect panorama ({format_hw(h, w)} pixels, HxW); "
                              "use --force-aspect to resize it")
         out_h, out_w = cfg.output_size(h, w)
         if is_hdr:

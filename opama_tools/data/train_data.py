@@ -33,15 +33,15 @@ def find_training_panoramas(data_dir: str | Path) -> list[Path]:
 
 
 def _check_aspect(path: Path) -> None:
-    from PIL import Image, UnidentifiedImageError
+    from opama_tools.images import format_hw, image_hw
 
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (OSError, UnidentifiedImageError) as e:
-        raise TrainDataError(f"{path}: cannot read image ({type(e).__name__})") from None
+        h, w = image_hw(path)
+    except ValueError as e:
+        raise TrainDataError(f"{path}: cannot read image ({e})") from None
     if w != 2 * h:
-        raise TrainDataError(f"{path}: {w}x{h} is not a 2:1 equirectangular panorama (width must be twice the height)")
+        raise TrainDataError(f"{path}: {format_hw(h, w)} pixels (HxW) is not a 2:1 equirectangular panorama "
+                             "(width must be twice the height)")
 
 
 def load_records(data_dir: str | Path, captions: Sequence[str | Path] = (), *, kind: str = "auto",

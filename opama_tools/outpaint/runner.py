@@ -34,7 +34,7 @@ from PIL import Image
 
 from opama_model.directions import check_direction
 from opama_tools.devices import resolve_device
-from opama_tools.images import parse_size
+from opama_tools.images import format_hw, parse_size
 from opama_tools.io import atomic_path, atomic_write_text
 from opama_tools.jobs import file_digest, read_done
 
@@ -168,7 +168,7 @@ class OutpaintSettings:
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
         if self.size is not None and (self.size[1] != 2 * self.size[0] or self.size[0] < 2):
-            raise ValueError(f"--size {self.size[0]}x{self.size[1]}: must be 2:1 (width = 2 x height)")
+            raise ValueError(f"--size {format_hw(*self.size)}: must be 2:1 (HxW, width = 2 x height)")
         if self.cube < 0 or self.cube == 1:
             raise ValueError(f"--cube must be 0 (none) or >= 2 pixels, got {self.cube}")
 
