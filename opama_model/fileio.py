@@ -9,11 +9,14 @@
 * Stops: :func:`signals_held` defers SIGTERM/SIGINT over a commit step; :func:`stop_raises`
   turns SIGTERM into :class:`Terminated` (at once, or with ``deferred=True`` at the next
   :func:`check_stop`), so a batch or a training loop unwinds cleanly and records what finished.
+* Digests: :func:`file_digest`, the sha256 of a file's bytes, streamed (the one file hash;
+  :mod:`opama_tools.jobs` builds its source signatures on it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import signal
@@ -25,6 +28,7 @@ from typing import Callable, Iterator
 __all__ = [
     "TEMP_PATTERN",
     "current_umask",
+    "file_digest",
     "signals_held",
     "atomic_path",
     "atomic_write_bytes",
@@ -37,6 +41,18 @@ __all__ = [
     "stop_name",
     "stop_exit_code",
 ]
+
+_DIGEST_CHUNK = 1 << 20
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 (64 hex digits) of a file's bytes, read in 1 MiB chunks (constant memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_DIGEST_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
 
 # ".<stem>.<8 chars of tempfile's alphabet>.tmp<suffix>", as made by atomic_path below.
 TEMP_PATTERN = re.compile(r"^\..*\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")

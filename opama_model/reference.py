@@ -389,8 +389,7 @@ def convert_reference_checkpoint(ckpt: str | Path, out_dir: str | Path, *, prese
     Returns:
         ``{"path", "preset", "tensors", "null_rows_dropped", "parameters"}``.
     """
-    import hashlib
-
+    from .fileio import file_digest
     from .model_dir import save_model_dir
     from .presets import Components, get_preset
 
@@ -401,14 +400,10 @@ def convert_reference_checkpoint(ckpt: str | Path, out_dir: str | Path, *, prese
         name = matching_preset(report["config"], preset)
     except ReferenceCheckpointError as e:
         raise ReferenceCheckpointError(f"{ckpt}: {e}") from None
-    h = hashlib.sha256()
-    with open(ckpt, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
     comps = Components(get_preset(name), unet=None, vae=None, scheduler=None, text_encoder=None,
                        tokenizer=None, image_encoder=None, conditioner=cond)
     source = dict(kind="opama-reference-checkpoint", repository="PengleiGao/OPaMa", file=ckpt.name,
-                  sha256=h.hexdigest(), tensors=report["tensors"], null_rows_dropped=report["null_rows_dropped"])
+                  sha256=file_digest(ckpt), tensors=report["tensors"], null_rows_dropped=report["null_rows_dropped"])
     path = save_model_dir(comps, out_dir, trained=("conditioner",), extra={"source": source})
     return dict(path=path, preset=name, tensors=report["tensors"], null_rows_dropped=report["null_rows_dropped"],
                 parameters=sum(p.numel() for p in cond.parameters()))

@@ -5,7 +5,7 @@ Skipping finished work (one scheme for every stage):
 * :func:`source_signature`: a content hash (sha256 hex) of a stage's inputs: a file's bytes,
   a folder's files (relative names and bytes), or a list of them in order. Streamed in
   1 MiB chunks; renaming or touching a file without changing its bytes keeps its signature.
-  :func:`file_digest` is the one-file case.
+  :func:`file_digest` (from :mod:`opama_model.fileio`) is the one-file case.
 * :func:`settings_key`: a short hash (16 hex digits) of the canonical JSON of everything that
   shapes the output besides the inputs (options, model identity, ...). Pass the options that
   change the output and nothing else (not the device, not the progress bar).
@@ -54,6 +54,7 @@ from opama_model.fileio import (  # noqa: F401 (re-exported)
     atomic_write_bytes,
     atomic_write_text,
     check_stop,
+    file_digest,
     remove_stale_temps,
     signals_held,
     stop_exit_code,
@@ -95,16 +96,6 @@ class NoInputsError(ValueError):
 
 
 # --------------------------------------------------------------------------- what is done
-_CHUNK = 1 << 20
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 (64 hex digits) of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _folder_files(folder: Path) -> list[tuple[str, Path]]:

@@ -40,6 +40,7 @@ def test_immediate_sigterm_raises_in_place():
 import json
 from dataclasses import dataclass
 
+from opama_model import fileio
 from opama_tools.jobs import (
     file_digest,
     is_done,
@@ -57,6 +58,7 @@ def test_source_signature_follows_content_not_names_or_times(tmp_path):
     a = tmp_path / "a.bin"
     a.write_bytes(b"x" * 3_000_000)  # more than one read chunk
     assert source_signature(a) == file_digest(a) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+    assert file_digest is fileio.file_digest  # one streamed file hash, shared with opama_model
     sig = source_signature(a)
     os.utime(a, ns=(1, 1))
     b = tmp_path / "b.bin"
