@@ -6,6 +6,8 @@ Skipping finished work (one scheme for every stage):
   a folder's files (relative names and bytes), or a list of them in order. Streamed in
   1 MiB chunks; renaming or touching a file without changing its bytes keeps its signature.
   :func:`file_digest` (from :mod:`opama_model.fileio`) is the one-file case.
+* :func:`folder_stat_signature`: a cheap signature of a model folder (JSON files by content,
+  weight files by name, size and mtime): hashing gigabytes of weights on every run is too slow.
 * :func:`settings_key`: a short hash (16 hex digits) of the canonical JSON of everything that
   shapes the output besides the inputs (options, model identity, ...). Pass the options that
   change the output and nothing else (not the device, not the progress bar).
@@ -67,6 +69,7 @@ __all__ = [
     "RESUME_HINT",
     "file_digest",
     "source_signature",
+    "folder_stat_signature",
     "canonical_json",
     "settings_key",
     "done_fields",
@@ -133,6 +136,29 @@ def source_signature(source: str | os.PathLike | Sequence[str | os.PathLike]) ->
             h.update(os.fsencode(rel) + b"\0" + file_digest(p).encode("ascii") + b"\n")
         return h.hexdigest()
     return file_digest(path)
+
+
+def folder_stat_signature(folder: str | os.PathLike, hashed: tuple[str, ...] = (".json",)) -> str:
+    """Cheap signature (sha256, 64 hex digits) of a folder of large files, e.g. a model folder.
+
+    sha256 over every file below ``folder``, sorted by relative POSIX name: a file whose name
+    ends with one of ``hashed`` (the small JSON configs) as ``name NUL "sha256" NUL file_digest``,
+    any other file (weights) as ``name NUL size NUL mtime_ns``, without reading it. So a rewritten,
+    touched, added, removed or renamed weight file changes it; a weight file changed in place
+    with the same size and mtime does not (:func:`source_signature` would, at the cost of
+    reading every byte). Raises ``OSError`` when the folder cannot be read.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a folder")
+    h = hashlib.sha256(b"folder-stat\n")
+    for rel, p in _folder_files(root):
+        if rel.endswith(hashed):
+            h.update(os.fsencode(rel) + b"\0sha256\0" + file_digest(p).encode("ascii") + b"\n")
+        else:
+            st = p.stat()
+            h.update(os.fsencode(rel) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode("ascii"))
+    return h.hexdigest()
 
 
 def _jsonable(obj: Any) -> Any:

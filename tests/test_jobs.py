@@ -111,3 +111,29 @@ def test_done_record_round_trip(tmp_path):
     rec.write_text("[1, 2]")
     assert read_done(rec) is None and not record_matches(None, "s", "k")
     assert [p.name for p in rec.parent.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_folder_stat_signature_hashes_json_and_stats_weights(tmp_path):
+    from opama_tools.jobs import folder_stat_signature
+
+    m = tmp_path / "model"
+    (m / "unet").mkdir(parents=True)
+    (m / "config.json").write_text('{"a": 1}')
+    w = m / "unet" / "w.safetensors"
+    w.write_bytes(b"\0" * 1000)
+    os.utime(w, ns=(10**18, 10**18))
+    sig = folder_stat_signature(m)
+    assert sig == folder_stat_signature(m) and len(sig) == 64
+    (m / "config.json").write_text('{"a": 2}')  # a config's bytes count, whatever its mtime
+    assert folder_stat_signature(m) != sig
+    (m / "config.json").write_text('{"a": 1}')
+    assert folder_stat_signature(m) == sig
+    os.utime(w, ns=(10**18, 10**18 + 1))  # a touched weight file counts
+    assert folder_stat_signature(m) != sig
+    w.write_bytes(b"\1" * 1000)  # same size and mtime: weights are not read (documented)
+    os.utime(w, ns=(10**18, 10**18))
+    assert folder_stat_signature(m) == sig
+    w.rename(m / "unet" / "v.safetensors")
+    assert folder_stat_signature(m) != sig
+    with pytest.raises(NotADirectoryError):
+        folder_stat_signature(tmp_path / "missing")

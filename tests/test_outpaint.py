@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 
@@ -63,7 +64,8 @@ def test_single_panorama_outputs(tmp_path):
     res = runner.invoke(app, ["outpaint", *FAST, "--input", str(tmp_path / "v.png"), "--prompt", "a room",
                               "--out", str(out)])
     assert res.exit_code == 0 and "written" in res.output
-    assert not (out / "cube_F.png").exists() and json.loads((out / "meta.json").read_text())["key"] != meta["key"]
+    new = json.loads((out / "meta.json").read_text())
+    assert not (out / "cube_F.png").exists() and new["source"] != meta["source"] and new["settings"] == meta["settings"]
 
 
 def test_text_only_and_two_photos_from_the_cli(tmp_path):
@@ -145,11 +147,21 @@ def test_model_folder_from_train(tmp_path):
 
     save_model_dir(build_components("tiny"), tmp_path / "model")
     write_photo(tmp_path / "v.png")
-    res = runner.invoke(app, ["outpaint", "--model", str(tmp_path / "model"), "--size", "64x128", "--steps", "1",
-                              "--views", "0,25", "--input", str(tmp_path / "v.png"), "--out", str(tmp_path / "o")])
+    args = ["outpaint", "--model", str(tmp_path / "model"), "--size", "64x128", "--steps", "1",
+            "--views", "0,25", "--input", str(tmp_path / "v.png"), "--out", str(tmp_path / "o")]
+    res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())
     assert meta["model_id"] == f"dir:{(tmp_path / 'model').resolve()}" and meta["method"] == "opama"
+    # unchanged model folder: skipped; a retrained (rewritten) weight file: redone
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and "already done" in res.output, res.output
+    weights = next(p for p in (tmp_path / "model").rglob("*.safetensors"))
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and "already done" not in res.output, res.output
+    assert json.loads((tmp_path / "o" / "meta.json").read_text())["settings"] != meta["settings"]
 
 
 def test_video_look_around(tmp_path):

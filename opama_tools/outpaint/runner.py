@@ -7,20 +7,23 @@ Per panorama, in its folder (``OUT`` for one panorama, ``OUT/<name>/`` in a batc
   transparent pixels of a photo with alpha are 0: generated);
 * ``index.html``: the self-contained drag-to-look viewer (:mod:`.viewer`);
 * ``cube_F.png`` ... ``cube_D.png`` with ``cube > 0``; ``pano.mp4`` with ``video``;
-* ``meta.json``, written **last**: prompt, inputs and directions (with file digests), seed,
-  procedure, scheduler, steps, guidance, views, ``model_id``, ``method``, UNet passes (counted),
-  seconds per stage, and the ``key`` of everything that determines the output.
+* ``meta.json``, written **last**: prompt, inputs and directions, seed, procedure, scheduler,
+  steps, guidance, views, ``model_id``, ``method``, UNet passes (counted), seconds per stage;
+  it is the job layer's done record (:mod:`opama_tools.jobs`): ``source`` = the
+  :func:`~opama_tools.jobs.source_signature` of the input photos' bytes, in order, and
+  ``settings`` = the :func:`~opama_tools.jobs.settings_key` of everything else that determines
+  the output (directions, prompt, canvas size, options, and the model: a model folder by its
+  :func:`~opama_tools.jobs.folder_stat_signature`, a preset by name, conditioner and seed).
 
-Every file is written atomically. A panorama whose ``meta.json`` has the current ``key`` and
-whose files exist is skipped on re-runs (inputs unchanged: their bytes are hashed, not just
-the options), so a batch is resumable; ``overwrite`` redoes it. Under ``accelerate launch``
+Every file is written atomically. A panorama whose ``meta.json`` matches the current
+``source`` and ``settings`` and whose files exist is skipped on re-runs, so a batch is
+resumable; ``overwrite`` redoes it. Under ``accelerate launch``
 the rows are spread over the processes (row ``i`` to process ``i % n``), one output folder.
 A row that fails (a bad batch row, an unreadable photo) is reported and the others go on.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -36,7 +39,7 @@ from opama_model.directions import check_direction
 from opama_tools.devices import resolve_device
 from opama_tools.images import format_hw, parse_size
 from opama_tools.io import atomic_path, atomic_write_text
-from opama_tools.jobs import file_digest, read_done
+from opama_tools.jobs import done_fields, folder_stat_signature, is_done, settings_key, source_signature
 
 from .inputs import IMAGE_EXTS, InputSpec, Row, parse_input_spec, read_input_image, read_rows
 
@@ -65,7 +68,8 @@ CUBE_NAMES = ("F", "R", "B", "L", "U", "D")
 # ----------------------------------------------------------------------------- model
 @dataclass
 class OutpaintModel:
-    """A loaded pipeline and what identifies it (``model_id``, ``method`` = "opama" | "aog")."""
+    """A loaded pipeline and what identifies it (``model_id``, ``method`` = "opama" | "aog";
+    ``digest``: the model's part of each panorama's settings key)."""
 
     pipeline: Any
     model_id: str
@@ -83,16 +87,6 @@ def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and dtype == "fp16":
         raise ValueError("--dtype fp16 needs a CUDA device (use fp32 or bf16 on CPU)")
     return table[dtype]
-
-
-def _folder_digest(path: Path) -> str:
-    """Digest of a model folder's files (relative path, size, modification time): cheap, changes on retraining."""
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
 
 
 def load_model(model: str | Path | None = None, *, preset: str | None = None, random_weights: bool = False,
@@ -120,12 +114,12 @@ def load_model(model: str | Path | None = None, *, preset: str | None = None, ra
         path = Path(model)
         comps = load_model_dir(path, paths=paths)
         model_id = f"dir:{path.resolve()}"
-        digest = _folder_digest(path)
+        digest = folder_stat_signature(path)
     else:
         comps = build_components(preset, random_weights=random_weights, paths=paths, conditioner=conditioner,
                                  seed=seed)
         model_id = f"preset:{preset}" + ("-random" if (random_weights or not comps.preset.pretrained) else "")
-        digest = hashlib.sha256(f"{model_id}:{conditioner}:{seed}".encode()).hexdigest()[:16]
+        digest = settings_key("preset", model_id, conditioner, seed)
     if dev.type != "cpu" or dt != torch.float32:  # (a no-op .to() still makes diffusers warn)
         comps.to(device=dev, dtype=dt)
     if dev.type == "cuda":
@@ -186,8 +180,9 @@ def _canvas_size(model: OutpaintModel, settings: OutpaintSettings) -> tuple[int,
     return settings.size or default_canvas_size(model.pipeline.view_size)
 
 
-def check_row(row: Row, model: OutpaintModel, settings: OutpaintSettings) -> tuple[list[np.ndarray], str]:
-    """Read and check a row's inputs before anything runs; returns the images and the row's ``key``.
+def check_row(row: Row, model: OutpaintModel, settings: OutpaintSettings) -> tuple[list[np.ndarray], str, str]:
+    """Read and check a row's inputs before anything runs; returns the images and the row's
+    done-record fields: the inputs' ``source_signature`` and the ``settings_key``.
 
     Photos of any size are accepted (they are resampled to their footprint on the canvas).
 
@@ -197,21 +192,20 @@ def check_row(row: Row, model: OutpaintModel, settings: OutpaintSettings) -> tup
     if row.error:
         raise ValueError(row.error)
     h, w = _canvas_size(model, settings)
-    images, digests = [], []
+    images = []
     for spec in row.inputs:
         check_direction(spec.direction)
         images.append(read_input_image(spec.path))
-        digests.append(file_digest(spec.path))
-    key_src = dict(inputs=[[d, *s.direction] for d, s in zip(digests, row.inputs)], prompt=row.prompt,
-                   model=model.digest, size=[h, w], **{k: v for k, v in asdict(settings).items()
-                                                      if k not in ("size", "cube", "video", "viewer")})
-    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:24]
-    return images, key
+    signature = source_signature([spec.path for spec in row.inputs])
+    # cube, video and viewer only add files: the done check asks for them by name
+    options = {k: v for k, v in asdict(settings).items() if k not in ("size", "cube", "video", "viewer")}
+    key = settings_key("outpaint", dict(directions=[list(s.direction) for s in row.inputs], prompt=row.prompt,
+                                        model=model.digest, size=[h, w], **options))
+    return images, signature, key
 
 
-def _is_done(folder: Path, key: str, settings: OutpaintSettings) -> bool:
-    meta = read_done(folder / META)
-    return meta is not None and meta.get("key") == key and all((folder / f).is_file() for f in settings.output_files())
+def _is_done(folder: Path, signature: str, key: str, settings: OutpaintSettings) -> bool:
+    return is_done(folder / META, signature, key, [folder / f for f in settings.output_files()])
 
 
 def _usual_mode(path: Path) -> None:
@@ -228,17 +222,17 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 
 def outpaint_row(row: Row, model: OutpaintModel, folder: str | Path, settings: OutpaintSettings, *,
-                 images: list[np.ndarray] | None = None, key: str | None = None,
+                 checked: tuple[list[np.ndarray], str, str] | None = None,
                  progress: Callable[[int, int], None] | None = None) -> dict:
     """Make one panorama and write its files into ``folder`` (``meta.json`` last); returns the meta.
 
-    Inputs are checked (:func:`check_row`) before the model runs, so a bad input writes nothing.
+    Inputs are checked (:func:`check_row`, or pass its result as ``checked``) before the model
+    runs, so a bad input writes nothing.
     """
     from opama_model.spherical import equi_to_cube
 
     folder = Path(folder)
-    if images is None or key is None:
-        images, key = check_row(row, model, settings)
+    images, signature, key = check_row(row, model, settings) if checked is None else checked
     h, w = _canvas_size(model, settings)
     t0 = time.perf_counter()
     out = model.pipeline(
@@ -279,7 +273,7 @@ def outpaint_row(row: Row, model: OutpaintModel, folder: str | Path, settings: O
         name=row.name, **info,
         mode=("text+photo" if row.prompt else "photo") if row.inputs else "text",
         model_id=model.model_id, method=model.method, preset=model.preset,
-        seconds=seconds, outputs=settings.output_files(), key=key,
+        seconds=seconds, outputs=settings.output_files(), **done_fields(signature, key),
     )
     meta.update(prompt=row.prompt,
                 inputs=[dict(path=str(s.path), yaw=s.yaw, pitch=s.pitch, fov=s.fov) for s in row.inputs])
@@ -325,11 +319,11 @@ def outpaint_batch(rows: Sequence[Row], model: OutpaintModel, out: str | Path, s
     for k, row in enumerate(mine):
         folder = out / row.name
         try:
-            images, key = check_row(row, model, settings)
-            if not overwrite and _is_done(folder, key, settings):
+            checked = check_row(row, model, settings)
+            if not overwrite and _is_done(folder, *checked[1:], settings):
                 result.skipped.append(row.name)
             else:
-                outpaint_row(row, model, folder, settings, images=images, key=key, progress=view_progress)
+                outpaint_row(row, model, folder, settings, checked=checked, progress=view_progress)
                 result.done.append(row.name)
         except (ValueError, RuntimeError, OSError) as e:
             result.failed.append((row.name, str(e)))
