@@ -6,16 +6,19 @@ yaw 0 = panorama centre, positive yaw turns right, positive pitch looks up).
 * ``aog21``: AOG-Net's 21-view autoregressive order (fov 90, 512 x 512 views; OPa-Ma uses
   the same schedule). The input NFoV view is at (0, 0) and is not part of the 21 steps.
 * ``ring8``: 8 views around the horizon every 45°, starting at yaw 0 and turning right.
-* ``cube``: the 6 cube-face directions in F R B L U D order (:data:`~opama_model.spherical.CUBE_FACES`).
+* ``cube``: the 6 cube-face directions in F R B L U D order (``CUBE``, from
+  :data:`~opama_model.spherical.CUBE_YAW_PITCH`).
+
+Importing this module does not import torch: ``CUBE`` and ``VIEW_SETS`` (which holds it) are
+built from :mod:`opama_model.spherical` on first use, so option parsing stays quick.
 """
 
 from __future__ import annotations
 
 import math
 
-from opama_model.spherical import CUBE_YAW_PITCH
-
-__all__ = ["AOG21", "AOG21_TRAIN_STEPS", "RING8", "CUBE", "VIEW_SETS", "parse_views", "format_views"]
+__all__ = ["AOG21", "AOG21_TRAIN_STEPS", "RING8", "CUBE", "VIEW_SETS", "VIEW_SET_NAMES", "parse_views",
+           "format_views"]
 
 View = tuple[float, float]
 
@@ -39,10 +42,28 @@ AOG21_TRAIN_STEPS = 18
 RING8: tuple[View, ...] = tuple((float(y if y <= 180 else y - 360), 0.0) for y in range(0, 360, 45))
 """Yaw 0, 45, 90, 135, 180, -135, -90, -45 at pitch 0."""
 
-CUBE: tuple[View, ...] = tuple((float(y), float(p)) for y, p in CUBE_YAW_PITCH)
-"""Cube-face directions F R B L U D."""
+VIEW_SET_NAMES: tuple[str, ...] = ("aog21", "ring8", "cube")
+"""Names of the view sets (keys of ``VIEW_SETS``)."""
 
-VIEW_SETS: dict[str, tuple[View, ...]] = {"aog21": AOG21, "ring8": RING8, "cube": CUBE}
+
+def _view_set(name: str) -> tuple[View, ...]:
+    if name == "cube":
+        from .spherical import CUBE_YAW_PITCH  # imports torch: only when the cube set is used
+
+        return tuple((float(y), float(p)) for y, p in CUBE_YAW_PITCH)
+    return {"aog21": AOG21, "ring8": RING8}[name]
+
+
+def __getattr__(name: str):
+    """``CUBE`` (cube-face directions F R B L U D) and ``VIEW_SETS`` (name -> views), built on first use."""
+    if name == "CUBE":
+        value = _view_set("cube")
+    elif name == "VIEW_SETS":
+        value = {n: _view_set(n) for n in VIEW_SET_NAMES}
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def parse_views(spec: str) -> list[View]:
@@ -55,15 +76,14 @@ def parse_views(spec: str) -> list[View]:
     text = spec.strip()
     if not text:
         raise ValueError("empty view list")
-    named = VIEW_SETS.get(text.lower())
-    if named is not None:
-        return list(named)
+    if text.lower() in VIEW_SET_NAMES:
+        return list(_view_set(text.lower()))
     views: list[View] = []
     for k, part in enumerate(p for p in text.split(";") if p.strip()):
         fields = [f.strip() for f in part.split(",")]
         if len(fields) != 2:
             raise ValueError(
-                f"view {k + 1} {part.strip()!r}: expected 'yaw,pitch' (or a named set: {', '.join(VIEW_SETS)})"
+                f"view {k + 1} {part.strip()!r}: expected 'yaw,pitch' (or a named set: {', '.join(VIEW_SET_NAMES)})"
             )
         try:
             yaw, pitch = float(fields[0]), float(fields[1])

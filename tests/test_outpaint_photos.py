@@ -143,6 +143,8 @@ def test_usage_error_is_quick_and_imports_no_torch(tmp_path):
         ["--preset", "tiny", "--dtype", "fp64"],
         ["--preset", "tiny", "--steps", "0"],
         ["--preset", "tiny", "--cube", "1"],
+        ["--preset", "tiny", "--views", "0,95"],
+        ["--preset", "tiny", "--views", "ring9"],
         ["--model", str(tmp_path / "no_model")],
         ["--preset", "tiny", "--model", str(tmp_path)],
         ["--preset", "tiny", "--batch", str(tmp_path / "none.csv")],

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from opama_tools.devices import check_device_name
-from opama_tools.images import image_hw, parse_size
+from opama_tools.images import format_hw, image_hw, parse_size
 
 from .inputs import Row, parse_input_spec, read_rows
 
@@ -41,17 +41,23 @@ class OutpaintSummary:
     num_processes: int = 1
 
 
-def _check_light(*, model, preset, inputs, batch, size, steps, cube, device, dtype) -> tuple:
-    """Every check that needs no torch import; returns ``(size, rows or None)``."""
+def _check_light(*, model, preset, inputs, batch, size, views, steps, cube, device, dtype) -> tuple:
+    """Every check that needs no torch import; returns ``(size, view schedule, input specs)``."""
+    from opama_model.views import parse_views
     if (model is None) == (preset is None):
         raise OutpaintError("give exactly one of --model DIR or --preset tiny|sd2")
     if batch is not None and inputs:
         raise OutpaintError("--input and --batch exclude each other (put the photos in the batch CSV)")
     hw = parse_size(size) if isinstance(size, (str, type(None))) else tuple(size)
     if hw is not None and (len(hw) != 2 or hw[0] < 2 or hw[1] != 2 * hw[0]):
-        raise OutpaintError(f"--size {'x'.join(map(str, hw))}: a panorama must be 2:1 (width = 2 x height, HxW)")
+        raise OutpaintError(f"--size {format_hw(*hw) if len(hw) == 2 else hw}: a panorama must be 2:1 "
+                            "(width = 2 x height, HxW)")
     if steps is not None and steps < 1:
         raise OutpaintError(f"--steps must be >= 1, got {steps}")
+    try:
+        schedule = tuple(parse_views(views))
+    except ValueError as e:
+        raise OutpaintError(f"--views: {e}") from None
     if cube < 0 or cube == 1:
         raise OutpaintError(f"--cube must be 0 (none) or >= 2 pixels, got {cube}")
     check_device_name(device)
@@ -65,7 +71,7 @@ def _check_light(*, model, preset, inputs, batch, size, steps, cube, device, dty
             image_hw(s.path)
         except ValueError as e:
             raise OutpaintError(f"{s.path}: {e}") from None
-    return hw, specs
+    return hw, schedule, specs
 
 
 def run_outpaint(
@@ -110,8 +116,8 @@ def run_outpaint(
             the panorama could not be made; nothing is written then.
     """
     try:
-        hw, specs = _check_light(model=model, preset=preset, inputs=inputs, batch=batch, size=size,
-                                 steps=steps, cube=cube, device=device, dtype=dtype)
+        hw, schedule, specs = _check_light(model=model, preset=preset, inputs=inputs, batch=batch, size=size,
+                                           views=views, steps=steps, cube=cube, device=device, dtype=dtype)
         rows = read_rows(batch, prompt) if batch is not None else [Row(".", tuple(specs), prompt)]
     except OutpaintError:
         raise
@@ -121,15 +127,11 @@ def run_outpaint(
         raise OutpaintError(f"{batch}: no rows (no photos or an empty CSV)")
 
     from opama_model.model_dir import ModelFolderError
-    from opama_model.views import AOG21, parse_views
+    from opama_model.views import AOG21
     from opama_model.weights import MissingWeightsError
 
     from .runner import OutpaintSettings, distributed_context, load_model, outpaint_batch
 
-    try:
-        schedule = tuple(parse_views(views))
-    except ValueError as e:
-        raise OutpaintError(f"--views: {e}") from None
     try:
         settings = OutpaintSettings(procedure=procedure, steps=steps, guidance=guidance, scheduler=scheduler,
                                     size=hw, seed=seed, cube=cube, video=video,
