@@ -38,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import machine_info  # noqa: E402
 
+from opama_tools.images import parse_size  # noqa: E402
+
 
 def _sync(device):
     if device.type == "cuda":
@@ -59,7 +61,7 @@ def worker(args) -> dict:
     cond.requires_grad_(True)
     opt = torch.optim.AdamW([p for p in cond.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
     s = comps.preset.image_size
-    hw = canvas_size(s) if args.canvas is None else tuple(int(v) for v in args.canvas.split("x"))
+    hw = args.canvas_hw or canvas_size(s)
     st = SampleSettings(view_size=s, canvas_hw=hw)
     g = torch.Generator().manual_seed(0)
     pano = torch.rand(3, *hw, generator=g) * 2 - 1
@@ -139,6 +141,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    try:
+        args.canvas_hw = parse_size(args.canvas, option="--canvas")
+    except ValueError as e:
+        ap.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
