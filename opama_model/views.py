@@ -42,6 +42,9 @@ AOG21_TRAIN_STEPS = 18
 RING8: tuple[View, ...] = tuple((float(y if y <= 180 else y - 360), 0.0) for y in range(0, 360, 45))
 """Yaw 0, 45, 90, 135, 180, -135, -90, -45 at pitch 0."""
 
+CUBE: tuple[View, ...]  # cube-face directions F R B L U D, built on first use (module __getattr__)
+VIEW_SETS: dict[str, tuple[View, ...]]  # name -> views, built on first use
+
 VIEW_SET_NAMES: tuple[str, ...] = ("aog21", "ring8", "cube")
 """Names of the view sets (keys of ``VIEW_SETS``)."""
 
