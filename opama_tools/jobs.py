@@ -28,7 +28,8 @@ Stops and workers:
   loop between files, raises it: an exception raised asynchronously inside a library call
   can leave a half-built object whose finaliser prints a traceback (imageio's Pillow writer
   did, when SIGTERM landed in its constructor).
-* :func:`stop_exit_code`: 143 for SIGTERM, 130 for SIGINT (the shell's ``128 + signal``).
+* :func:`stop_exit_code`: 143 for SIGTERM, 130 for SIGINT (the shell's ``128 + signal``);
+  :func:`batch_exit_code`: a batch command's exit status (stopped, some item failed, or 0).
 * :func:`die_with_parent`: called in a worker process, makes it end when its parent dies,
   even by SIGKILL: Linux ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` plus a watchdog thread
   polling the parent pid (other systems, or a parent that died before the call).
@@ -82,6 +83,7 @@ __all__ = [
     "check_stop",
     "stop_name",
     "stop_exit_code",
+    "batch_exit_code",
     "die_with_parent",
     "atomic_path",
     "atomic_dir",
@@ -218,6 +220,14 @@ def is_done(path: str | os.PathLike, signature: str, key: str, outputs: Iterable
     if not record_matches(read_done(path), signature, key):
         return False
     return all(Path(o).is_file() for o in outputs)
+
+
+def batch_exit_code(interrupted: str | None, failed: Any) -> int:
+    """Exit status of a batch command: :func:`stop_exit_code` (130 / 143) when ``interrupted``
+    (``"SIGINT"`` / ``"SIGTERM"``), else 1 when ``failed`` (a count or a list) is non-empty, else 0."""
+    if interrupted:
+        return stop_exit_code(interrupted)
+    return 1 if failed else 0
 
 
 _PR_SET_PDEATHSIG = 1

@@ -137,3 +137,11 @@ def test_folder_stat_signature_hashes_json_and_stats_weights(tmp_path):
     assert folder_stat_signature(m) != sig
     with pytest.raises(NotADirectoryError):
         folder_stat_signature(tmp_path / "missing")
+
+
+def test_batch_exit_code():
+    from opama_tools.jobs import batch_exit_code
+
+    assert batch_exit_code(None, 0) == 0 and batch_exit_code(None, []) == 0
+    assert batch_exit_code(None, 2) == 1 and batch_exit_code(None, [("a", "bad")]) == 1
+    assert batch_exit_code("SIGTERM", 3) == 143 and batch_exit_code("SIGINT", []) == 130

@@ -49,7 +49,7 @@ from opama_tools.data.blip import DEFAULT_PROMPT, Captioner, load_captioner, res
 from opama_tools.data.caption_store import CaptionStore
 from opama_tools.data.scene_captions import read_scenes, scene_from_record, scene_view_caption  # noqa: F401
 from opama_tools.data.synthetic import visible_objects  # noqa: F401
-from opama_tools.jobs import settings_key, source_signature
+from opama_tools.jobs import batch_exit_code, settings_key, source_signature
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -131,11 +131,7 @@ class CaptionSummary:
 
     @property
     def exit_code(self) -> int:
-        from opama_tools.jobs import stop_exit_code
-
-        if self.interrupted:
-            return stop_exit_code(self.interrupted)
-        return 1 if self.failed else 0
+        return batch_exit_code(self.interrupted, self.failed)
 
 
 

@@ -57,12 +57,12 @@ from opama_tools.io import (
 from opama_tools.jobs import (
     NoInputsError,
     Terminated,
+    batch_exit_code,
     check_stop,
     is_done,
     read_done,
     settings_key,
     source_signature,
-    stop_exit_code,
     stop_name,
     stop_raises,
     write_done,
@@ -129,9 +129,7 @@ class CropResult:
     @property
     def exit_code(self) -> int:
         """The command's exit status: 130/143 when stopped, 1 when a panorama failed, else 0."""
-        if self.interrupted:
-            return stop_exit_code(self.interrupted)
-        return 1 if self.failed else 0
+        return batch_exit_code(self.interrupted, self.failed)
 
 
 def find_panoramas(pano_dir: str | Path, exclude: str | Path | None = None) -> list[Path]:

@@ -44,6 +44,7 @@ from opama_tools.io import atomic_path, find_files, printable_path, remove_stale
 from opama_tools.jobs import (
     NoInputsError,
     Terminated,
+    batch_exit_code,
     check_stop,
     die_with_parent,
     record_matches,
@@ -437,11 +438,7 @@ class PrepareSummary:
     @property
     def exit_code(self) -> int:
         """The command's exit status: 130/143 when stopped, 1 when a file failed, else 0."""
-        from opama_tools.jobs import stop_exit_code
-
-        if self.interrupted:
-            return stop_exit_code(self.interrupted)
-        return 1 if self.failed else 0
+        return batch_exit_code(self.interrupted, self.failed)
 
 
 def read_manifest(path: str | Path) -> "pd.DataFrame":  # noqa: F821
