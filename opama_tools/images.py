@@ -5,7 +5,8 @@ The reader lives in :mod:`opama_model.image_file` (training reads panoramas with
 :func:`read_ldr` (RGB, alpha dropped), :func:`read_photo` (RGB or RGBA ``uint8``),
 :func:`image_hw`, :func:`to_unit_float`, :func:`to_uint8`. See that module for what it accepts.
 
-:func:`parse_size` parses every ``HxW`` option (height first, as every message prints sizes).
+:func:`parse_size` parses every ``HxW`` option (height first, as every message prints sizes);
+:func:`check_equirect` is the one 2:1 check of a panorama's pixel size.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from opama_model.image_file import (  # noqa: F401 (re-exported)
     to_unit_float,
 )
 
-__all__ = [*_image_file.__all__, "parse_size", "format_hw"]
+__all__ = [*_image_file.__all__, "parse_size", "format_hw", "check_equirect"]
 
 _HW = re.compile(r"^\s*(\d+)\s*[x×*]\s*(\d+)\s*$")
 
@@ -33,6 +34,13 @@ _HW = re.compile(r"^\s*(\d+)\s*[x×*]\s*(\d+)\s*$")
 def format_hw(h: int, w: int) -> str:
     """``"HxW"``: how every message prints a size (height first, as the options take it)."""
     return f"{int(h)}x{int(w)}"
+
+
+def check_equirect(h: int, w: int) -> None:
+    """``ValueError`` (one line, size printed HxW) unless ``(h, w)`` is a 2:1 equirect size (W = 2 H, H >= 2)."""
+    if w != 2 * h or h < 2:
+        raise ValueError(f"not a 2:1 equirectangular panorama ({format_hw(h, w)} pixels, HxW; "
+                         "the width must be twice the height)")
 
 
 def parse_size(text: str | None, *, option: str = "--size", equirect: bool = True,

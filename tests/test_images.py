@@ -158,3 +158,12 @@ def test_device_names():
     if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         with pytest.raises(ValueError, match="MPS is not available"):
             resolve_device("mps")
+
+
+def test_check_equirect_one_line_hxw():
+    from opama_tools.images import check_equirect
+
+    check_equirect(8, 16)
+    for h, w in [(16, 8), (8, 15), (1, 2), (0, 0)]:
+        with pytest.raises(ValueError, match=rf"not a 2:1 equirectangular panorama \({h}x{w} pixels, HxW"):
+            check_equirect(h, w)

@@ -23,13 +23,13 @@ def test_aspect_check_applies_exif_orientation(tmp_path):
     _check_aspect(tmp_path / "turned.jpg")
     # stored 8x16 but EXIF 6 turns it into 16x8: refused, size printed HxW as read
     _save(tmp_path / "sideways.jpg", 8, 16, orientation=6)
-    with pytest.raises(TrainDataError, match=r"sideways\.jpg: 16x8 pixels \(HxW\) is not a 2:1"):
+    with pytest.raises(TrainDataError, match=r"sideways\.jpg: not a 2:1 equirectangular panorama \(16x8 pixels, HxW"):
         _check_aspect(tmp_path / "sideways.jpg")
 
 
 def test_aspect_check_prints_hxw_and_names_unreadable_files(tmp_path):
     _save(tmp_path / "tall.png", 10, 30)
-    with pytest.raises(TrainDataError, match=r"tall\.png: 10x30 pixels \(HxW\)"):
+    with pytest.raises(TrainDataError, match=r"tall\.png: not a 2:1 .*\(10x30 pixels, HxW"):
         _check_aspect(tmp_path / "tall.png")
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(TrainDataError, match=r"bad\.png: cannot read image"):

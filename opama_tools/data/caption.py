@@ -145,12 +145,10 @@ def read_panorama(path: str | os.PathLike) -> np.ndarray:
     dropped, 16-bit rounded to 8-bit as ``round(v * 255 / 65535)``). Raises ``ValueError``
     with the reason for unreadable or non-2:1 images.
     """
-    from opama_tools.images import format_hw, read_ldr, to_uint8_rgb
+    from opama_tools.images import check_equirect, read_ldr, to_uint8_rgb
 
     arr = to_uint8_rgb(read_ldr(path))
-    h, w = arr.shape[:2]
-    if w != 2 * h:
-        raise ValueError(f"not a 2:1 equirectangular panorama ({format_hw(h, w)} pixels, HxW)")
+    check_equirect(*arr.shape[:2])
     return arr
 
 

@@ -143,12 +143,10 @@ def read_panorama(path: str | Path) -> np.ndarray:
 
     Raises ``ValueError`` with the reason when the file cannot be used.
     """
-    from opama_tools.images import read_ldr
+    from opama_tools.images import check_equirect, read_ldr
 
     img = read_ldr(path)
-    h, w = img.shape[:2]
-    if w != 2 * h or h < 2:
-        raise ValueError(f"not a 2:1 equirectangular panorama ({h}x{w} pixels)")
+    check_equirect(*img.shape[:2])
     return np.ascontiguousarray(img)
 
 

@@ -39,7 +39,7 @@ from typing import Callable
 
 import numpy as np
 
-from opama_tools.images import format_hw
+from opama_tools.images import check_equirect, format_hw
 from opama_tools.io import atomic_path, find_files, printable_path, remove_stale_temps, utf8_name_problem
 from opama_tools.jobs import (
     NoInputsError,
@@ -351,9 +351,11 @@ def process_file(src: str | Path, dst: str | Path, cfg: PrepareConfig, dst_rel: 
             x = _load_ldr(src)
         h, w = x.shape[:2]
         row.update(src_width=w, src_height=h)
-        if w != 2 * h and not cfg.force_aspect:
-            raise ValueError(f"{printable_path(src)}: not a 2:1 equirect panorama ({format_hw(h, w)} pixels, HxW); "
-                             "use --force-aspect to resize it")
+        if not cfg.force_aspect:
+            try:
+                check_equirect(h, w)
+            except ValueError as e:
+                raise ValueError(f"{printable_path(src)}: {e}; use --force-aspect to resize it") from None
         out_h, out_w = cfg.output_size(h, w)
         if is_hdr:
             bad = _non_finite_message(x)

@@ -33,15 +33,16 @@ def find_training_panoramas(data_dir: str | Path) -> list[Path]:
 
 
 def _check_aspect(path: Path) -> None:
-    from opama_tools.images import format_hw, image_hw
+    from opama_tools.images import check_equirect, image_hw
 
     try:
         h, w = image_hw(path)
     except ValueError as e:
         raise TrainDataError(f"{path}: cannot read image ({e})") from None
-    if w != 2 * h:
-        raise TrainDataError(f"{path}: {format_hw(h, w)} pixels (HxW) is not a 2:1 equirectangular panorama "
-                             "(width must be twice the height)")
+    try:
+        check_equirect(h, w)
+    except ValueError as e:
+        raise TrainDataError(f"{path}: {e}") from None
 
 
 def load_records(data_dir: str | Path, captions: Sequence[str | Path] = (), *, kind: str = "auto",
