@@ -69,7 +69,11 @@ class _ConditionerBase(ModelMixin, ConfigMixin):
     """Learned null condition, loading and ``forward`` shared by both conditioners.
 
     A subclass builds its two branches and names them in :meth:`_branches`.
+    ``enable_gradient_checkpointing()`` (diffusers) recomputes each block that has a
+    ``gradient_checkpointing`` switch (the Mamba blocks of VCR and GMA) in the backward pass.
     """
+
+    _supports_gradient_checkpointing = True
 
     def _branches(self) -> tuple[nn.Module, nn.Module]:
         """``(global, local)``: tokens from ``(image_embeds, text_hidden_states)``; residuals from ``images``."""

@@ -122,8 +122,16 @@ class _RingLayer(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.mixer = Mamba(dim, circular=True, **mamba_kw)
+        self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mixer(self.norm(x))
 
 

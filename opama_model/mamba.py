@@ -208,11 +208,16 @@ class MambaBlock(nn.Module):
     Args:
         d_model: token width. norm: ``"layernorm"`` or ``"rmsnorm"``. eps: norm epsilon.
         residual_in_fp32: keep the residual stream in float32. mixer_kwargs: passed to :class:`Mamba`.
+
+    ``gradient_checkpointing = True`` (set by diffusers' ``enable_gradient_checkpointing`` on the
+    conditioner) recomputes the block in the backward pass instead of keeping its activations
+    (``torch.utils.checkpoint``, ``use_reentrant=False``); only while gradients are enabled.
     """
 
     def __init__(self, d_model, norm="layernorm", eps=1e-5, residual_in_fp32=False, **mixer_kwargs):
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
+        self.gradient_checkpointing = False
         self.mixer = Mamba(d_model, **mixer_kwargs)
         if norm == "layernorm":
             self.norm = nn.LayerNorm(d_model, eps=eps)
@@ -222,6 +227,13 @@ class MambaBlock(nn.Module):
             raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {norm!r}")
 
     def forward(self, hidden_states, residual=None):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self._forward, hidden_states, residual, use_reentrant=False)
+        return self._forward(hidden_states, residual)
+
+    def _forward(self, hidden_states, residual=None):
         residual = hidden_states if residual is None else hidden_states + residual
         hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
         if self.residual_in_fp32:

@@ -101,8 +101,11 @@ def read_model_info(path: str | Path) -> dict:
 
 
 def load_model_dir(path: str | Path, *, paths: Mapping[str, Any] | None = None, device=None,
-                   dtype: torch.dtype | None = None):
+                   dtype: torch.dtype | None = None, random_weights: bool = False):
     """Build the :class:`~opama_model.presets.Components` of a model folder.
+
+    ``random_weights=True`` rebuilds the backbone with random weights (``backbone_seed``) even when
+    the folder names a pretrained one (``"random_backbone": false``), e.g. for timing without weights.
 
     Raises:
         ModelFolderError: the folder is not a complete model folder.
@@ -114,7 +117,7 @@ def load_model_dir(path: str | Path, *, paths: Mapping[str, Any] | None = None, 
 
     path = Path(path)
     info = read_model_info(path)
-    comps = build_components(info["preset"], random_weights=bool(info.get("random_backbone", False)),
+    comps = build_components(info["preset"], random_weights=random_weights or bool(info.get("random_backbone", False)),
                              paths=paths, conditioner=info["conditioner"],
                              conditioner_path=path / "conditioner", seed=int(info.get("backbone_seed", 0)))
     for part, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):

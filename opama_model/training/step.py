@@ -115,6 +115,10 @@ def encode_latents(vae, images: torch.Tensor, eps: torch.Tensor | None) -> torch
     return z * vae.config.scaling_factor
 
 
+def _dtype(module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
 def _conditions(parts: Parts, batch: dict, modes: torch.Tensor, device):
     comps = parts.components
     b = modes.shape[0]
@@ -142,8 +146,9 @@ def diffusion_loss(parts: Parts, batch: dict, draws: StepDraws, *, offset_noise:
         text, emb, null = _conditions(parts, batch, draws.modes, device)
     tokens, residuals, attn_mask = parts.conditioner(batch["gma_images"].to(device), emb, text, unconditional=null,
                                                      return_dict=False)
-    pred = parts.unet(x, t, encoder_hidden_states=tokens, encoder_attention_mask=attn_mask,
-                      down_intrablock_additional_residuals=list(residuals), return_dict=False)[0]
+    dt = _dtype(parts.components.unet)  # a UNet stored in fp16/bf16 gets its inputs in that dtype
+    pred = parts.unet(x, t, encoder_hidden_states=tokens.to(dt), encoder_attention_mask=attn_mask,
+                      down_intrablock_additional_residuals=[r.to(dt) for r in residuals], return_dict=False)[0]
     return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
 
 
@@ -188,8 +193,9 @@ def generate_view(components, conditioner, batch: dict, *, steps: int = 20, guid
     masked = encode_latents(vae, batch["masked_image"].to(device), None).float()
     mask = F.interpolate(batch["unknown"].to(device).float(), size=masked.shape[-2:])
     out = conditioner(batch["gma_images"].to(device), emb, text, return_dict=False)
-    tokens, residuals = out[0], out[1]
-    null = conditioner.null_condition(b).to(tokens.dtype)
+    dt = _dtype(unet)
+    tokens, residuals = out[0].to(dt), [r.to(dt) for r in out[1]]
+    null = conditioner.null_condition(b).to(dt)
     g = torch.Generator().manual_seed(seed)
     lat = torch.randn(masked.shape, generator=g).to(device) * sched.init_noise_sigma
     for t in sched.timesteps:

@@ -32,7 +32,8 @@ from .data import PanoramaDataset, PanoramaRecord, StreamSampler
 from .sample import SampleSettings, canvas_size, draw_sample_params, make_sample, seeded_rng
 from .step import MODE_CAPTION, GuidanceProbs, Parts, diffusion_loss, draw_step, generate_view, unet_inputs
 
-__all__ = ["TrainConfig", "TrainProgress", "RunResult", "TrainError", "train", "optimizer_groups",
+__all__ = ["TrainConfig", "TrainProgress", "RunResult", "TrainError", "train", "optimizer_groups", "make_optimizer",
+           "recipe_hint", "cast_frozen_", "enable_checkpointing", "OPTIMIZERS",
            "embedding_parameter_names", "LOG_COLUMNS"]
 
 LOG_COLUMNS = ("step", "phase", "time_s", "loss", "lr", "samples_per_s", "val_loss")
@@ -75,6 +76,8 @@ class TrainConfig:
     clip: float = 0.5
     ema: float = 0.0
     mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw"
     save_every: int = 500
     keep: int = 3
     val_every: int = 500
@@ -84,7 +87,7 @@ class TrainConfig:
     guidance: float = 2.5
     seed: int = 0
     resume: bool = False
-    num_workers: int = 0
+    num_workers: int | None = None
     train_backbone: bool = False
     vae_steps: int = 0
     vae_lr: float = 1e-3
@@ -226,6 +229,14 @@ def _check_config(cfg: TrainConfig, n_train: int) -> int:
 
     if cfg.prediction_type is not None and cfg.prediction_type not in PREDICTION_TYPES:
         bad(f"--prediction-type: {cfg.prediction_type!r} is not epsilon or v_prediction")
+    if cfg.num_workers is not None and cfg.num_workers < 0:
+        bad(f"--num-workers: must be 0 or more, got {cfg.num_workers}")
+    if cfg.optimizer not in OPTIMIZERS:
+        bad(f"--optimizer: {cfg.optimizer!r} is not {' or '.join(OPTIMIZERS)}")
+    if cfg.optimizer == "adamw8bit":
+        reason = _adamw8bit_unavailable(cfg.cpu)
+        if reason:
+            bad(f"--optimizer adamw8bit: {reason}; use --optimizer adamw")
     for name, v in (("--batch-size", cfg.batch_size), ("--grad-accum", cfg.grad_accum)):
         if v < 1:
             bad(f"{name}: must be at least 1, got {v}")
@@ -260,6 +271,76 @@ def _check_config(cfg: TrainConfig, n_train: int) -> int:
     if not cfg.epochs > 0:
         bad(f"--epochs: must be positive, got {cfg.epochs}")
     return -1  # resolved once the world size is known
+
+
+OPTIMIZERS = ("adamw", "adamw8bit")
+FROZEN_PARTS = ("unet", "vae", "text_encoder", "image_encoder")
+MIXED_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def default_num_workers(device: torch.device) -> int:
+    """Data-loader workers when ``--num-workers`` is not given: 0 on the CPU (the step is far slower
+    than building a sample, and workers would compete for the same cores), ``min(4, cores - 1)``
+    on a GPU (a sample at the sd2 canvas takes a fraction of a second of one core)."""
+    if device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores - 1))
+
+
+def _adamw8bit_unavailable(cpu: bool) -> str | None:
+    """Why bitsandbytes' 8-bit AdamW cannot run here (None when it can)."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "needs the bitsandbytes package (pip install bitsandbytes), which is not installed"
+    if cpu or not torch.cuda.is_available():
+        return "needs a CUDA GPU (bitsandbytes' 8-bit optimiser states live on the GPU)"
+    return None
+
+
+def make_optimizer(kind: str, groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """AdamW (``"adamw"``, torch) or 8-bit AdamW (``"adamw8bit"``, bitsandbytes, CUDA only) over ``groups``."""
+    if kind == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, lr=lr, betas=tuple(betas))
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+
+
+def recipe_hint(cfg: TrainConfig) -> str | None:
+    """A one-line recommendation when a random backbone is trained without the warm-ups (the
+    conditioner alone on a random VAE and UNet gives noise), else None."""
+    random_backbone = cfg.random_weights or not _pretrained(cfg.preset)
+    if not random_backbone or cfg.vae_steps > 0 or cfg.unet_steps > 0 or cfg.resume:
+        return None
+    return (f"note: the {cfg.preset} backbone is random and no warm-up was asked for, so the model will generate "
+            "noise; the recipe first fits the VAE and the UNet: --vae-steps 600 --unet-steps 600 (see docs/training.md)")
+
+
+def cast_frozen_(comps, dtype: torch.dtype | None, keep: Sequence[str] = ()) -> list[str]:
+    """Store the frozen parts (UNet, VAE, CLIP encoders) in ``dtype`` (e.g. the mixed-precision
+    dtype), except those named in ``keep`` (trained or saved parts stay float32); the conditioner
+    is never cast. Returns the names cast."""
+    if dtype is None:
+        return []
+    done = []
+    for name in FROZEN_PARTS:
+        m = getattr(comps, name, None)
+        if m is None or name in keep or any(p.requires_grad for p in m.parameters()):
+            continue
+        m.to(dtype=dtype)
+        done.append(name)
+    return done
+
+
+def enable_checkpointing(comps, conditioner) -> None:
+    """Gradient checkpointing: the conditioner's Mamba blocks (GMA, VCR) and the UNet's blocks
+    recompute their activations in the backward pass (``use_reentrant=False``). Gradients still
+    flow through the frozen UNet into the conditioner's residuals and tokens."""
+    if getattr(conditioner, "_supports_gradient_checkpointing", False):
+        conditioner.enable_gradient_checkpointing()
+    comps.unet.enable_gradient_checkpointing()
 
 
 def _fmt(x: float | None) -> str:
@@ -481,6 +562,7 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
     # Several processes and no GPU (``accelerate launch --multi_gpu`` / ``torchrun`` on a CPU machine):
     # accelerate only sets up its gloo process group when told to use the CPU.
     cpu = cfg.cpu or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    _forget_other_precision(cfg.mixed_precision)
     try:
         accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu,
                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -549,9 +631,12 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
                 comps.unet.requires_grad_(False)
                 comps.unet.eval()
 
+    cast_frozen_(comps, MIXED_DTYPES.get(cfg.mixed_precision), keep=trained)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(comps, cond)
     named = {f"{k}.{n}": p for k, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}
-    opt = torch.optim.AdamW(optimizer_groups(modules, cfg.weight_decay, cfg.no_decay_ssm), lr=cfg.lr,
-                            betas=tuple(cfg.betas))
+    opt = make_optimizer(cfg.optimizer, optimizer_groups(modules, cfg.weight_decay, cfg.no_decay_ssm), cfg.lr,
+                         cfg.betas)
     warm = max(0, int(cfg.warmup_steps))
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     ema = EMA(named, cfg.ema) if cfg.ema > 0 else None
@@ -581,10 +666,11 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
 
     val = PanoramaDataset(val_data, replace(settings, rotate=False), seed=VAL_SEED) if val_data else None
 
+    workers = default_num_workers(device) if cfg.num_workers is None else int(cfg.num_workers)
     sampler = StreamSampler(len(dataset), cfg.seed, cfg.batch_size, world, rank, start_micro=micro_done)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=_collate,
-                                         num_workers=cfg.num_workers,
-                                         persistent_workers=False, prefetch_factor=2 if cfg.num_workers else None)
+                                         num_workers=workers, persistent_workers=False,
+                                         prefetch_factor=2 if workers else None)
     latent_shape = (int(comps.unet.config.in_channels - 1) // 2, comps.preset.latent_size, comps.preset.latent_size)
     num_t = int(comps.scheduler.config.num_train_timesteps)
     probs = GuidanceProbs(cfg.null_prob, cfg.empty_caption_prob)
@@ -644,9 +730,10 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
             if do_val:
                 accelerator.wait_for_everyone()
                 if main:
-                    last_val = _validate(cfg, comps, accelerator.unwrap_model(wrapped["conditioner"]), val,
-                                         latent_shape, num_t, device, run_dir / "panels" / f"step-{step:07d}.png",
-                                         ema)
+                    with accelerator.autocast():
+                        last_val = _validate(cfg, comps, accelerator.unwrap_model(wrapped["conditioner"]), val,
+                                             latent_shape, num_t, device,
+                                             run_dir / "panels" / f"step-{step:07d}.png", ema)
                 accelerator.wait_for_everyone()
                 t_last, steps_since = time.time(), 0
             if main:
@@ -690,10 +777,22 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
                               "canvas_hw": list(settings.canvas_hw), "empty_canvas_prob": cfg.empty_canvas_prob}}
         with (ema.applied() if ema is not None else contextlib.nullcontext()):
             result.model_dir = save_model_dir(comps, run_dir / "model", trained=tuple(trained),
+                                              random_backbone=cfg.random_weights or not _pretrained(cfg.preset),
                                               backbone_seed=cfg.seed, extra=extra)
     accelerator.wait_for_everyone()
     result.seconds = time.time() - t_start
     return result
+
+
+def _forget_other_precision(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state and refuses a second ``Accelerator`` with another
+    mixed precision; a later run in the same process (library use, tests) resets that part of the
+    state (the distributed set-up, ``PartialState``, is kept)."""
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and str(shared.get("_mixed_precision", mixed_precision)) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _pretrained(preset: str) -> bool:

@@ -45,7 +45,9 @@ def train(
     warmup: int = typer.Option(0, "--warmup", help="Linear LR warm-up steps (then constant)."),
     clip: float = typer.Option(0.5, "--clip", help="Gradient-norm clipping (0 = off; reference 0.5)."),
     ema: float = typer.Option(0.0, "--ema", help="EMA decay of the trainable weights (0 = off, e.g. 0.999)."),
-    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16: autocast, and the frozen UNet, VAE and CLIP encoders stored in that dtype (the trained conditioner keeps fp32 weights)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute the GMA/VCR Mamba blocks and the UNet blocks in the backward pass instead of keeping their activations (less memory, slower step)."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw, or adamw8bit (bitsandbytes' 8-bit AdamW; needs bitsandbytes and a CUDA GPU)."),
     save_every: int = typer.Option(500, "--save-every", help="Checkpoint every N steps (and at the end)."),
     keep: int = typer.Option(3, "--keep", help="Keep the newest N checkpoints (0 = all)."),
     val_data: Optional[Path] = typer.Option(None, "--val-data", help="Validation panoramas (never the test split)."),
@@ -54,7 +56,7 @@ def train(
     val_count: int = typer.Option(10, "--val-count", help="Validation panoramas used (the reference uses 10)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order, the draws and the random backbone."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in --out."),
-    num_workers: int = typer.Option(0, "--num-workers", help="Data-loader worker processes."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Data-loader worker processes (default: 0 on the CPU, min(4, CPU cores - 1) with a GPU)."),
     train_backbone: bool = typer.Option(False, "--train-backbone", help="Also train the UNet (tiny demo recipe; the reference freezes it)."),
     vae_steps: int = typer.Option(0, "--vae-steps", help="First fit the VAE on views for N steps, then freeze it (tiny demo recipe)."),
     unet_steps: int = typer.Option(0, "--unet-steps", help="Then pre-train the random UNet as a plain inpainting model for N steps (stands in for SD-2-inpainting's pre-training; tiny demo recipe); frozen afterwards unless --train-backbone."),
@@ -74,6 +76,7 @@ def train(
 
     from opama_model.model_dir import ModelFolderError
     from opama_model.training import TrainConfig, TrainError, train as run_train
+    from opama_model.training.trainer import recipe_hint
     from opama_model.training.checkpoint import CheckpointError
     from opama_model.weights import MissingWeightsError
     from opama_tools.data.train_data import TrainDataError, load_records
@@ -86,13 +89,17 @@ def train(
     cfg = TrainConfig(
         out=str(out), preset=preset, conditioner=conditioner, steps=steps, epochs=epochs, batch_size=batch_size,
         grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, no_decay_ssm=no_decay_ssm, warmup_steps=warmup,
-        clip=clip, ema=ema, mixed_precision=mixed_precision, save_every=save_every, keep=keep, val_every=val_every,
+        clip=clip, ema=ema, mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
+        optimizer=optimizer, save_every=save_every, keep=keep, val_every=val_every,
         val_count=val_count, seed=seed, resume=resume, num_workers=num_workers, train_backbone=train_backbone,
         vae_steps=vae_steps, unet_steps=unet_steps, unet_lr=unet_lr, unet_batch=unet_batch, warmup_lr=warmup_lr,
         prediction_type=prediction_type, empty_canvas_prob=empty_canvas_prob, canvas_hw=_canvas(canvas),
         random_weights=random_weights, weights=weights or None, cpu=cpu,
     )
     main = os.environ.get("RANK", "0") == "0"
+    hint = recipe_hint(cfg) if preset in ("tiny", "sd2") else None
+    if hint and main:
+        console.print(f"train: {hint}", highlight=False)
     try:
         records = load_records(data, captions or ())
         val_records = load_records(val_data, val_captions or captions or ()) if val_data is not None else None

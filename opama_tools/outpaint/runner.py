@@ -94,6 +94,8 @@ def load_model(model: str | Path | None = None, *, preset: str | None = None, ra
                conditioner: str = "opama", seed: int = 0) -> OutpaintModel:
     """Load a model folder (``opama train`` output) or build a preset; returns an :class:`OutpaintModel`.
 
+    ``random_weights``: a random backbone (with ``preset``, or for a model folder whose backbone is
+    pretrained: rebuilt from the architecture configs with the folder's ``backbone_seed``).
     ``dtype="auto"``: fp16 on CUDA (UNet, VAE, CLIP; the conditioner stays fp32), fp32 on CPU.
     On CUDA the UNet uses channels-last memory (and PyTorch's SDPA attention, diffusers' default).
 
@@ -112,9 +114,11 @@ def load_model(model: str | Path | None = None, *, preset: str | None = None, ra
         raise ValueError("give exactly one of --model DIR or --preset NAME")
     if model is not None:
         path = Path(model)
-        comps = load_model_dir(path, paths=paths)
-        model_id = f"dir:{path.resolve()}"
+        comps = load_model_dir(path, paths=paths, random_weights=random_weights)
+        model_id = f"dir:{path.resolve()}" + ("-random" if random_weights else "")
         digest = folder_stat_signature(path)
+        if random_weights:
+            digest = settings_key(digest, "random-backbone")
     else:
         comps = build_components(preset, random_weights=random_weights, paths=paths, conditioner=conditioner,
                                  seed=seed)
