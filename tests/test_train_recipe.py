@@ -110,7 +110,7 @@ def test_vae_warmup_leaves_a_deterministic_posterior(data, tmp_path, one_thread)
     fix, ~0.65 of the latent std after 250 steps): the saved VAE's posterior is its mean."""
     from diffusers import AutoencoderKL
 
-    from opama_model.training.trainer import deterministic_posterior_
+    from opama_model.training.warmup import deterministic_posterior_
 
     fresh = build_components("tiny", random_weights=True, seed=0).vae
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
@@ -137,7 +137,7 @@ def test_warmup_lr_shapes(data, tmp_path, one_thread):
     (reported per step); constant keeps it; the conditioner phase is not affected (reference)."""
     import math
 
-    from opama_model.training.trainer import warmup_lr_factor
+    from opama_model.training.warmup import warmup_lr_factor
 
     assert warmup_lr_factor("constant", 7, 10) == 1.0
     assert warmup_lr_factor("cosine", 0, 10) == 1.0 and warmup_lr_factor("cosine", 5, 10) == pytest.approx(0.5)

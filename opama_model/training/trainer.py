@@ -18,7 +18,6 @@ import csv
 import json
 import math
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,11 +25,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from .checkpoint import (STATE_FILE, CheckpointError, finish_checkpoint, latest_checkpoint, load_optimizer_state,
-                         load_safetensors, prune_checkpoints, read_state, tmp_dir_for)
+from ..fileio import Terminated, atomic_path, atomic_write_text, check_stop, stop_raises
+from .checkpoint import (STATE_FILE, CheckpointError, RunState, capture_rng, latest_checkpoint, load_optimizer_state,
+                         load_run_state, load_safetensors, restore_rng, save_checkpoint)
 from .data import PanoramaDataset, PanoramaRecord, StreamSampler
-from .sample import SampleSettings, canvas_size, draw_sample_params, make_sample, seeded_rng
-from .step import MODE_CAPTION, GuidanceProbs, Parts, diffusion_loss, draw_step, generate_view, unet_inputs
+from .sample import SampleSettings, canvas_size
+from .step import MODE_CAPTION, GuidanceProbs, Parts, diffusion_loss, draw_step, generate_view
+from .warmup import WARMUP_LR, unet_warmup, vae_warmup
 
 __all__ = ["TrainConfig", "TrainProgress", "RunResult", "TrainError", "train", "optimizer_groups", "make_optimizer",
            "recipe_hint", "cast_frozen_", "enable_checkpointing", "OPTIMIZERS",
@@ -38,8 +39,6 @@ __all__ = ["TrainConfig", "TrainProgress", "RunResult", "TrainError", "train", "
 
 LOG_COLUMNS = ("step", "phase", "time_s", "loss", "lr", "samples_per_s", "val_loss")
 VAL_SEED = 20240710  # fixed: validation draws never change across steps or runs
-VAE_KEY = 5
-UNET_KEY = 6
 
 
 class TrainError(ValueError):
@@ -343,6 +342,13 @@ def enable_checkpointing(comps, conditioner) -> None:
     comps.unet.enable_gradient_checkpointing()
 
 
+def _phase_report(phase: str, report: Callable[[TrainProgress], None] | None):
+    """A warm-up's ``report(step, total, loss, lr)`` as :class:`TrainProgress` events (None: silent)."""
+    if report is None:
+        return None
+    return lambda step, total, loss, lr: report(TrainProgress(phase, step, total, loss=loss, lr=lr))
+
+
 def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.6g}"
 
@@ -361,13 +367,11 @@ class _Log:
                             rows.append(r)
                     except (KeyError, ValueError):
                         continue
-        tmp = self.path.with_name(".log.csv.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
             w.writeheader()
             for r in rows:
                 w.writerow({k: r.get(k, "") for k in LOG_COLUMNS})
-        os.replace(tmp, self.path)
         self.f = self.path.open("a", newline="")
         self.w = csv.DictWriter(self.f, fieldnames=LOG_COLUMNS)
         self.tb = None
@@ -401,134 +405,8 @@ def _save_panel(path: Path, rows: list[tuple[torch.Tensor, torch.Tensor, torch.T
         return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 
     grid = np.concatenate([np.concatenate([img(a), img(b), img(c)], axis=1) for a, b, c in rows], axis=0)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(grid).save(tmp)
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------- VAE warm-up
-WARMUP_LR = ("constant", "cosine")
-"""Learning-rate shapes of the VAE and UNet warm-ups (``TrainConfig.warmup_lr``)."""
-
-
-def warmup_lr_factor(kind: str, step: int, steps: int) -> float:
-    """Factor on a warm-up's learning rate at ``step`` (0-based) of ``steps``: 1 (``constant``),
-    or ``cosine``: ``(1 + cos(pi * step / steps)) / 2``, from 1 down towards 0 at the end, so the
-    warmed-up weights are not wherever the last full-size noisy updates left them."""
-    if kind == "constant":
-        return 1.0
-    if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * step / max(steps, 1)))
-    raise ValueError(f"warm-up lr shape must be one of {', '.join(WARMUP_LR)}, got {kind!r}")
-
-
-POSTERIOR_LOGVAR = -30.0
-"""Log-variance the VAE warm-up gives every latent: the floor diffusers clamps to, so the posterior is
-the mean (standard deviation ``exp(-15)``), as good as deterministic like SD's pretrained VAE."""
-
-
-def deterministic_posterior_(vae) -> None:
-    """Make ``vae``'s posterior a point mass at its mean, in place: the log-variance half of the
-    layer that outputs the moments (``quant_conv``, or the encoder's ``conv_out`` without one) gets
-    zero weights and bias :data:`POSTERIOR_LOGVAR`. The mean half is untouched."""
-    layer = vae.quant_conv if getattr(vae, "quant_conv", None) is not None else vae.encoder.conv_out
-    c = layer.out_channels // 2
-    with torch.no_grad():
-        layer.weight[c:].zero_()
-        layer.bias[c:].fill_(POSTERIOR_LOGVAR)
-
-
-def _vae_warmup(cfg: TrainConfig, comps, dataset: PanoramaDataset, device, report) -> float:
-    """Fit the (random) VAE as an autoencoder on random views (decoding the posterior mean), make
-    its posterior deterministic (:func:`deterministic_posterior_`), set ``scaling_factor`` to 1 / std
-    of its latents (as SD chose 0.18215), then freeze it. Returns the last loss.
-
-    Stands in for SD's pretrained VAE, whose posterior spread is negligible next to its latents. A
-    random VAE trained for a few hundred steps on sampled latents keeps a spread of ~0.65 of the
-    latent std (measured), and the training step samples the posterior: that noise went into every
-    target and masked-image latent, an error floor no UNet or conditioner could learn below."""
-    from ..spherical import equi_to_pers
-
-    vae = comps.vae
-    vae.requires_grad_(True)
-    vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    s = dataset.settings.view_size
-    n = len(dataset)
-
-    def views(step: int, b: int) -> torch.Tensor:
-        rng = seeded_rng(cfg.seed, VAE_KEY, step)
-        out = []
-        for _ in range(b):
-            pano = dataset.panorama(int(rng.integers(0, n))).unsqueeze(0)
-            yaw, pitch = float(rng.uniform(-180, 180)), float(rng.uniform(-60, 60))
-            out.append(equi_to_pers(pano, yaw, pitch, 90.0, (s, s), mode="bilinear")[0, 0])
-        return torch.stack(out).to(device)
-
-    loss_v = float("nan")
-    for step in range(cfg.vae_steps):
-        lr = cfg.vae_lr * warmup_lr_factor(cfg.warmup_lr, step, cfg.vae_steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x = views(step, cfg.vae_batch)
-        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
-        loss = torch.nn.functional.mse_loss(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_v = float(loss.detach())
-        report(TrainProgress("vae", step + 1, cfg.vae_steps, loss=loss_v, lr=lr))
-    vae.eval()
-    vae.requires_grad_(False)
-    deterministic_posterior_(vae)
-    with torch.no_grad():
-        z = torch.cat([vae.encode(views(10_000 + i, cfg.vae_batch)).latent_dist.mean for i in range(4)])
-        std = float(z.float().std())
-    vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
-    return loss_v
-
-
-# ----------------------------------------------------------------------------- UNet warm-up
-def _unet_warmup(cfg: TrainConfig, comps, dataset: PanoramaDataset, device, report) -> float:
-    """Pre-train the (random) UNet as a plain inpainting model, standing in for the inpainting
-    pre-training of SD-2-inpainting: samples drawn as the training samples (step ``k``, yaw,
-    target view, unknown mask, masked image), the same noise and loss, the conditioner's null
-    tokens (as initialised, not trained here) as the whole context and no adapter residuals.
-    Leaves the UNet in train mode with gradients on; returns the last loss."""
-    unet = comps.unet
-    unet.requires_grad_(True)
-    unet.train()
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=cfg.weight_decay)
-    settings = dataset.settings
-    n = len(dataset)
-    latent_shape = (int(comps.unet.config.out_channels), comps.preset.latent_size, comps.preset.latent_size)
-    num_t = int(comps.scheduler.config.num_train_timesteps)
-    with torch.no_grad():
-        context = comps.conditioner.null_condition(cfg.unet_batch).detach().to(device)
-    loss_v = float("nan")
-    for step in range(cfg.unet_steps):
-        lr = cfg.unet_lr * warmup_lr_factor(cfg.warmup_lr, step, cfg.unet_steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        rng = seeded_rng(cfg.seed, UNET_KEY, step)
-        samples = []
-        for _ in range(cfg.unet_batch):
-            k, yaw = draw_sample_params(rng, settings)
-            samples.append(make_sample(dataset.panorama(int(rng.integers(0, n))), k, yaw, settings, unet_only=True))
-        batch = {key: torch.stack([b[key] for b in samples]) for key in ("target", "unknown", "masked_image")}
-        draws = draw_step(cfg.seed, step, range(cfg.unet_batch), latent_shape, num_t, stream=UNET_KEY).to(device)
-        x, t, target = unet_inputs(comps.vae, comps.scheduler, batch, draws, offset_noise=cfg.offset_noise,
-                                   device=device)
-        pred = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip > 0:
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.clip)
-        opt.step()
-        loss_v = float(loss.detach())
-        report(TrainProgress("unet", step + 1, cfg.unet_steps, loss=loss_v, lr=lr))
-    return loss_v
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp)
 
 
 # ----------------------------------------------------------------------------- train
@@ -578,9 +456,9 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if not cfg.resume and latest_checkpoint(run_dir) is not None:
         raise TrainError(f"{run_dir}: already holds checkpoints; pass --resume to continue or choose another --out")
-    state = read_state(ckpt) if ckpt is not None else None
+    state = load_run_state(ckpt, rank, ema=cfg.ema > 0) if ckpt is not None else None
     if state is not None:
-        old = state.get("config", {})
+        old = state.config
         for key in ("preset", "conditioner", "train_backbone", "canvas_hw", "prediction_type"):
             if key in old and old[key] != cfg.to_json()[key]:
                 raise TrainError(f"{ckpt / STATE_FILE}: made with {key}={old[key]!r}, this run has "
@@ -612,19 +490,20 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
     step, micro_done, warmed_up = 0, 0, cfg.vae_steps == 0 and cfg.unet_steps == 0
     if state is not None:
         _load_modules(ckpt, comps, trained)
-        step, micro_done = int(state["step"]), int(state.get("micro_done", 0))
+        step, micro_done = state.step, state.micro_done_at(global_batch)
         warmed_up = True
-        if state.get("global_batch", global_batch) != global_batch:
-            micro_done = int(state.get("samples_done", micro_done * global_batch)) // global_batch
 
     dataset = PanoramaDataset(data, settings, seed=cfg.seed)
     if not warmed_up:
         if cfg.vae_steps > 0:
-            _vae_warmup(cfg, comps, dataset, device, report if main else (lambda p: None))
+            vae_warmup(comps, dataset, device, steps=cfg.vae_steps, lr=cfg.vae_lr, batch=cfg.vae_batch,
+                       lr_shape=cfg.warmup_lr, seed=cfg.seed, report=_phase_report("vae", report if main else None))
             if world > 1:
                 _broadcast_module(comps.vae)
         if cfg.unet_steps > 0:
-            _unet_warmup(cfg, comps, dataset, device, report if main else (lambda p: None))
+            unet_warmup(comps, dataset, device, steps=cfg.unet_steps, lr=cfg.unet_lr, batch=cfg.unet_batch,
+                        lr_shape=cfg.warmup_lr, seed=cfg.seed, weight_decay=cfg.weight_decay, clip=cfg.clip,
+                        offset_noise=cfg.offset_noise, report=_phase_report("unet", report if main else None))
             if world > 1:
                 _broadcast_module(comps.unet)
             if not cfg.train_backbone:  # then frozen, as the reference freezes SD-2-inpainting's UNet
@@ -642,25 +521,9 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
     ema = EMA(named, cfg.ema) if cfg.ema > 0 else None
     if state is not None:
         opt.load_state_dict(load_optimizer_state(ckpt / "optimizer.pt"))
-        lr_sched.load_state_dict(state["lr_scheduler"])
-        if ema is not None:
-            if not (ckpt / "ema.safetensors").exists():
-                raise TrainError(f"{ckpt}: has no ema.safetensors (the run was started without --ema)")
-            ema.shadow = load_safetensors(ckpt / "ema.safetensors")
-            ema.updates = int(state.get("ema_updates", 0))
-        rng_file = ckpt / f"rng-{rank}.safetensors"
-        if rng_file.exists():
-            rng = load_safetensors(rng_file)
-            torch.set_rng_state(rng["torch_cpu"])
-            if torch.cuda.is_available():
-                for i in range(torch.cuda.device_count()):
-                    if f"cuda_{i}" in rng:
-                        torch.cuda.set_rng_state(rng[f"cuda_{i}"], i)
-
+        _restore_run(state, lr_sched, ema, accelerator.scaler)
     wrapped = {k: accelerator.prepare(m) for k, m in modules.items()}
     opt = accelerator.prepare(opt)
-    if state is not None and accelerator.scaler is not None and state.get("grad_scaler"):
-        accelerator.scaler.load_state_dict(state["grad_scaler"])
     parts = Parts(comps, wrapped["conditioner"], wrapped.get("unet", comps.unet))
     trainable = list(named.values())
 
@@ -683,16 +546,21 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
         log = _Log(run_dir, step if state is not None else None)
         (run_dir / "panels").mkdir(exist_ok=True)
 
-    stop = {"flag": False}
-    old_handler = None
-    with contextlib.suppress(ValueError):  # not in the main thread: no handler
-        old_handler = signal.signal(signal.SIGTERM, lambda s, f: stop.__setitem__("flag", True))
+    def save() -> Path | None:
+        run = RunState(step=step, micro_done=micro_done, global_batch=global_batch, world_size=world,
+                       lr_scheduler=lr_sched.state_dict(),
+                       grad_scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                       ema_updates=ema.updates if ema is not None else 0,
+                       ema=ema.shadow if ema is not None else None, trained=list(trained), config=cfg.to_json())
+        return _save_checkpoint(accelerator, run_dir, run, wrapped, comps, opt, cfg.keep)
 
     result = RunResult(out=run_dir, model_dir=None, step=step, total_steps=total, trained=tuple(trained),
                        resumed_from=ckpt)
     last_val = None
     it = iter(loader)
     t_last, steps_since = time.time(), 0
+    stops = contextlib.ExitStack()
+    stops.enter_context(stop_raises(deferred=True))  # SIGTERM: finish the step, save a checkpoint, return
     try:
         while step < total:
             loss_sum = 0.0
@@ -741,25 +609,20 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
                         samples_per_s=sps * global_batch * cfg.grad_accum, val_loss=last_val if do_val else None)
                 report(TrainProgress("train", step, total, loss=loss_v, lr=lr_v, steps_per_s=sps,
                                      val_loss=last_val))
-            stopping = stop["flag"]
+            stopping = _stop_requested()
             if world > 1:
                 stopping = bool(accelerator.reduce(torch.tensor(float(stopping), device=device), "sum") > 0)
             if (cfg.save_every > 0 and step % cfg.save_every == 0) or stopping or step == total:
-                result.checkpoint = _save_checkpoint(cfg, accelerator, run_dir, step, micro_done, global_batch,
-                                                     wrapped, comps, trained, opt, lr_sched, ema, rank)
+                result.checkpoint = save()
             if stopping:
                 result.stopped = True
                 break
-    except (torch.OutOfMemoryError, RuntimeError) as e:
-        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e) \
-                and "out of memory" not in str(e).lower():
-            raise
+    except torch.OutOfMemoryError:
         raise TrainError(f"out of memory at --batch-size {cfg.batch_size} on {device}: lower --batch-size (raise "
                          f"--grad-accum to keep the global batch) or use --mixed-precision bf16/fp16; no checkpoint "
                          f"was written for the failed step") from None
     finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
+        stops.close()
         del it
         if log is not None:
             log.close()
@@ -802,9 +665,7 @@ def _pretrained(preset: str) -> bool:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _broadcast_module(m: torch.nn.Module) -> None:
@@ -842,40 +703,41 @@ def _load_modules(ckpt: Path, comps, trained: list[str]) -> None:
             module.register_to_config(scaling_factor=float(sf))
 
 
-def _save_checkpoint(cfg, accelerator, run_dir: Path, step: int, micro_done: int, global_batch: int, wrapped,
-                     comps, trained, opt, lr_sched, ema, rank) -> Path | None:
-    """Write ``checkpoint-STEP`` atomically (main process; every process adds its RNG state)."""
-    from safetensors.torch import save_file
+def _save_checkpoint(accelerator, run_dir: Path, run: RunState, wrapped: dict, comps, opt, keep: int) -> Path | None:
+    """Every process hands its RNG state to the main process, which writes ``checkpoint-STEP``
+    (:func:`.checkpoint.save_checkpoint`); returns its path on the main process, else None."""
+    from accelerate.utils import gather_object
 
-    tmp = run_dir / f".checkpoint-{step}.tmp"
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        tmp = tmp_dir_for(run_dir, step)
-    accelerator.wait_for_everyone()
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            rng[f"cuda_{i}"] = torch.cuda.get_rng_state(i)
-    save_file(rng, str(tmp / f"rng-{rank}.safetensors"))
+    rngs = dict(gather_object([(accelerator.process_index, capture_rng())]))
     final = None
     if accelerator.is_main_process:
-        for part in trained:
-            m = accelerator.unwrap_model(wrapped[part]) if part in wrapped else getattr(comps, part)
-            m.save_pretrained(tmp / part)
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        if ema is not None:
-            save_file({k: v.contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
-        state = dict(step=step, micro_done=micro_done, samples_done=micro_done * global_batch,
-                     global_batch=global_batch, world_size=accelerator.num_processes,
-                     lr_scheduler=lr_sched.state_dict(),
-                     grad_scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                     ema_updates=ema.updates if ema is not None else 0, trained=list(trained),
-                     config=cfg.to_json(), time=time.time())
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-        final = finish_checkpoint(tmp, step)
-        prune_checkpoints(run_dir, cfg.keep)
+        modules = {part: accelerator.unwrap_model(wrapped[part]) if part in wrapped else getattr(comps, part)
+                   for part in run.trained}
+        final = save_checkpoint(run_dir, run, modules, opt.state_dict(), rngs, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def _restore_run(state: RunState, lr_sched, ema: EMA | None, scaler) -> None:
+    """Put a checkpoint's :class:`RunState` back: LR scheduler, EMA, grad scaler, this process's RNG."""
+    lr_sched.load_state_dict(state.lr_scheduler)
+    if ema is not None:
+        ema.shadow = state.ema
+        ema.updates = state.ema_updates
+    if scaler is not None and state.grad_scaler:
+        scaler.load_state_dict(state.grad_scaler)
+    if state.rng is not None:
+        restore_rng(state.rng)
+
+
+def _stop_requested() -> bool:
+    """Whether SIGTERM arrived (under :func:`opama_model.fileio.stop_raises` ``deferred=True``)."""
+    try:
+        check_stop()
+    except Terminated:
+        return True
+    return False
 
 
 @torch.no_grad()
