@@ -154,6 +154,39 @@ def _measure(preset: str, random_weights: bool, batch: int, gradient_checkpointi
     return out
 
 
+def measure_sample_build(canvas: tuple[int, int] = (2048, 4096), view_size: int = 512, n: int = 4,
+                         seed: int = 0) -> dict:
+    """Seconds to build one training sample (:func:`opama_model.training.sample.make_sample`, index maps)
+    and the direct full-canvas construction (``make_sample_reference``) side by side, same draws:
+    ``first_*`` includes what a fresh worker computes once (known masks; index maps for ``fast``),
+    ``*_s`` the median of ``n`` later samples. Also checks that both give equal tensors."""
+    import statistics
+
+    from opama_model.training import sample as smp
+
+    st = smp.SampleSettings(view_size=view_size, canvas_hw=tuple(canvas))
+    pano = torch.rand(3, *canvas, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    rng = smp.seeded_rng(seed, 99)
+    draws = [smp.draw_sample_params(rng, st) for _ in range(n + 1)]
+    out = {}
+    results = {}
+    for name, fn in (("reference", smp.make_sample_reference), ("fast", smp.make_sample)):
+        smp.known_masks.cache_clear()
+        smp.sample_index_maps.cache_clear()
+        times = []
+        for k, yaw in draws:
+            t0 = time.perf_counter()
+            r = fn(pano, k, yaw, st)
+            times.append(time.perf_counter() - t0)
+        results[name] = r
+        out[f"first_{name}_s"] = times[0]
+        out[f"{name}_s"] = statistics.median(times[1:])
+    a, b = results["fast"], results["reference"]
+    out["max_abs_diff"] = max(float((a[key].float() - b[key].float()).abs().max()) for key in a)
+    out["canvas"] = list(canvas)
+    return out
+
+
 def measure_train_step(preset: str = "sd2", random_weights: bool = True, batch: int = 1,
                        gradient_checkpointing: bool = False, mixed_precision: str = "no", device: str = "cpu",
                        canvas: tuple[int, int] | None = None, *, isolate: bool = True, threads: int = 0) -> dict:
@@ -195,6 +228,8 @@ def main() -> None:
     ap.add_argument("--canvas", default=None, help="HxW (default: the preset's, 2048x4096 for sd2)")
     ap.add_argument("--real-weights", action="store_true", help="use the real sd2 weights (must be on this machine)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--samples-only", action="store_true",
+                    help="only time the sample build (before/after the index maps) at --canvas (default 2048x4096)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
@@ -205,6 +240,16 @@ def main() -> None:
         return
     canvas = tuple(int(v) for v in args.canvas.lower().split("x")) if args.canvas else None
     print(machine_info(["diffusers", "accelerate"]))
+    if args.samples_only:
+        hw = canvas or (2048, 4096)
+        r = measure_sample_build(hw, 512 if args.preset == "sd2" else 64)
+        print(f"sample build at {hw[0]}x{hw[1]} (view {512 if args.preset == 'sd2' else 64} px), one process:")
+        print(f"{'':<28}{'direct':>12}{'index maps':>12}{'ratio':>10}")
+        for key, label in (("first_{}_s", "first sample (s)"), ("{}_s", "later samples, median (s)")):
+            va, vb = r[key.format("reference")], r[key.format("fast")]
+            print(f"{label:<28}{va:>12.3f}{vb:>12.3f}{va / vb:>10.1f}")
+        print(f"max |difference| between the two constructions: {r['max_abs_diff']:.3g}")
+        return
     print(f"preset {args.preset}, device {args.device}, batch {args.batch}, mixed precision {args.mixed_precision}, "
           f"canvas {canvas or 'default'}, one step per configuration, each in its own process")
     rows = []

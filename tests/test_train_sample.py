@@ -146,3 +146,25 @@ def test_guidance_dropout_is_per_sample_with_the_reference_rates():
     assert rates[1] == pytest.approx(0.4, abs=0.03)
     assert rates[2] == pytest.approx(0.4, abs=0.03)
     assert d.timesteps.min() >= 0 and d.timesteps.max() <= 999
+
+
+@pytest.mark.parametrize("hw,size", [((64, 128), 32), ((128, 256), 32)])
+def test_sample_from_index_maps_equals_the_direct_construction(hw, size):
+    """make_sample evaluates the rotation only at the pixels that nearest sampling picks; it must give
+    what rotating, masking and cutting the whole canvas gives (whole-column and fractional yaws, empty
+    canvas, first and last step, the UNet-only sample)."""
+    from opama_model.training.sample import make_sample_reference, sample_index_maps
+
+    st = SampleSettings(view_size=size, canvas_hw=hw)
+    pano = torch.rand(3, *hw, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    for k in (-1, 0, 9, 17):
+        for yaw in (0, 1, 45, 90, 271, 359):
+            for unet_only in (False, True):
+                a = make_sample(pano, k, yaw, st, unet_only=unet_only)
+                b = make_sample_reference(pano, k, yaw, st, unet_only=unet_only)
+                assert a.keys() == b.keys()
+                for key in a:
+                    assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), (k, yaw, key)
+    maps = sample_index_maps(hw, size, ((0.0, 0.0),))
+    assert maps["faces"].shape == (6, size, size) and maps[(0.0, 0.0)].shape == (size, size)
+    assert int(maps["faces"].max()) < hw[0] * hw[1] and int(maps["faces"].min()) >= 0

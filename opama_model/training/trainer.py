@@ -29,7 +29,7 @@ from ..fileio import Terminated, atomic_path, atomic_write_text, check_stop, sto
 from .checkpoint import (STATE_FILE, CheckpointError, RunState, capture_rng, latest_checkpoint, load_optimizer_state,
                          load_run_state, load_safetensors, restore_rng, save_checkpoint)
 from .data import PanoramaDataset, PanoramaRecord, StreamSampler
-from .sample import SampleSettings, canvas_size
+from .sample import SampleSettings, canvas_size, warm_sample_caches
 from .step import MODE_CAPTION, GuidanceProbs, Parts, diffusion_loss, draw_step, generate_view
 from .warmup import WARMUP_LR, unet_warmup, vae_warmup
 
@@ -530,6 +530,8 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
     val = PanoramaDataset(val_data, replace(settings, rotate=False), seed=VAL_SEED) if val_data else None
 
     workers = default_num_workers(device) if cfg.num_workers is None else int(cfg.num_workers)
+    if workers:
+        warm_sample_caches(settings)  # computed once here; forked workers inherit them
     sampler = StreamSampler(len(dataset), cfg.seed, cfg.batch_size, world, rank, start_micro=micro_done)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=_collate,
                                          num_workers=workers, persistent_workers=False,
