@@ -159,3 +159,13 @@ def test_random_weights_model_folder_loads_in_outpaint(data, tmp_path, monkeypat
         load_model(res.model_dir, device="cpu")
     r = runner.invoke(app, args + ["--random-weights"])
     assert r.exit_code == 0, r.output
+
+
+def test_default_num_workers_by_device(monkeypatch):
+    from opama_model.training.trainer import default_num_workers
+
+    assert default_num_workers(torch.device("cpu")) == 0
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert default_num_workers(torch.device("cuda")) == 4
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert default_num_workers(torch.device("cuda")) == 1

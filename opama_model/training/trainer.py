@@ -6,9 +6,16 @@ on CPU): each process takes its slice of every global micro-batch (:mod:`.data`)
 averaged by DDP, and only the main process logs and writes files.
 
 Exact resume: every random draw is a function of ``(seed, position)`` (:mod:`.data`,
-:mod:`.step`), so a checkpoint needs the weights, the optimizer, LR-scheduler (and EMA / grad
-scaler) state and the number of micro-batches done; the torch RNG states are saved as well. On
-CPU, a run killed with SIGKILL and resumed reaches bit-identical weights.
+:mod:`.step`), so a checkpoint needs the weights, the optimizer and the run state
+(:class:`.checkpoint.RunState`: step, micro-batches done, LR-scheduler, EMA, grad-scaler and torch
+RNG states), written by :func:`.checkpoint.save_checkpoint` and put back by ``_restore_run``. On
+CPU, a run killed with SIGKILL and resumed reaches bit-identical weights. SIGTERM
+(:func:`opama_model.fileio.stop_raises`) ends the current step, saves a checkpoint and returns
+with ``stopped``.
+
+Memory: ``--mixed-precision fp16|bf16`` autocasts and stores the frozen parts in that dtype
+(:func:`cast_frozen_`; the trained conditioner keeps fp32 weights); ``--gradient-checkpointing``
+recomputes the Mamba blocks and the UNet blocks in the backward pass (:func:`enable_checkpointing`).
 """
 
 from __future__ import annotations
