@@ -40,7 +40,12 @@ def demo(
         return
     kw = dict(FAST) if fast else {}
     kw.update({k: v for k, v in (("n_train", n_train), ("n_test", n_test), ("steps", steps)) if v is not None})
+    from opama_model.fileio import Terminated
+
     try:
         run_demo(DemoSettings(out=str(out), seed=seed, aog=aog, **kw))
     except (DemoError, OSError) as e:
         raise fail(str(e), 1) from None
+    except (KeyboardInterrupt, Terminated) as e:
+        code = 130 if isinstance(e, KeyboardInterrupt) else 143
+        raise fail(f"demo stopped; re-run the same command to resume from {out}", code) from None

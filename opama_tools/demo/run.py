@@ -1,39 +1,45 @@
 """``opama demo``: the whole mission end to end on synthetic data and the tiny preset.
 
-Stages (each one runs the real ``opama`` subcommand, the same code a user types; nothing is
+Stages (each calls the library function that the matching ``opama`` command calls; nothing is
 demo-only except choosing the folders and drawing the final page):
 
 1. synthetic HDR panoramas (indoor and outdoor EXR), a training and a held-out test set;
-2. ``prepare`` -> 8-bit PNG at the tiny canvas size;
-3. ``caption --from-metadata`` (BLIP instead when a BLIP model is found locally);
+2. prepare (:func:`opama_tools.data.prepare.prepare_dataset`) -> 8-bit PNG at the tiny canvas size;
+3. captions from the scene metadata (a local BLIP model instead when one is found);
 4. the test panoramas' input views (yaw 0, pitch 0, fov 90) and a batch CSV;
-5. ``train`` of the tiny preset (conditioner + UNet, after a short VAE warm-up: the tiny
-   backbone is random), optionally the AOG-Net conditioner too;
-6. ``outpaint`` of the test inputs with their captions: trained and untrained model, ``fast``
-   and ``reference`` procedures, plus the input-only baseline;
-7. ``eval`` of each against the held-out references and ``eval compare``;
+5. training of the tiny preset (:func:`opama_model.training.train`) in a child process: VAE and
+   UNet warm-ups (the tiny backbone is random), then the conditioner; optionally AOG-Net's too;
+6. outpainting of the test inputs with their captions (:func:`opama_tools.outpaint.outpaint_batch`):
+   trained and untrained model, ``fast`` and ``reference`` procedures, in a pool of
+   single-thread processes, plus the input-only baseline;
+7. evaluation of each against the held-out references and the side-by-side table;
 8. ``report.html``: inputs, outpainted panoramas (with the drag-to-look viewer), references,
-   the comparison table with bootstrap intervals, fast vs reference time, the loss curve.
+   the comparison table with bootstrap intervals, the paired comparison, fast vs reference
+   time, the loss curve.
 
-Everything stays under ``--out``. A re-run with the same settings resumes: every command
-skips what it already finished (keyed on its inputs' content). When a setting changes, the
-outputs that depend on it are deleted first and redone (``DemoSettings.keys``), so no stale
-panorama or report survives (e.g. ``--n-test`` redoes the test data and the results, not the
-training).
+Everything stays under ``--out``. A re-run with the same settings resumes: every stage skips
+what it already finished (keyed on its inputs' content). When a setting changes, the outputs
+that depend on it are deleted first and redone (``DemoSettings.keys``), so no stale panorama or
+report survives (e.g. ``--n-test`` redoes the test data and the results, not the training).
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import json
+import multiprocessing
+import os
+import queue as queue_mod
 import shutil
+import signal
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable
 
-import click
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -43,7 +49,7 @@ from opama_tools.data.synthetic import generate_dataset
 
 console = Console(soft_wrap=True)  # messages are lines: never hard-wrapped at the terminal width
 
-__all__ = ["DemoSettings", "DemoError", "run_demo", "write_synthetic", "run_cli", "FAST", "STAGES"]
+__all__ = ["DemoSettings", "DemoError", "run_demo", "write_synthetic", "FAST", "STAGES"]
 
 SETTINGS_FILE = "demo.json"
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -118,45 +124,168 @@ def write_synthetic(out_dir: str | Path, n: int, height: int = 256, seed: int = 
         )
 
 
-def run_cli(args: Sequence[str]) -> int:
-    """Run ``opama ARGS`` in this process (the real command); returns its exit code."""
-    from typer.main import get_command
+# --------------------------------------------------------------------------- child processes
+_QUEUE: Any = None
+"""In a pool worker: the queue its progress messages go to (set by :func:`_init_worker`)."""
 
-    from opama_tools.cli import app
 
-    console.print(f"[dim]$ opama {' '.join(str(a) for a in args)}[/]", highlight=False)
+def _init_worker(messages: Any, threads: int) -> None:
+    """Pool worker start-up: keep the message queue; ``threads > 0`` limits torch (and OpenMP) to that many."""
+    global _QUEUE
+    _QUEUE = messages
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the demo, which terminates the pool
+    if threads > 0:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _post(*message: Any) -> None:
+    if _QUEUE is not None:
+        _QUEUE.put(message)
+
+
+def _stopped(name: str) -> None:
+    """Re-raise a stop that a stage function caught and reported (``"SIGINT"`` or ``"SIGTERM"``)."""
+    from opama_model.fileio import Terminated
+
+    raise KeyboardInterrupt if name == "SIGINT" else Terminated(name)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _run_pool(jobs: list[tuple[str, Callable[..., Any], tuple]], workers: int, threads: int,
+              on_message: Callable[[tuple], None], on_tick: Callable[[list[str]], None] | None = None,
+              ) -> dict[str, Any]:
+    """Run ``fn(*args)`` for every ``(name, fn, args)`` in ``jobs`` in a pool of ``workers``
+    spawned processes (``threads`` torch threads each; 0 = torch's default), in order.
+
+    Messages the workers :func:`_post` reach ``on_message`` in this process; ``on_tick(running)``
+    is called about every 0.3 s with the names still running. Returns ``{name: result}``.
+    An interrupt (Ctrl-C, SIGTERM) terminates the workers before it propagates.
+
+    Raises:
+        DemoError: naming every job that raised and its one-line reason.
+    """
+    from opama_model.fileio import stop_raises
+
+    ctx = multiprocessing.get_context("spawn")
+    messages = ctx.Queue()
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(messages, threads))
+    futures: dict[Future, str] = {}
+    results: dict[str, Any] = {}
+    failed: list[str] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                on_message(messages.get_nowait())
+            except queue_mod.Empty:
+                return
+
     try:
-        get_command(app).main(args=[str(a) for a in args], prog_name="opama", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        return int(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
-        return 130
-    return 0
+        with stop_raises():
+            futures = {pool.submit(fn, *args): name for name, fn, args in jobs}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.3, return_when=FIRST_COMPLETED)
+                drain()
+                for f in done:
+                    try:
+                        results[futures[f]] = f.result()
+                    except Exception as e:  # noqa: BLE001 - reported with the job's name below
+                        failed.append(f"{futures[f]}: {_one_line(e)}")
+                if on_tick is not None:
+                    on_tick([futures[f] for f in pending if f.running()])
+            drain()
+    except BaseException:
+        for p in set(multiprocessing.active_children()) - before:  # this pool's workers
+            p.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    messages.close()
+    if failed:
+        raise DemoError("; ".join(failed))
+    return results
 
 
-def _cli(stage: str, args: Sequence[str]) -> None:
-    code = run_cli(args)
-    if code != 0:
-        raise DemoError(f"demo stage {stage}: `opama {args[0]}` failed with exit code {code}")
+def _train_job(cfg: dict, data: str, captions: str) -> dict:
+    """Pool job: train one run with :func:`opama_model.training.train`; progress goes to the queue.
+    Returns a summary dict; an error comes back as one line (the traceback goes to stderr)."""
+    from opama_model.training import TrainConfig, train
+    from opama_tools.data.train_data import load_records
+
+    try:
+        cfg = dict(cfg, canvas_hw=tuple(cfg["canvas_hw"]))
+        records = load_records(data, [captions])
+        result = train(TrainConfig(**cfg), records, None,
+                       progress=lambda p: _post("train", p.phase, p.step, p.total, p.loss))
+    except Exception as e:
+        if not getattr(e, "__module__", "").startswith("opama"):
+            traceback.print_exc()
+        raise RuntimeError(_one_line(e)) from None
+    if result.stopped:
+        raise RuntimeError(f"stopped at step {result.step} (checkpoint {result.checkpoint})")
+    tail = result.losses[-20:]
+    return {"step": result.step, "seconds": result.seconds, "loss": sum(tail) / len(tail) if tail else None,
+            "model": str(result.model_dir), "trained": list(result.trained)}
 
 
-def _cli_process(stage: str, args: Sequence[str]) -> None:
-    """Run ``opama ARGS`` as a child process (``python -m opama_tools.cli``, the real command; its
-    output and progress bars go to this terminal). Used for training: inside the demo's own
-    process the same training took 435 s instead of 320 s (bit-identical weights; measured on
-    2 cores), in a fresh process it runs as fast as a user's ``opama train``."""
-    import subprocess
-    import sys
-
-    args = [str(a) for a in args]
-    console.print(f"[dim]$ opama {' '.join(args)}[/]", highlight=False)
+def _outpaint_job(log_path: str, batch_csv: str, out: str, model: str | None, settings: dict) -> dict:
+    """Pool job: outpaint every row of ``batch_csv`` into ``out`` with the model folder ``model``
+    (None: the untrained tiny preset), as ``opama outpaint --batch`` does. Everything the run
+    prints goes to ``log_path``. Returns ``{"done", "skipped", "failed"}`` counts; failed rows
+    are listed in the log and raise."""
     sys.stdout.flush()
-    code = subprocess.run([sys.executable, "-m", "opama_tools.cli", *args]).returncode
-    if code != 0:
-        raise DemoError(f"demo stage {stage}: `opama {args[0]}` failed with exit code {code}")
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "w", encoding="utf-8") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            return _outpaint_logged(batch_csv, out, model, settings)
+        except Exception as e:
+            traceback.print_exc()
+            raise RuntimeError(_one_line(e)) from None
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _outpaint_logged(batch_csv: str, out: str, model: str | None, settings: dict) -> dict:
+    from opama_tools.outpaint import OutpaintSettings, load_model, outpaint_batch, read_rows
+
+    what = f"model {model}" if model else "the untrained tiny preset"
+    print(f"outpaint --batch {batch_csv} --out {out} with {what}; settings {settings}", flush=True)
+    rows = read_rows(batch_csv)
+    m = load_model(model, preset=None if model else "tiny")
+    failures: list[str] = []
+
+    def on_failure(name: str, reason: str) -> None:
+        failures.append(name)
+        print(f"failed {name}: {reason}", flush=True)
+
+    res = outpaint_batch(rows, m, out, OutpaintSettings(**settings), on_failure=on_failure,
+                         progress=lambda k, n, name: print(f"{k}/{n} {name}", flush=True))
+    print(f"outpaint: {len(res.done)} done, {len(res.skipped)} skipped, {len(res.failed)} failed -> {out}", flush=True)
+    if res.failed:
+        raise RuntimeError(f"{len(res.failed)} of {len(rows)} panoramas failed ({', '.join(failures)})")
+    return {"done": len(res.done), "skipped": len(res.skipped), "failed": 0}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------- the stages
@@ -187,9 +316,30 @@ def _stage_data(r: _Run) -> str:
 
 
 def _stage_prepare(r: _Run) -> str:
+    from rich.markup import escape
+
+    from opama_tools.data.prepare import PrepareConfig, prepare_dataset
+
+    cfg = PrepareConfig(size=(r.s.height, r.s.width))
     for split in ("train", "test"):
-        _cli("prepare", ["prepare", r.out / "exr" / split, r.out / "png" / split,
-                         "--size", f"{r.s.height}x{r.s.width}", "--workers", "1"])
+        with Progress(TextColumn(f"[bold]prepare {split}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False) as bar:
+            task = bar.add_task("", total=None)
+
+            def on_result(row: dict) -> None:
+                if row["status"] == "failed":
+                    bar.console.print(f"[red]failed[/] {escape(row['error'])}", highlight=False)
+                bar.update(task, advance=1)
+
+            try:
+                summary = prepare_dataset(r.out / "exr" / split, r.out / "png" / split, cfg, workers=1,
+                                          on_start=lambda n: bar.update(task, total=n), on_result=on_result)
+            except (ValueError, FileNotFoundError) as e:
+                raise DemoError(f"demo stage prepare: {e}") from None
+        if summary.interrupted:
+            _stopped(summary.interrupted)
+        if summary.failed:
+            raise DemoError(f"demo stage prepare: {summary.failed} panorama(s) failed (see {summary.manifest})")
     return f"8-bit PNG panoramas ({r.s.height}x{r.s.width}) in {r.out / 'png'}"
 
 
@@ -201,12 +351,26 @@ def _blip_found() -> bool:
 
 
 def _stage_caption(r: _Run) -> str:
+    from opama_tools.data.caption import CaptionSettings, load_captioner, run_caption_job, run_metadata_job
+
     blip = _blip_found()
+    settings = CaptionSettings(augment=True, stride=30.0)
+    captioner = load_captioner(None) if blip else None
     for split in ("train", "test"):
-        args = ["caption", r.out / "png" / split, r.out / "captions" / f"{split}.jsonl", "--augment", "--stride", "30"]
-        if not blip:
-            args += ["--from-metadata", r.out / "exr" / split / "scenes.jsonl"]
-        _cli("caption", args)
+        pano_dir, out_jsonl = r.out / "png" / split, r.out / "captions" / f"{split}.jsonl"
+        try:
+            if captioner is not None:
+                summary = run_caption_job(pano_dir, out_jsonl, captioner, settings)
+            else:
+                summary = run_metadata_job(pano_dir, out_jsonl, r.out / "exr" / split / "scenes.jsonl", settings)
+        except ValueError as e:
+            raise DemoError(f"demo stage caption: {e}") from None
+        if summary.interrupted:
+            _stopped(summary.interrupted)
+        if summary.failed:
+            first = summary.failures[0] if summary.failures else ("?", "?")
+            raise DemoError(f"demo stage caption: {summary.failed} panorama(s) of {pano_dir} failed "
+                            f"(first: {first[0]}: {first[1]})")
     return ("captions from the local BLIP model" if blip else
             "captions from the scene metadata (no BLIP found locally: `opama doctor`)") + \
         f", global + 12 per-view, in {r.out / 'captions'}"
@@ -250,128 +414,137 @@ def _stage_inputs(r: _Run) -> str:
     return f"{len(rows)} input views (yaw 0, pitch 0, fov 90, 64 px) + batch.csv in {r.out / 'inputs'}"
 
 
-def _train_args(r: _Run, kind: str) -> list:
+def _train_config(r: _Run, kind: str) -> dict:
+    """The :class:`~opama_model.training.TrainConfig` fields of one demo training run (the tiny recipe)."""
     s = r.s
     run = r.out / "runs" / kind
-    args = ["train", "--preset", "tiny", "--conditioner", kind, "--data", r.out / "png" / "train",
-            "--captions", r.out / "captions" / "train.jsonl", "--out", run, "--steps", s.steps,
-            "--batch-size", s.batch_size, "--lr", s.lr, "--vae-steps", s.vae_steps, "--unet-steps", s.unet_steps,
-            "--unet-batch", s.unet_batch, "--unet-lr", s.lr,
-            "--canvas", f"{s.height}x{s.width}", "--seed", s.seed, "--save-every", max(s.steps // 4, 1),
-            "--keep", 1, "--val-every", max(s.steps // 4, 1), "--ema", s.ema, "--prediction-type", s.prediction_type]
-    if s.train_backbone:
-        args.append("--train-backbone")
-    if any(run.glob("checkpoint-*")):
-        args.append("--resume")
-    return args
+    every = max(s.steps // 4, 1)
+    return dict(out=str(run), preset="tiny", conditioner=kind, steps=s.steps, batch_size=s.batch_size, lr=s.lr,
+                vae_steps=s.vae_steps, unet_steps=s.unet_steps, unet_batch=s.unet_batch, unet_lr=s.lr,
+                canvas_hw=[s.height, s.width], seed=s.seed, save_every=every, keep=1, val_every=every, ema=s.ema,
+                prediction_type=s.prediction_type, train_backbone=s.train_backbone,
+                resume=any(run.glob("checkpoint-*")))
 
 
 def _stage_train(r: _Run) -> str:
+    """Each training run in a child process of its own (in the demo's own process, already
+    holding the earlier stages' imports and memory, the same training runs about 35% slower),
+    calling the library training function; its progress comes back to this process's bar."""
     kinds = ["opama"] + (["aog"] if r.s.aog else [])
+    todo = []
     for kind in kinds:
         if (r.out / "runs" / kind / "model" / "opama_model.json").is_file():
             console.print(f"runs/{kind}/model exists: training already done")
-            continue
-        _cli_process("train", _train_args(r, kind))
+        else:
+            todo.append(kind)
+    labels = {"vae": "VAE warm-up", "unet": "UNet warm-up", "train": "conditioner"}
+    for kind in todo:
+        with Progress(TextColumn("[bold]train {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                      transient=False) as bar:
+            tasks: dict[str, Any] = {}
+
+            def show(msg: tuple) -> None:
+                _, phase, step, total, loss = msg
+                if phase not in labels:
+                    return
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task(f"{kind}: {labels[phase]}", total=total, info="")
+                bar.update(tasks[phase], completed=step, info=f"loss {loss:.4f}" if loss is not None else "")
+
+            try:
+                res = _run_pool([(kind, _train_job, (_train_config(r, kind), str(r.out / "png" / "train"),
+                                                     str(r.out / "captions" / "train.jsonl")))],
+                                workers=1, threads=0, on_message=show)[kind]
+            except DemoError as e:
+                raise DemoError(f"demo stage train: {e}") from None
+        console.print(f"train {kind}: {res['step']} steps in {res['seconds']:.0f} s, loss {res['loss']:.4f} "
+                      f"(mean of the last 20); model in {res['model']}", highlight=False)
     unet = "with the UNet" if r.s.train_backbone else "on the frozen UNet"
     return (f"tiny preset: {r.s.vae_steps} VAE and {r.s.unet_steps} UNet warm-up steps (the tiny backbone is "
             f"random), then {r.s.steps} conditioner steps {unet} ({', '.join(kinds)}; {r.s.prediction_type}) "
             f"in {r.out / 'runs'}")
 
 
-def _outpaint_args(r: _Run, name: str, proc: str, model: str | None) -> list[str]:
-    args = ["outpaint", "--batch", r.out / "inputs" / "batch.csv", "--out", r.out / "gen" / name,
-            "--procedure", proc, "--size", f"{r.s.height}x{r.s.width}", "--seed", r.s.seed]
-    args += ["--model", r.out / "runs" / model / "model"] if model else ["--preset", "tiny"]
-    if r.s.outpaint_steps:
-        args += ["--steps", r.s.outpaint_steps]
-    return [str(a) for a in args]
-
-
-def _run_parallel(r: _Run, jobs: list[tuple[str, list[str]]], workers: int) -> None:
-    """Run ``opama ARGS`` for every ``(name, args)`` in ``jobs``, ``workers`` at a time, each in
-    its own process with one torch thread (``python -m opama_tools.cli``, the real command; its
-    output goes to ``gen/NAME.log``). One progress bar counts the finished panoramas (their
-    ``meta.json``, written last). Raises :class:`DemoError` naming every failed run and its log."""
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    n_rows = sum(1 for _ in (r.out / "png" / "test").glob("*.png"))
-    (r.out / "gen").mkdir(parents=True, exist_ok=True)
-    todo, running, failed = list(jobs), [], []
-
-    def done() -> int:
-        return sum(len(list((r.out / "gen" / name).glob("*/meta.json"))) for name, _ in jobs)
-
-    try:
-        with Progress(TextColumn("[bold]outpaint"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                      TimeElapsedColumn(), console=console, transient=False) as bar:
-            task = bar.add_task("outpaint", total=n_rows * len(jobs), info="")
-            while todo or running:
-                while todo and len(running) < workers:
-                    name, args = todo.pop(0)
-                    console.print(f"[dim]$ opama {' '.join(args)}   (log: {r.out / 'gen' / (name + '.log')})[/]",
-                                  highlight=False)
-                    log = open(r.out / "gen" / f"{name}.log", "w", encoding="utf-8")
-                    proc = subprocess.Popen([sys.executable, "-m", "opama_tools.cli", *args], stdout=log,
-                                            stderr=subprocess.STDOUT, env=env)
-                    running.append((name, proc, log))
-                time.sleep(0.5)
-                for item in list(running):
-                    name, proc, log = item
-                    if proc.poll() is not None:
-                        log.close()
-                        running.remove(item)
-                        if proc.returncode != 0:
-                            failed.append(f"{name} (exit code {proc.returncode}, see {r.out / 'gen' / (name + '.log')})")
-                bar.update(task, completed=done(), info=", ".join(n for n, _, _ in running))
-    finally:
-        for _, proc, log in running:  # interrupted: stop what still runs
-            proc.terminate()
-            proc.wait()
-            log.close()
-    if failed:
-        raise DemoError("demo stage outpaint: `opama outpaint` failed for " + "; ".join(failed))
+def _outpaint_settings(r: _Run, proc: str) -> dict:
+    """The :class:`~opama_tools.outpaint.OutpaintSettings` fields of one demo run."""
+    return dict(procedure=proc, steps=r.s.outpaint_steps or None, size=(r.s.height, r.s.width), seed=r.s.seed)
 
 
 def _stage_outpaint(r: _Run) -> str:
-    """The outpainting runs; on a machine with 2 or more cores, as parallel processes of one
-    thread each (the tiny model's small operations do not use a second thread well: 1.5x faster
-    on 2 cores), the slow ``reference`` procedure first."""
-    import os
-
+    """The outpainting runs, in a pool of single-thread processes, one per core (the tiny
+    model's small operations do not use a second thread well: on 2 cores this is 1.5x faster
+    than one run after the other with 2 threads), the slow ``reference`` procedure first. Each
+    run's output goes to ``gen/NAME.log``; one bar counts the finished panoramas."""
     from opama_tools.eval.baselines import write_input_only_baseline
 
-    jobs = [(name, _outpaint_args(r, name, proc, model)) for name, proc, model in r.methods]
-    jobs.sort(key=lambda j: "reference" not in j[1])
-    workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    if workers > 1:
-        _run_parallel(r, jobs, workers)
-    else:
-        for _, args in jobs:
-            _cli("outpaint", args)
-    base = write_input_only_baseline(r.out / "png" / "test", r.out / "gen" / "input-only", fov=90.0, view_size=64)
-    how = f", {workers} at a time (one thread each)" if workers > 1 else ""
-    return (f"{len(r.methods)} outpainting runs{how} + the input-only baseline ({len(base)} panoramas each) "
-            f"in {r.out / 'gen'}")
+    gen = r.out / "gen"
+    gen.mkdir(parents=True, exist_ok=True)
+    methods = sorted(r.methods, key=lambda m: m[1] != "reference")
+    jobs = [(name, _outpaint_job, (str(gen / f"{name}.log"), str(r.out / "inputs" / "batch.csv"), str(gen / name),
+                                   str(r.out / "runs" / model / "model") if model else None,
+                                   _outpaint_settings(r, proc)))
+            for name, proc, model in methods]
+    workers = max(1, min(len(jobs), _cores()))
+    n_rows = sum(1 for _ in (r.out / "png" / "test").glob("*.png"))
+
+    def finished() -> int:  # meta.json is written last: one per finished panorama
+        return sum(len(list((gen / name).glob("*/meta.json"))) for name, _, _ in methods)
+
+    for name, _, _ in methods:
+        console.print(f"[dim]outpaint {name} (log: {gen / (name + '.log')})[/]", highlight=False)
+    with Progress(TextColumn("[bold]outpaint"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task("outpaint", total=n_rows * len(jobs), info="")
+        try:
+            _run_pool(jobs, workers=workers, threads=1, on_message=lambda m: None,
+                      on_tick=lambda running: bar.update(task, completed=finished(), info=", ".join(running)))
+        except DemoError as e:
+            raise DemoError(f"demo stage outpaint: {e} (logs: {gen}/NAME.log)") from None
+        bar.update(task, completed=finished(), info="")
+    base = write_input_only_baseline(r.out / "png" / "test", gen / "input-only", fov=90.0, view_size=64)
+    return (f"{len(r.methods)} outpainting runs, {workers} at a time (one thread each) + the input-only baseline "
+            f"({len(base)} panoramas each) in {gen}")
 
 
 def _eval_names(r: _Run) -> list[str]:
     return ["input-only"] + [m[0] for m in r.methods]
 
 
+def _eval_one(r: _Run, name: str) -> Path:
+    """Score ``gen/NAME`` against the test references into ``reports/NAME`` (as ``opama eval``
+    does); skipped when ``reports/NAME/metrics.json`` holds a run of the same inputs and options."""
+    from opama_tools.eval.evaluate import EvalInputError, EvalOptions, collect_inputs, evaluate
+    from opama_tools.eval.report import write_report
+
+    gen, ref, rep = r.out / "gen" / name, r.out / "png" / "test", r.out / "reports" / name
+    opts = EvalOptions(captions=str(r.out / "captions" / "test.jsonl"), input_size=64, bootstrap=r.s.bootstrap)
+    try:
+        inputs = collect_inputs(gen, ref, opts, name)
+        try:
+            old = json.loads((rep / "metrics.json").read_text()).get("config", {})
+        except (OSError, ValueError, AttributeError):
+            old = {}
+        if old.get("fingerprint") == inputs.fingerprint:
+            console.print(f"eval {name}: {rep}/metrics.json already holds this run: skipped", highlight=False)
+            return rep
+        res = evaluate(gen, ref, opts, inputs=inputs)
+    except (EvalInputError, ValueError) as e:
+        raise DemoError(f"demo stage eval: {name}: {e}") from None
+    if not res.ran_any or res.failed:
+        why = "; ".join(f"{p}: {w}" for p, w in res.failed[:3]) or "no metric could run"
+        raise DemoError(f"demo stage eval: {name}: {why}")
+    write_report(res, rep)
+    console.print(f"eval {name}: {len(res.per_image)} panoramas scored -> {rep}", highlight=False)
+    return rep
+
+
 def _stage_eval(r: _Run) -> str:
-    reports = []
-    for name in _eval_names(r):
-        rep = r.out / "reports" / name
-        _cli("eval", ["eval", r.out / "gen" / name, r.out / "png" / "test", "--captions",
-                      r.out / "captions" / "test.jsonl", "--input-size", 64, "--bootstrap", r.s.bootstrap,
-                      "--method", name, "--out", rep])
-        reports.append(rep)
-    _cli("eval", ["eval", "compare", *reports, "--names", ",".join(_eval_names(r)), "--out",
-                  r.out / "reports" / "compare"])
+    from opama_tools.eval.report import compare_reports, write_compare
+
+    reports = [_eval_one(r, name) for name in _eval_names(r)]
+    disp, vals, better = compare_reports(reports, _eval_names(r))
+    write_compare(disp, vals, better, r.out / "reports" / "compare")
     return f"{len(reports)} reports + the side-by-side table in {r.out / 'reports'}"
 
 
