@@ -1,6 +1,11 @@
-"""`opama demo --fast`: every stage runs through the real commands and leaves its artefacts."""
+"""`opama demo --fast`: every stage runs through the library functions and leaves its artefacts; the
+process pool names a failed run and its log, and an interrupt terminates its workers."""
 
 import json
+import multiprocessing
+import time
+
+import pytest
 
 from typer.testing import CliRunner
 
@@ -66,3 +71,31 @@ def test_demo_out_is_a_file(tmp_path):
     res = runner.invoke(app, ["demo", "--fast", "--out", str(f)])
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert str(f) in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_pool_failure_names_the_run_and_its_log(tmp_path):
+    from opama_tools.demo.run import DemoError, _outpaint_job, _run_pool
+
+    log = tmp_path / "broken.log"
+    job = (str(log), str(tmp_path / "missing.csv"), str(tmp_path / "gen"), None, {"procedure": "fast"})
+    with pytest.raises(DemoError) as e:
+        _run_pool([("broken", _outpaint_job, job)], workers=1, threads=1, on_message=lambda m: None)
+    assert str(e.value).startswith("broken: ") and "missing.csv" in str(e.value)
+    assert "missing.csv" in log.read_text()  # the run's own output and traceback went to its log
+    assert not (tmp_path / "gen").exists()
+
+
+def test_pool_interrupt_terminates_the_workers():
+    from opama_tools.demo.run import _run_pool
+
+    started = time.monotonic()
+
+    def tick(running):
+        if running:  # the workers are busy sleeping: interrupt, as Ctrl-C would
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run_pool([(f"sleep{k}", time.sleep, (120,)) for k in range(2)], workers=2, threads=0,
+                  on_message=lambda m: None, on_tick=tick)
+    assert time.monotonic() - started < 60
+    assert not multiprocessing.active_children()

@@ -63,7 +63,7 @@ STAGES = ("data", "prepare", "caption", "inputs", "train", "outpaint", "eval", "
 
 
 class DemoError(RuntimeError):
-    """A stage failed (message names the stage and its exit code)."""
+    """A stage failed (the message names the stage, and the run and its log where there is one)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class DemoSettings:
 
 
 FAST = dict(n_train=4, n_test=2, steps=40, vae_steps=40, unet_steps=20, procedures=("fast",), outpaint_steps=4, bootstrap=200)
-"""``--fast`` overrides: a smoke run of every stage (under 2 minutes on 2 cores), not a result."""
+"""``--fast`` overrides: a smoke run of every stage (1 to 3 minutes on 2 cores, with the load), not a result."""
 
 
 def write_synthetic(out_dir: str | Path, n: int, height: int = 256, seed: int = 0, kind: str = "random") -> list[Path]:
