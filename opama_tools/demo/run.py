@@ -351,19 +351,17 @@ def _blip_found() -> bool:
 
 
 def _stage_caption(r: _Run) -> str:
-    from opama_tools.data.caption import CaptionSettings, load_captioner, run_caption_job, run_metadata_job
+    from opama_tools.data.caption import CaptionSettings, run_caption
+    from opama_tools.weights import MissingWeightsError
 
     blip = _blip_found()
     settings = CaptionSettings(augment=True, stride=30.0)
-    captioner = load_captioner(None) if blip else None
     for split in ("train", "test"):
         pano_dir, out_jsonl = r.out / "png" / split, r.out / "captions" / f"{split}.jsonl"
+        scenes = None if blip else r.out / "exr" / split / "scenes.jsonl"
         try:
-            if captioner is not None:
-                summary = run_caption_job(pano_dir, out_jsonl, captioner, settings)
-            else:
-                summary = run_metadata_job(pano_dir, out_jsonl, r.out / "exr" / split / "scenes.jsonl", settings)
-        except ValueError as e:
+            summary = run_caption(pano_dir, out_jsonl, settings, scenes=scenes)
+        except (ValueError, MissingWeightsError) as e:
             raise DemoError(f"demo stage caption: {e}") from None
         if summary.interrupted:
             _stopped(summary.interrupted)
