@@ -9,7 +9,7 @@ demo-only except choosing the folders and drawing the final page):
 4. the test panoramas' input views (yaw 0, pitch 0, fov 90) and a batch CSV;
 5. training of the tiny preset (:func:`opama_model.training.train`) in a child process: VAE and
    UNet warm-ups (the tiny backbone is random), then the conditioner; optionally AOG-Net's too;
-6. outpainting of the test inputs with their captions (:func:`opama_tools.outpaint.outpaint_batch`):
+6. outpainting of the test inputs with their captions (:func:`opama_tools.outpaint.run_outpaint`):
    trained and untrained model, ``fast`` and ``reference`` procedures, in a pool of
    single-thread processes, plus the input-only baseline;
 7. evaluation of each against the held-out references and the side-by-side table;
@@ -240,7 +240,8 @@ def _train_job(cfg: dict, data: str, captions: str) -> dict:
 
 def _outpaint_job(log_path: str, batch_csv: str, out: str, model: str | None, settings: dict) -> dict:
     """Pool job: outpaint every row of ``batch_csv`` into ``out`` with the model folder ``model``
-    (None: the untrained tiny preset), as ``opama outpaint --batch`` does. Everything the run
+    (None: the untrained tiny preset) by :func:`opama_tools.outpaint.run_outpaint`, as ``opama
+    outpaint --batch`` does (``settings``: its keyword options). Everything the run
     prints goes to ``log_path``. Returns ``{"done", "skipped", "failed"}`` counts; failed rows
     are listed in the log and raise."""
     sys.stdout.flush()
@@ -264,23 +265,19 @@ def _outpaint_job(log_path: str, batch_csv: str, out: str, model: str | None, se
 
 
 def _outpaint_logged(batch_csv: str, out: str, model: str | None, settings: dict) -> dict:
-    from opama_tools.outpaint import OutpaintSettings, load_model, outpaint_batch, read_rows
+    from opama_tools.outpaint import run_outpaint
 
     what = f"model {model}" if model else "the untrained tiny preset"
-    print(f"outpaint --batch {batch_csv} --out {out} with {what}; settings {settings}", flush=True)
-    rows = read_rows(batch_csv)
-    m = load_model(model, preset=None if model else "tiny")
-    failures: list[str] = []
-
-    def on_failure(name: str, reason: str) -> None:
-        failures.append(name)
+    print(f"outpaint --batch {batch_csv} --out {out} with {what}; {settings}", flush=True)
+    res = run_outpaint(out, model=model, preset=None if model else "tiny", batch=batch_csv,
+                       progress=lambda k, n, name: print(f"{k}/{n} {name}", flush=True), **settings)
+    for name, reason in res.failed:
         print(f"failed {name}: {reason}", flush=True)
-
-    res = outpaint_batch(rows, m, out, OutpaintSettings(**settings), on_failure=on_failure,
-                         progress=lambda k, n, name: print(f"{k}/{n} {name}", flush=True))
     print(f"outpaint: {len(res.done)} done, {len(res.skipped)} skipped, {len(res.failed)} failed -> {out}", flush=True)
     if res.failed:
-        raise RuntimeError(f"{len(res.failed)} of {len(rows)} panoramas failed ({', '.join(failures)})")
+        names = ", ".join(n for n, _ in res.failed)
+        raise RuntimeError(f"{len(res.failed)} of {len(res.done) + len(res.skipped) + len(res.failed)} "
+                           f"panoramas failed ({names})")
     return {"done": len(res.done), "skipped": len(res.skipped), "failed": 0}
 
 
@@ -465,7 +462,7 @@ def _stage_train(r: _Run) -> str:
 
 
 def _outpaint_settings(r: _Run, proc: str) -> dict:
-    """The :class:`~opama_tools.outpaint.OutpaintSettings` fields of one demo run."""
+    """The :func:`~opama_tools.outpaint.run_outpaint` options of one demo run."""
     return dict(procedure=proc, steps=r.s.outpaint_steps or None, size=(r.s.height, r.s.width), seed=r.s.seed)
 
 
