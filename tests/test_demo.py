@@ -79,8 +79,10 @@ def test_pool_failure_names_the_run_and_its_log(tmp_path):
     log = tmp_path / "broken.log"
     job = (str(log), str(tmp_path / "missing.csv"), str(tmp_path / "gen"), None, {"procedure": "fast"})
     with pytest.raises(DemoError) as e:
-        _run_pool([("broken", _outpaint_job, job)], workers=1, threads=1, on_message=lambda m: None)
+        _run_pool([("broken", _outpaint_job, job)], workers=1, threads=1, on_message=lambda m: None,
+                  logs={"broken": log})
     assert str(e.value).startswith("broken: ") and "missing.csv" in str(e.value)
+    assert str(e.value).endswith(f"(see {log})") and len(str(e.value).splitlines()) == 1
     assert "missing.csv" in log.read_text()  # the run's own output and traceback went to its log
     assert not (tmp_path / "gen").exists()
 

@@ -160,12 +160,13 @@ def _one_line(e: BaseException) -> str:
 
 def _run_pool(jobs: list[tuple[str, Callable[..., Any], tuple]], workers: int, threads: int,
               on_message: Callable[[tuple], None], on_tick: Callable[[list[str]], None] | None = None,
-              ) -> dict[str, Any]:
+              logs: dict[str, Path] | None = None) -> dict[str, Any]:
     """Run ``fn(*args)`` for every ``(name, fn, args)`` in ``jobs`` in a pool of ``workers``
     spawned processes (``threads`` torch threads each; 0 = torch's default), in order.
 
     Messages the workers :func:`_post` reach ``on_message`` in this process; ``on_tick(running)``
-    is called about every 0.3 s with the names still running. Returns ``{name: result}``.
+    is called about every 0.3 s with the names still running; ``logs`` maps a job's name to
+    its log file, named when it fails. Returns ``{name: result}``.
     An interrupt (Ctrl-C, SIGTERM) terminates the workers before it propagates.
 
     Raises:
@@ -200,7 +201,9 @@ def _run_pool(jobs: list[tuple[str, Callable[..., Any], tuple]], workers: int, t
                     try:
                         results[futures[f]] = f.result()
                     except Exception as e:  # noqa: BLE001 - reported with the job's name below
-                        failed.append(f"{futures[f]}: {_one_line(e)}")
+                        name = futures[f]
+                        where = f" (see {logs[name]})" if logs and name in logs else ""
+                        failed.append(f"{name}: {_one_line(e)}{where}")
                 if on_tick is not None:
                     on_tick([futures[f] for f in pending if f.running()])
             drain()
@@ -493,9 +496,10 @@ def _stage_outpaint(r: _Run) -> str:
         task = bar.add_task("outpaint", total=n_rows * len(jobs), info="")
         try:
             _run_pool(jobs, workers=workers, threads=1, on_message=lambda m: None,
-                      on_tick=lambda running: bar.update(task, completed=finished(), info=", ".join(running)))
+                      on_tick=lambda running: bar.update(task, completed=finished(), info=", ".join(running)),
+                      logs={name: gen / f"{name}.log" for name, _, _ in methods})
         except DemoError as e:
-            raise DemoError(f"demo stage outpaint: {e} (logs: {gen}/NAME.log)") from None
+            raise DemoError(f"demo stage outpaint: {e}") from None
         bar.update(task, completed=finished(), info="")
     base = write_input_only_baseline(r.out / "png" / "test", gen / "input-only", fov=90.0, view_size=64)
     return (f"{len(r.methods)} outpainting runs, {workers} at a time (one thread each) + the input-only baseline "
