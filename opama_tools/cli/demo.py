@@ -19,7 +19,7 @@ def demo(
     n_train: int = typer.Option(None, "--n-train", min=1, help="Synthetic training panoramas (default 24; --fast 4)."),
     n_test: int = typer.Option(None, "--n-test", min=1, help="Held-out test panoramas (default 6; --fast 2)."),
     steps: int = typer.Option(None, "--steps", min=1, help="Training steps of the conditioner after the VAE and UNet warm-ups (default 150; --fast 40)."),
-    fast: bool = typer.Option(False, "--fast", help="A smoke run of every stage (under 2 minutes), not a result."),
+    fast: bool = typer.Option(False, "--fast", help="A smoke run of every stage (a few minutes on 2 cores), not a result."),
     aog: bool = typer.Option(False, "--aog", help="Also train and outpaint with the AOG-Net conditioner."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scenes, the training and the outpainting."),
     data_only: Path = typer.Option(None, "--data-only", help="Only write N synthetic .exr panoramas into this folder."),
