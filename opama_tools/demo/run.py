@@ -4,15 +4,17 @@ Stages (each calls the library function that the matching ``opama`` command call
 demo-only except choosing the folders and drawing the final page):
 
 1. synthetic HDR panoramas (indoor and outdoor EXR), a training and a held-out test set;
-2. prepare (:func:`opama_tools.data.prepare.prepare_dataset`) -> 8-bit PNG at the tiny canvas size;
-3. captions from the scene metadata (a local BLIP model instead when one is found);
+2. prepare (:func:`opama_tools.data.prepare.run_prepare`) -> 8-bit PNG at the tiny canvas size;
+3. captions (:func:`opama_tools.data.caption.run_caption`) from the scene metadata (a local BLIP
+   model instead when one is found);
 4. the test panoramas' input views (yaw 0, pitch 0, fov 90) and a batch CSV;
 5. training of the tiny preset (:func:`opama_model.training.train`) in a child process: VAE and
    UNet warm-ups (the tiny backbone is random), then the conditioner; optionally AOG-Net's too;
 6. outpainting of the test inputs with their captions (:func:`opama_tools.outpaint.run_outpaint`):
    trained and untrained model, ``fast`` and ``reference`` procedures, in a pool of
    single-thread processes, plus the input-only baseline;
-7. evaluation of each against the held-out references and the side-by-side table;
+7. evaluation of each against the held-out references and the side-by-side table
+   (:func:`opama_tools.eval.run.run_eval`, :func:`~opama_tools.eval.run.run_compare`);
 8. ``report.html``: inputs, outpainted panoramas (with the drag-to-look viewer), references,
    the comparison table with bootstrap intervals, the paired comparison, fast vs reference
    time, the loss curve.
@@ -318,9 +320,8 @@ def _stage_data(r: _Run) -> str:
 def _stage_prepare(r: _Run) -> str:
     from rich.markup import escape
 
-    from opama_tools.data.prepare import PrepareConfig, prepare_dataset
+    from opama_tools.data.prepare import run_prepare
 
-    cfg = PrepareConfig(size=(r.s.height, r.s.width))
     for split in ("train", "test"):
         with Progress(TextColumn(f"[bold]prepare {split}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as bar:
@@ -332,8 +333,8 @@ def _stage_prepare(r: _Run) -> str:
                 bar.update(task, advance=1)
 
             try:
-                summary = prepare_dataset(r.out / "exr" / split, r.out / "png" / split, cfg, workers=1,
-                                          on_start=lambda n: bar.update(task, total=n), on_result=on_result)
+                summary = run_prepare(r.out / "exr" / split, r.out / "png" / split, size=(r.s.height, r.s.width),
+                                      workers=1, on_start=lambda n: bar.update(task, total=n), on_result=on_result)
             except (ValueError, FileNotFoundError) as e:
                 raise DemoError(f"demo stage prepare: {e}") from None
         if summary.interrupted:
@@ -511,39 +512,37 @@ def _eval_names(r: _Run) -> list[str]:
 
 
 def _eval_one(r: _Run, name: str) -> Path:
-    """Score ``gen/NAME`` against the test references into ``reports/NAME`` (as ``opama eval``
-    does); skipped when ``reports/NAME/metrics.json`` holds a run of the same inputs and options."""
-    from opama_tools.eval.evaluate import EvalInputError, EvalOptions, collect_inputs, evaluate
-    from opama_tools.eval.report import write_report
+    """Score ``gen/NAME`` against the test references into ``reports/NAME`` with
+    :func:`opama_tools.eval.run.run_eval` (skipped when the report of the same inputs and
+    options is there)."""
+    from opama_tools.eval.evaluate import EvalOptions
+    from opama_tools.eval.run import run_eval
 
     gen, ref, rep = r.out / "gen" / name, r.out / "png" / "test", r.out / "reports" / name
     opts = EvalOptions(captions=str(r.out / "captions" / "test.jsonl"), input_size=64, bootstrap=r.s.bootstrap)
     try:
-        inputs = collect_inputs(gen, ref, opts, name)
-        try:
-            old = json.loads((rep / "metrics.json").read_text()).get("config", {})
-        except (OSError, ValueError, AttributeError):
-            old = {}
-        if old.get("fingerprint") == inputs.fingerprint:
-            console.print(f"eval {name}: {rep}/metrics.json already holds this run: skipped", highlight=False)
-            return rep
-        res = evaluate(gen, ref, opts, inputs=inputs)
-    except (EvalInputError, ValueError) as e:
+        res = run_eval(gen, ref, rep, opts, method=name)
+    except ValueError as e:  # EvalInputError: one line naming the file or option
         raise DemoError(f"demo stage eval: {name}: {e}") from None
-    if not res.ran_any or res.failed:
-        why = "; ".join(f"{p}: {w}" for p, w in res.failed[:3]) or "no metric could run"
-        raise DemoError(f"demo stage eval: {name}: {why}")
-    write_report(res, rep)
-    console.print(f"eval {name}: {len(res.per_image)} panoramas scored -> {rep}", highlight=False)
+    if res.skipped:
+        console.print(f"eval {name}: {rep} already holds this run: skipped", highlight=False)
+    elif res.exit_code:
+        failed = res.result.failed if res.result is not None else []
+        why = "; ".join(f"{p}: {w}" for p, w in failed[:3]) or "no metric could run"
+        raise DemoError(f"demo stage eval: {name}: {why} (see {rep / 'report.md'})")
+    else:
+        console.print(f"eval {name}: {res.done} panoramas scored -> {rep}", highlight=False)
     return rep
 
 
 def _stage_eval(r: _Run) -> str:
-    from opama_tools.eval.report import compare_reports, write_compare
+    from opama_tools.eval.run import run_compare
 
     reports = [_eval_one(r, name) for name in _eval_names(r)]
-    disp, vals, better = compare_reports(reports, _eval_names(r))
-    write_compare(disp, vals, better, r.out / "reports" / "compare")
+    try:
+        run_compare(reports, r.out / "reports" / "compare", names=_eval_names(r))
+    except ValueError as e:
+        raise DemoError(f"demo stage eval: compare: {e}") from None
     return f"{len(reports)} reports + the side-by-side table in {r.out / 'reports'}"
 
 
