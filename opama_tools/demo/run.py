@@ -222,16 +222,16 @@ def _run_pool(jobs: list[tuple[str, Callable[..., Any], tuple]], workers: int, t
 
 
 def _train_job(cfg: dict, data: str, captions: str) -> dict:
-    """Pool job: train one run with :func:`opama_model.training.train`; progress goes to the queue.
-    Returns a summary dict; an error comes back as one line (the traceback goes to stderr)."""
-    from opama_model.training import TrainConfig, train
-    from opama_tools.data.train_data import load_records
+    """Pool job: train one run with :func:`opama_tools.train.run_train` (what ``opama train`` runs);
+    progress goes to the queue. Returns a summary dict; an error comes back as one line (the
+    traceback goes to stderr)."""
+    from opama_model.training import TrainConfig
+    from opama_tools.train import run_train
 
     try:
         cfg = dict(cfg, canvas_hw=tuple(cfg["canvas_hw"]))
-        records = load_records(data, [captions])
-        result = train(TrainConfig(**cfg), records, None,
-                       progress=lambda p: _post("train", p.phase, p.step, p.total, p.loss))
+        result = run_train(TrainConfig(**cfg), data, [captions],
+                           progress=lambda p: _post("train", p.phase, p.step, p.total, p.loss)).result
     except Exception as e:
         if not getattr(e, "__module__", "").startswith("opama"):
             traceback.print_exc()
