@@ -9,16 +9,6 @@ import typer
 from opama_tools.cli.app import app, console, fail
 
 
-def _canvas(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise fail(f"--canvas: {text!r} is not HxW (e.g. 256x512)", 2) from None
-    return h, w
-
-
 @app.command(
     help="Train the OPa-Ma conditioner on 2:1 panoramas + captions, as the reference does "
     "(accelerate: one CPU up to many GPUs; the same command runs under `accelerate launch`).\n\n"
@@ -74,13 +64,14 @@ def train(
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from opama_model.model_dir import ModelFolderError
-    from opama_model.training import TrainConfig, TrainError, train as run_train
-    from opama_model.training.trainer import recipe_hint
-    from opama_model.training.checkpoint import CheckpointError
-    from opama_model.weights import MissingWeightsError
-    from opama_tools.data.train_data import TrainDataError, load_records
+    from opama_model.training import TrainConfig
+    from opama_tools.images import parse_size
+    from opama_tools.train import TrainInputError, run_train
 
+    try:
+        canvas_hw = parse_size(canvas, option="--canvas")
+    except ValueError as e:
+        raise fail(str(e), 2) from None
     if threads > 0:
         import torch
 
@@ -93,16 +84,11 @@ def train(
         optimizer=optimizer, save_every=save_every, keep=keep, val_every=val_every,
         val_count=val_count, seed=seed, resume=resume, num_workers=num_workers, train_backbone=train_backbone,
         vae_steps=vae_steps, unet_steps=unet_steps, unet_lr=unet_lr, unet_batch=unet_batch, warmup_lr=warmup_lr,
-        prediction_type=prediction_type, empty_canvas_prob=empty_canvas_prob, canvas_hw=_canvas(canvas),
+        prediction_type=prediction_type, empty_canvas_prob=empty_canvas_prob, canvas_hw=canvas_hw,
         random_weights=random_weights, weights=weights or None, cpu=cpu,
     )
     main = os.environ.get("RANK", "0") == "0"
-    hint = recipe_hint(cfg) if preset in ("tiny", "sd2") else None
-    if hint and main:
-        console.print(f"train: {hint}", highlight=False)
     try:
-        records = load_records(data, captions or ())
-        val_records = load_records(val_data, val_captions or captions or ()) if val_data is not None else None
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not main,
@@ -119,20 +105,26 @@ def train(
                     info += f" val {p.val_loss:.4f}" if p.val_loss is not None else ""
                 bar.update(tasks[p.phase], completed=p.step, info=info)
 
-            result = run_train(cfg, records, val_records, progress=show)
-    except (TrainDataError, TrainError, CheckpointError, MissingWeightsError, ModelFolderError) as e:
-        raise fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, 2) from None
+            def note(text: str) -> None:
+                if main:
+                    console.print(f"train: {text}", highlight=False)
+
+            summary = run_train(cfg, data, captions or (), val_data=val_data, val_captions=val_captions,
+                                progress=show, notify=note)
+    except TrainInputError as e:
+        raise fail(str(e), 2) from None
     except KeyboardInterrupt:
         raise fail("interrupted (the newest complete checkpoint is kept; --resume continues)", 130) from None
+    result = summary.result
     if resume and result.resumed_from is None and main:
         console.print(f"train: no checkpoint in {out}: started from step 0", highlight=False)
     if result.stopped:
         if main:
             console.print(f"train: stopped by SIGTERM at step {result.step}; checkpoint {result.checkpoint} "
                           "(re-run with --resume to continue)", highlight=False)
-        raise typer.Exit(143)
+        raise typer.Exit(summary.exit_code)
     if main:
-        last = sum(result.losses[-20:]) / max(len(result.losses[-20:]), 1) if result.losses else float("nan")
+        last = summary.mean_loss
         val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
         console.print(
             f"train: {result.step} steps in {result.seconds:.0f} s, loss {last:.4f} (mean of the last "
