@@ -193,7 +193,7 @@ def test_size_mismatch_is_an_error_unless_resize(refs, tmp_path, monkeypatch):
     out = tmp_path / "rep"
     r = runner.invoke(app, ["eval", str(tmp_path / "half"), str(refs / "ref"), "--metrics", "psnr", "--out", str(out)])
     assert r.exit_code == 2 and "Traceback" not in r.output
-    assert "p0.png" in r.output and "64x32" in r.output and "--resize" in r.output
+    assert "p0.png" in r.output and "32x64" in r.output and "64x128" in r.output and "--resize" in r.output  # HxW
     assert not out.exists()
     r = runner.invoke(app, ["eval", str(tmp_path / "half"), str(refs / "ref"), "--metrics", "psnr,ssim,region",
                             "--out", str(out), "--resize"], env={"COLUMNS": "200"})
@@ -216,3 +216,20 @@ def test_one_ssim_map_for_both_regions_equals_the_cropped_ones():
     assert float(s_in[0]) == pytest.approx(float(masked_ssim(a, b, m)[0]), abs=1e-6)
     assert float(s_gen[0]) == pytest.approx(float(masked_ssim(a, b, ~m)[0]), abs=1e-6)
     assert float(s_in[0]) != pytest.approx(float(s_gen[0]), abs=1e-3)
+
+
+def test_image_size_is_hw_after_exif_orientation(tmp_path):
+    """The size check of eval reads sizes as the image reader decodes them: H x W, EXIF orientation applied."""
+    from PIL import Image
+
+    from opama_tools.eval.evaluate import _image_size
+
+    im = Image.new("RGB", (40, 20))  # stored 20 high, 40 wide; orientation 6 shows it 40 high, 20 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "rot.jpg", exif=exif.tobytes())
+    im.save(tmp_path / "plain.png")
+    assert _image_size(tmp_path / "rot.jpg") == (40, 20)
+    assert _image_size(tmp_path / "plain.png") == (20, 40)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert _image_size(tmp_path / "bad.png") is None

@@ -47,6 +47,7 @@ import torch
 
 from opama_tools.eval import registry
 from opama_tools.eval.metrics.features import MetricUnavailable
+from opama_tools.images import format_hw
 
 __all__ = [
     "ALL_METRICS",
@@ -305,13 +306,13 @@ def pair_images(gen_dir: str | Path, ref_dir: str | Path) -> tuple[list[tuple[st
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
-    """``(width, height)`` from the file header, or None if unreadable (stage 3 reports it)."""
-    from PIL import Image
+    """``(H, W)`` as the image reader decodes it (EXIF orientation applied), from the file header,
+    or None if unreadable (stage 3 reports it)."""
+    from opama_tools.images import image_hw
 
     try:
-        with Image.open(path) as im:
-            return im.size
-    except Exception:
+        return image_hw(path)
+    except ValueError:
         return None
 
 
@@ -367,7 +368,7 @@ def collect_inputs(gen_dir: str | Path, ref_dir: str | Path, opt: EvalOptions, m
         if gs is not None and rs is not None and gs != rs:
             if not opt.resize:
                 raise EvalInputError(
-                    f"{gp}: {gs[0]}x{gs[1]} but its reference {rp} is {rs[0]}x{rs[1]}; pass --resize to resample "
+                    f"{gp}: {format_hw(*gs)} but its reference {rp} is {format_hw(*rs)} (HxW); pass --resize to resample "
                     "the references to the generated size (the report says so)")
             resized.append(rel)
         meta = _read_meta(gp)
@@ -441,27 +442,14 @@ def _cut_views(x: torch.Tensor, idx: list[int], size: int) -> np.ndarray:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` if available else ``cpu``; otherwise a torch device string that exists here.
+    """The device string :func:`opama_tools.devices.resolve_device` resolves ``device`` to
+    (``auto`` = CUDA if present, else CPU); :class:`EvalInputError` (one line) otherwise."""
+    from opama_tools.devices import resolve_device as resolve
 
-    Raises :class:`EvalInputError` for an unknown name or an absent accelerator.
-    """
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        d = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise EvalInputError(f"--device {device!r}: unknown device (auto, cpu, cuda, cuda:N, mps)") from None
-    if d.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EvalInputError(f"--device {device}: CUDA is not available on this machine")
-        if d.index is not None and d.index >= torch.cuda.device_count():
-            raise EvalInputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif d.type == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise EvalInputError(f"--device {device}: MPS is not available on this machine")
-    elif d.type != "cpu":
-        raise EvalInputError(f"--device {device!r}: unsupported device (auto, cpu, cuda, cuda:N, mps)")
-    return device
+        return str(resolve(device))
+    except ValueError as e:
+        raise EvalInputError(str(e)) from None
 
 
 def mean_ci(values: np.ndarray, reps: int, seed: int) -> tuple[float, float, float, int]:
