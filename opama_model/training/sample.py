@@ -26,8 +26,8 @@ construction resamples 8.4 M canvas pixels per sample, the index maps about 1.8 
 Beyond the reference: with probability ``empty_canvas_prob`` (default 0) nothing is known (no
 input view, ``k = 0``) and the target is the view at (0, 0), i.e. what a text-only outpainting
 generates first from an empty canvas, before the usual schedule continues from it
-(``k = -1`` marks such samples). The reference's textattack word swap is not offered (see the
-README).
+(``k = -1`` marks such samples). The reference's textattack word swap is not offered (see
+docs/training.md).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ class TrainConfig:
     overrides what the UNet predicts, ``"epsilon"`` or ``"v_prediction"``; the model folder keeps
     the scheduler config so outpainting samples with the same parametrisation. Beyond the
     reference (off by default); the tiny demo recipe uses v because a UNet trained from scratch
-    for minutes with epsilon does not learn the colours of the unknown region (see README).
+    for minutes with epsilon does not learn the colours of the unknown region (docs/training.md).
     """
 
     out: str
