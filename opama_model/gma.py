@@ -149,41 +149,76 @@ class _Stage(nn.Module):
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n = x.shape[:2]
+        out, _ = self.forward_from(x)
+        if self.ring is not None:
+            b, n, c, h, w = out.shape
+            t = out.permute(0, 1, 3, 4, 2)  # (B, n, h, w, C)
+            k = len(SIDE_FACES)
+            r = t[:, :k].permute(0, 2, 1, 3, 4).reshape(b * h, k * w, c)  # rows of F R B L end to end
+            r = self.ring(r).reshape(b, h, k, w, c).permute(0, 2, 1, 3, 4)
+            out = torch.cat((r, t[:, k:]), dim=1).permute(0, 1, 4, 2, 3)
+        return out
+
+    def forward_from(self, x: torch.Tensor, first: int = 0, cached_pairs: list | None = None,
+                     keep_pairs: bool = False) -> tuple[torch.Tensor, list | None]:
+        """The stage without its ring layer, for images ``first..n-1`` of ``n = first + m``.
+
+        Args:
+            x: ``(B, m, C_in, h, w)``, the images from ``first`` on (``first = 0``: all of them).
+            first: images before it are not recomputed; the cross-image blocks, which scan the
+                images causally (F R B L U D, then the view), take their block inputs from
+                ``cached_pairs``.
+            cached_pairs: per cross-image block ``i``, ``(hidden, residual)`` inputs of the 6
+                faces ``(B, 6, h w, C)`` from an earlier call with ``keep_pairs`` (None when
+                ``first = 0``).
+            keep_pairs: return those inputs for the 6 faces, for a later call.
+
+        Returns:
+            ``(out (B, m, C, h', w'), pairs or None)``; with ``first = 0`` ``out`` is the stage's
+            output before the ring layer, and with the right ``cached_pairs`` the same features
+            as the full call for images ``first..n-1``.
+        """
+        b, m = x.shape[:2]
         x = x.flatten(0, 1)
         if self.pool is not None:
             x = self.pool(x)
         if self.in_conv is not None:
             x = self.in_conv(x)
         c, h, w = x.shape[1:]
-        hidden = x.flatten(2).transpose(1, 2)  # (B n, h w, C), raster order
+        hidden = x.flatten(2).transpose(1, 2)  # (B m, h w, C), raster order
+        n = first + m
 
-        def to_cross(t):  # (B n, hw, C) -> (B hw, n, C): the 7 images at each position, view last
-            return t.reshape(b, n, h * w, c).transpose(1, 2).reshape(b * h * w, n, c)
+        def full(t, cached):  # (B m, hw, C) -> (B, n, hw, C), the cached images before ``first``
+            t = t.reshape(b, m, h * w, c)
+            return torch.cat((cached[:, :first], t), dim=1) if first else t
 
-        def from_cross(t):
-            return t.reshape(b, h * w, n, c).transpose(1, 2).reshape(b * n, h * w, c)
+        def to_cross(t):  # (B, n, hw, C) -> (B hw, n, C): the images at each position, view last
+            return t.transpose(1, 2).reshape(b * h * w, n, c)
+
+        def from_cross(t):  # (B hw, n, C) -> (B m, hw, C), images first..n-1
+            return t.reshape(b, h * w, n, c).transpose(1, 2)[:, first:].reshape(b * m, h * w, c)
 
         residual = None
+        pairs = [] if keep_pairs else None
         for i in range(len(self.layers) // 2):
             hf, rf = self.layers[2 * i](hidden, residual)
             hb, rb = self.layers[2 * i + 1](hidden.flip(1), None if residual is None else residual.flip(1))
             new_hidden = hf + hb.flip(1)
             new_residual = rf + rb.flip(1) if self.residual == "reference" else rf
             if i < len(self.cross):
-                hn, rn = self.cross[i](to_cross(hidden), None if residual is None else to_cross(residual))
+                ch = cached_pairs[i] if cached_pairs is not None else (None, None)
+                hid_all = full(hidden, ch[0])
+                res_all = None if residual is None else full(residual, ch[1])
+                if keep_pairs:
+                    pairs.append((hid_all[:, :VIEW_INDEX].clone(),
+                                  None if res_all is None else res_all[:, :VIEW_INDEX].clone()))
+                hn, rn = self.cross[i](to_cross(hid_all), None if res_all is None else to_cross(res_all))
                 new_hidden = new_hidden + from_cross(hn)
                 if self.residual == "reference":
                     new_residual = new_residual + from_cross(rn)
             hidden, residual = new_hidden, new_residual
         out = hidden if residual is None else residual + hidden
-        if self.ring is not None:
-            t = out.reshape(b, n, h, w, c)
-            k = len(SIDE_FACES)
-            r = t[:, :k].permute(0, 2, 1, 3, 4).reshape(b * h, k * w, c)  # rows of F R B L end to end
-            r = self.ring(r).reshape(b, h, k, w, c).permute(0, 2, 1, 3, 4)
-            out = torch.cat((r, t[:, k:]), dim=1)
-        return out.reshape(b, n, h, w, c).permute(0, 1, 4, 2, 3)
+        return out.reshape(b, m, h, w, c).permute(0, 1, 4, 2, 3), pairs
 
 
 class GMA(nn.Module):

@@ -764,7 +764,7 @@ class FaceCache:
                     pos = {i: j for j, i in enumerate(idx)}
                     x = torch.stack([x[:, pos[i]] if i in pos else prev_faces[:, i] for i in want], dim=1)
                     idx = want
-                x, pairs = self._cross_stage(stage, x, first, old["pairs"][k] if old else None)
+                x, pairs = stage.forward_from(x, first, old["pairs"][k] if old else None, keep_pairs=True)
                 state["pairs"].append(pairs)
             prev_faces = self._merge(old["out"][k] if old else None, x, idx)
             state["out"].append(prev_faces)
@@ -786,56 +786,6 @@ class FaceCache:
         if faces:
             out[:, faces] = x[:, :-1]
         return out
-
-    @staticmethod
-    def _cross_stage(stage, x: torch.Tensor, first: int, cached_pairs):
-        """One GMA stage with cross-image blocks (``opama_model.gma._Stage.forward``) for images
-        ``first..6`` (``x (B, 7 - first, C_in, h, w)``); the cross blocks get the faces before
-        ``first`` from ``cached_pairs`` (their inputs at each block pair at the previous view).
-        Returns the stage output for those images and the block-pair inputs of all 6 faces."""
-        b, m = x.shape[:2]
-        x = x.flatten(0, 1)
-        if stage.pool is not None:
-            x = stage.pool(x)
-        if stage.in_conv is not None:
-            x = stage.in_conv(x)
-        c, h, w = x.shape[1:]
-        hidden = x.flatten(2).transpose(1, 2)  # (B m, h w, C)
-        n = first + m
-
-        def full(t, cached):  # (B m, hw, C) -> (B 7, hw, C) with the cached faces before ``first``
-            t = t.reshape(b, m, h * w, c)
-            if first:
-                t = torch.cat((cached[:, :first], t), dim=1)
-            return t
-
-        def to_cross(t):  # (B, 7, hw, C) -> (B hw, 7, C)
-            return t.transpose(1, 2).reshape(b * h * w, n, c)
-
-        def from_cross(t):  # (B hw, 7, C) -> (B m, hw, C), images first..6
-            return t.reshape(b, h * w, n, c).transpose(1, 2)[:, first:].reshape(b * m, h * w, c)
-
-        residual = None
-        pairs = []
-        for i in range(len(stage.layers) // 2):
-            ch = cached_pairs[i] if cached_pairs is not None else (None, None)
-            hid_all = full(hidden, ch[0])
-            res_all = None if residual is None else full(residual, ch[1])
-            pairs.append((hid_all[:, :VIEW_INDEX].clone(),
-                          None if res_all is None else res_all[:, :VIEW_INDEX].clone()))
-            hf, rf = stage.layers[2 * i](hidden, residual)
-            hb, rb = stage.layers[2 * i + 1](hidden.flip(1), None if residual is None else residual.flip(1))
-            new_hidden = hf + hb.flip(1)
-            new_residual = rf + rb.flip(1) if stage.residual == "reference" else rf
-            if i < len(stage.cross):
-                hn, rn = stage.cross[i](to_cross(hid_all), None if res_all is None else to_cross(res_all))
-                new_hidden = new_hidden + from_cross(hn)
-                if stage.residual == "reference":
-                    new_residual = new_residual + from_cross(rn)
-            hidden, residual = new_hidden, new_residual
-        out = hidden if residual is None else residual + hidden
-        return out.reshape(b, m, h, w, c).permute(0, 1, 4, 2, 3), pairs
-
 
 class _Timer:
     """Accumulates wall seconds per stage (CUDA synchronised at each stage's end)."""
