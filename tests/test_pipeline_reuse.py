@@ -10,27 +10,13 @@ import pytest
 import torch
 
 from opama_model.canvas import cut_view
-from opama_model.pipeline import PROCEDURES, FaceCache, OPaMaPipeline, resolve_batched_cfg
-from opama_model.presets import build_components
+from opama_model.pipeline import PROCEDURES, FaceCache, resolve_batched_cfg
+
+from test_pipeline import photo, pipe  # noqa: F401 (pipe: the tiny pipeline fixture)
 
 H, W = 64, 128
 SHORT = ((0.0, 25.0), (45.0, 0.0), (90.0, 0.0))
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    p = OPaMaPipeline.from_components(build_components("tiny"))
-    p.set_progress_bar_config(disable=True)
-    yield p
-    torch.set_num_threads(threads)
-
-
-def photo(seed=0, size=64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(3, size, size, generator=g) * 2 - 1
 
 
 def canvas_with_views(pipe, views):

@@ -42,11 +42,16 @@ def _write_panoramas(folder: Path, n: int, h: int = 64) -> Path:
     return cap
 
 
+def panorama_data(tmp_path_factory, name: str, n: int) -> tuple[Path, Path]:
+    """``(png folder, caption JSONL)`` of ``n`` synthetic panoramas in a fresh temp folder ``name``."""
+    root = tmp_path_factory.mktemp(name)
+    cap = _write_panoramas(root / "png", n)
+    return root / "png", cap
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    cap = _write_panoramas(root / "png", 4)
-    return root / "png", cap
+    return panorama_data(tmp_path_factory, "train", 4)
 
 
 def _cfg(out, **kw):

@@ -15,16 +15,14 @@ from opama_model.training.trainer import cast_frozen_, enable_checkpointing, rec
 from opama_tools.cli import app
 from opama_tools.data.train_data import load_records
 
-from test_train import CANVAS, _cfg, _write_panoramas
+from test_train import CANVAS, _cfg, panorama_data
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_memory")
-    cap = _write_panoramas(root / "png", 2)
-    return root / "png", cap
+    return panorama_data(tmp_path_factory, "train_memory", 2)
 
 
 def _batch(comps, n=2):

@@ -17,16 +17,14 @@ from opama_model.training.step import draw_step, unet_inputs
 from opama_tools.cli import app
 from opama_tools.data.train_data import load_records
 
-from test_train import CANVAS, _cfg, _write_panoramas
+from test_train import CANVAS, _cfg, panorama_data
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipe")
-    cap = _write_panoramas(root / "png", 3)
-    return root / "png", cap
+    return panorama_data(tmp_path_factory, "recipe", 3)
 
 
 def test_unet_only_sample_is_the_full_sample_without_the_conditioner_images():

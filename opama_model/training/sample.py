@@ -239,17 +239,8 @@ def make_sample_reference(pano: torch.Tensor, k: int, yaw: float, settings: Samp
                 unet_only: bool = False) -> dict[str, torch.Tensor]:
     """:func:`make_sample` built directly: rotate the whole canvas, mask it, cut the views and faces.
 
-    Args:
-        k: step index in ``0 .. train_steps - 1``, or ``-1`` for an empty canvas.
-        yaw: rotation in degrees (the panorama's content turns; the canvas frame stays).
-        unet_only: only ``target``, ``unknown``, ``masked_image`` and ``k`` (no CLIP / GMA
-            images; the UNet warm-up of the tiny recipe).
-
-    Returns:
-        dict of tensors without batch dimension (``S`` = view size): ``target (3, S, S)`` in
-        [-1, 1], ``unknown (1, S, S)`` float (1 = to generate), ``masked_image (3, S, S)``
-        (unknown = 0), ``clip_images (7, 3, S, S)`` (view first, then F R B L U D; unknown = -1),
-        ``gma_images (7, 5, S, S)`` (faces then view; RGB + lat/lon radians), ``k`` (long).
+    Same arguments and result as :func:`make_sample`; kept as the independent construction the
+    index-map path is tested against.
     """
     h, w = settings.canvas_hw
     if pano.shape != (3, h, w):
