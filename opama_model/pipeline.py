@@ -411,7 +411,9 @@ class OPaMaPipeline(DiffusionPipeline):
     """Photo(s) and/or a caption -> a 360-degree equirectangular panorama (see the module docstring).
 
     Components are those of :class:`opama_model.presets.Components`; build one with
-    :meth:`from_components`. ``save_pretrained`` / ``from_pretrained`` write and read every
+    :meth:`from_components`. With ``conditioner=None`` and ``image_encoder=None`` it is the training-free
+    method (a Stable Diffusion inpainting checkpoint in the same loop, :mod:`opama_model.sd_inpaint`):
+    tokens = the caption's text states, guidance against the empty caption, no GMA residuals. ``save_pretrained`` / ``from_pretrained`` write and read every
     component (the conditioner too).
     """
 
@@ -423,6 +425,13 @@ class OPaMaPipeline(DiffusionPipeline):
                               text_encoder=text_encoder, image_encoder=image_encoder, conditioner=conditioner)
         self.unet_calls = 0
         self.unet_rows = 0
+
+    @property
+    def method(self) -> str:
+        """``"sd-inpaint"`` (no conditioner: a plain SD inpainting model in the loop), ``"aog"`` or ``"opama"``."""
+        if self.conditioner is None:
+            return "sd-inpaint"
+        return "aog" if isinstance(self.conditioner, AOGConditioner) else "opama"
 
     @classmethod
     def from_components(cls, comps) -> "OPaMaPipeline":
@@ -471,14 +480,15 @@ class OPaMaPipeline(DiffusionPipeline):
         return x.float().clamp(-1, 1)
 
     # -- one UNet call (counted; a fresh residual list every time)
-    def _unet(self, sample: torch.Tensor, t, tokens: torch.Tensor, residuals: Sequence[torch.Tensor],
+    def _unet(self, sample: torch.Tensor, t, tokens: torch.Tensor, residuals: Sequence[torch.Tensor] | None,
               mask: torch.Tensor | None = None) -> torch.Tensor:
         dtype = self.unet.dtype
         self.unet_calls += 1
         self.unet_rows += sample.shape[0]
         return self.unet(
             sample.to(dtype), t, encoder_hidden_states=tokens.to(dtype), encoder_attention_mask=mask,
-            down_intrablock_additional_residuals=[r.to(dtype) for r in residuals], return_dict=False,
+            down_intrablock_additional_residuals=None if residuals is None else [r.to(dtype) for r in residuals],
+            return_dict=False,
         )[0].float()
 
     # -- the main entry point
@@ -499,6 +509,8 @@ class OPaMaPipeline(DiffusionPipeline):
         guidance_fraction: float | None = None,
         reuse_faces: bool | None = None,
         seed: int = 0,
+        prompt_up: str | None = None,
+        prompt_down: str | None = None,
         schedule: Sequence[tuple[float, float]] = AOG21,
         view_fov: float = 90.0,
         output_type: str = "pil",
@@ -517,6 +529,9 @@ class OPaMaPipeline(DiffusionPipeline):
                 ``reuse_faces`` override its fields (``batched_cfg="auto"`` is resolved for the
                 pipeline's device).
             seed: seeds the CPU generator of every view's initial noise.
+            prompt_up, prompt_down: captions of the views with pitch >= 45 resp. <= -45 degrees
+                (None: ``prompt``), each encoded once (beyond the papers: "sky"/"floor" views are not
+                asked to draw the main subject).
             schedule: generated views ``(yaw, pitch)`` in order, degrees (completion views follow).
             view_fov: horizontal fov of the generated views, degrees.
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
@@ -557,11 +572,16 @@ class OPaMaPipeline(DiffusionPipeline):
         # 2. caption, once per panorama
         with timer("encode_text"):
             text = self._encode_text(prompt)
+            text_up = None if prompt_up is None else self._encode_text(prompt_up)
+            text_down = None if prompt_down is None else self._encode_text(prompt_down)
+            # no conditioner: guidance's null branch is the empty caption's states (diffusers' inpaint pipeline)
+            null_text = self._encode_text("") if self.conditioner is None else None
 
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         self.unet_calls = self.unet_rows = 0
         views_info = []
-        faces_cache = FaceCache() if proc.reuse_faces else None
+        reuse_faces = proc.reuse_faces and self.conditioner is not None
+        faces_cache = FaceCache() if reuse_faces else None
         for k, step in enumerate(steps):
             calls0 = self.unet_calls
             # 3. inputs at the view
@@ -570,15 +590,18 @@ class OPaMaPipeline(DiffusionPipeline):
             if bool(inp.unknown.any()) != step.generate:
                 raise RuntimeError("internal: the plan and the loop disagree on a view")
             view_out = inp.view
+            which = ("up" if text_up is not None and step.pitch >= 45
+                     else "down" if text_down is not None and step.pitch <= -45 else "main")
+            view_text = dict(up=text_up, down=text_down, main=text)[which]
             if step.generate:
                 with timer("condition"):
-                    tokens, residuals = self._condition(inp, text, faces_cache)
+                    tokens, residuals = self._condition(inp, view_text, faces_cache)
                 with timer("encode_image"):
                     masked_latents = self._vae_encode(inp.masked_image)
                     lat_mask = F.interpolate(inp.unknown, size=masked_latents.shape[-2:])
                 with timer("denoise"):
                     latents = self._denoise(sched, proc, guided, tokens, residuals, lat_mask, masked_latents,
-                                            generator)
+                                            generator, null=null_text)
                 with timer("decode"):
                     decoded = self._vae_decode(latents)
                 view_out = torch.where(inp.unknown > 0.5, decoded, inp.view)
@@ -590,7 +613,8 @@ class OPaMaPipeline(DiffusionPipeline):
                 canvas = torch.where(new, pasted, canvas)
                 known = known | new
             views_info.append(dict(yaw=step.yaw, pitch=step.pitch, kind=step.kind, generated=step.generate,
-                                   new_pixels=step.new_pixels, unet_calls=self.unet_calls - calls0))
+                                   new_pixels=step.new_pixels, unet_calls=self.unet_calls - calls0,
+                                   prompt=which))
             if callback is not None:
                 callback(k + 1, len(steps), step)
         if not bool(known.all()):
@@ -601,9 +625,10 @@ class OPaMaPipeline(DiffusionPipeline):
         info = dict(
             procedure=proc.name, scheduler=proc.scheduler, scheduler_class=type(sched).__name__,
             steps=proc.steps, unet_evals_per_view=n_evals, guidance=proc.guidance, guided_evals_per_view=guided,
-            batched_cfg=proc.batched_cfg, guidance_fraction=proc.guidance_fraction, reuse_faces=proc.reuse_faces,
+            method=self.method,
+            batched_cfg=proc.batched_cfg, guidance_fraction=proc.guidance_fraction, reuse_faces=reuse_faces,
             faces_reused=faces_cache.reused if faces_cache is not None else 0, seed=int(seed),
-            prompt=prompt, size=[height, width], view_size=size, view_fov=view_fov,
+            prompt=prompt, prompt_up=prompt_up, prompt_down=prompt_down, size=[height, width], view_size=size, view_fov=view_fov,
             inputs=[dict(zip(("yaw", "pitch", "fov"), check_direction(d))) for d in directions],
             views=views_info, generated_views=sum(s.generate for s in steps),
             completion_views=sum(s.kind == "completion" for s in steps),
@@ -630,16 +655,21 @@ class OPaMaPipeline(DiffusionPipeline):
         return OPaMaPipelineOutput(images=out, input_mask=mask_np, info=info)
 
     def _condition(self, inp, text: torch.Tensor, cache: "FaceCache | None" = None
-                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                   ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Conditional tokens ``(1, T, D)`` and GMA residuals of one view (once per view).
+
+        Without a conditioner (``method == "sd-inpaint"``) the tokens are the caption's text-encoder
+        states ``text`` and there are no residuals (None): no CLIP image encoding, no GMA.
 
         With a :class:`FaceCache` (``Procedure.reuse_faces``) the CLIP embeddings and the GMA's
         per-image features of faces equal to the previous view's are taken from it; otherwise,
         and at the first view, everything is computed (the conditioner's own ``forward``).
         """
         b = inp.view.shape[0]
-        clip = inp.clip_images  # (B, 7, 3, S, S), the view first
         text = text.expand(b, -1, -1)
+        if self.conditioner is None:
+            return text, None
+        clip = inp.clip_images  # (B, 7, 3, S, S), the view first
         if cache is None:
             embeds = self._encode_images(clip.flatten(0, 1)).view(b, clip.shape[1], -1)
             out = self.conditioner(inp.gma_images.float(), embeds, text)
@@ -654,20 +684,28 @@ class OPaMaPipeline(DiffusionPipeline):
             residuals = list(local_branch(images))
         return tokens, residuals
 
-    def _denoise(self, sched, proc: Procedure, guided: int, tokens: torch.Tensor, residuals: list[torch.Tensor],
-                 lat_mask: torch.Tensor, masked_latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Denoise one view's latent ``(1, 4, h, w)`` with guidance in the first ``guided`` evaluations."""
+    def _denoise(self, sched, proc: Procedure, guided: int, tokens: torch.Tensor,
+                 residuals: list[torch.Tensor] | None, lat_mask: torch.Tensor, masked_latents: torch.Tensor,
+                 generator: torch.Generator, null: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoise one view's latent ``(1, 4, h, w)`` with guidance in the first ``guided`` evaluations.
+
+        ``null``: the null branch's tokens ``(1, T, D)`` (the empty caption's states when there is no
+        conditioner); None: the conditioner's learned null tokens. ``residuals`` None: no GMA.
+        """
         device = masked_latents.device
         b = masked_latents.shape[0]
         dtype = self.unet.dtype  # cast once per view, not per call
         tokens = tokens.to(dtype)
-        residuals = [r.to(dtype) for r in residuals]
-        null = self.conditioner.null_condition(b).to(dtype)
-        if proc.batched_cfg:  # one call: [cond; null padded to T and masked]
-            null_padded, null_mask = pad_tokens(null, tokens.shape[1])
-            both_tokens = torch.cat((tokens, null_padded))
-            both_mask = torch.cat((torch.ones_like(null_mask), null_mask))
-            both_res = [torch.cat((r, r)) for r in residuals]
+        residuals = None if residuals is None else [r.to(dtype) for r in residuals]
+        null = (self.conditioner.null_condition(b) if null is None else null.expand(b, -1, -1)).to(dtype)
+        if proc.batched_cfg:  # one call: [cond; null] (padded to T and masked when shorter)
+            if null.shape[1] == tokens.shape[1]:
+                both_tokens, both_mask = torch.cat((tokens, null)), None
+            else:
+                null_padded, null_mask = pad_tokens(null, tokens.shape[1])
+                both_tokens = torch.cat((tokens, null_padded))
+                both_mask = torch.cat((torch.ones_like(null_mask), null_mask))
+            both_res = None if residuals is None else [torch.cat((r, r)) for r in residuals]
         sched.set_timesteps(proc.steps, device=device)
         shape = (b, int(self.unet.config.out_channels), *masked_latents.shape[-2:])
         latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device) * sched.init_noise_sigma

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from opama_tools.weights import COMPONENTS, locate
 
-__all__ = ["ComponentStatus", "component_status", "runtime_status"]
+__all__ = ["ComponentStatus", "component_status", "inpaint_checkpoints", "runtime_status"]
 
 
 @dataclass
@@ -34,6 +34,14 @@ def component_status() -> list[ComponentStatus]:
             ComponentStatus(c.key, c.title, what, looked, str(path) if path else None, source, ", ".join(c.needed_by))
         )
     return rows
+
+
+def inpaint_checkpoints() -> list[tuple[str, str]]:
+    """``(repo_id, snapshot folder)`` of the SD inpainting checkpoints in the local Hugging Face cache
+    (``opama outpaint --model REPO_ID``: the training-free method)."""
+    from opama_model.sd_inpaint import cached_inpaint_checkpoints
+
+    return [(r, str(p)) for r, p in cached_inpaint_checkpoints()]
 
 
 def runtime_status() -> dict[str, str]:

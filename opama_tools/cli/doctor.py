@@ -12,7 +12,7 @@ from opama_tools.cli.app import app
     "Example: OPAMA_SD2_INPAINT=/models/sd2-inpainting opama doctor"
 )
 def doctor() -> None:
-    from opama_tools.doctor import component_status, runtime_status
+    from opama_tools.doctor import component_status, inpaint_checkpoints, runtime_status
 
     console = Console()  # created per call so $COLUMNS is honoured
 
@@ -28,6 +28,18 @@ def doctor() -> None:
         found = f"[green]yes[/] ({escape(r.source)}): {escape(printable_path(r.found))}" if r.found else "[red]missing[/]"
         table.add_row(f"{r.title}\n[dim]{r.key}[/]", r.what, escape(printable_path(r.looked)), found, r.needed_by)
     console.print(table)
+    from opama_model.weights import hf_cache_dir
+
+    inp = Table(title="SD inpainting checkpoints in the Hugging Face cache (opama outpaint --model REPO_ID, no "
+                "training)", show_header=True)
+    inp.add_column("repo id")
+    inp.add_column("snapshot", overflow="fold")
+    found_inpaint = inpaint_checkpoints()
+    for repo_id, snap in found_inpaint:
+        inp.add_row(escape(repo_id), escape(printable_path(snap)))
+    if not found_inpaint:
+        inp.add_row("[dim]none[/]", escape(printable_path(f"looked in {hf_cache_dir()}")))
+    console.print(inp)
     rt = Table(title="runtime", show_header=False)
     rt.add_column("what")
     rt.add_column("value", overflow="fold")

@@ -16,12 +16,16 @@ from opama_tools.cli.app import app, console, err_console, fail
 )
 def outpaint(
     out: Path = typer.Option(..., "--out", help="Output folder (one panorama; or the batch's root)."),
-    model: Path = typer.Option(None, "--model", help="Model folder written by `opama train` (or convert-reference)."),
+    model: str = typer.Option(None, "--model", help="Model folder written by `opama train` (or convert-reference), or "
+                              "an SD 1.x/2.x inpainting checkpoint: a diffusers folder or a repo id in the local Hugging "
+                              "Face cache, e.g. stabilityai/stable-diffusion-2-inpainting (no training, no conditioner)."),
     preset: str = typer.Option(None, "--preset", help="Build a preset instead: tiny (random) or sd2."),
     random_weights: bool = typer.Option(False, "--random-weights", help="With --preset sd2: random weights (timing)."),
     conditioner: str = typer.Option("opama", "--conditioner", help="With --preset: opama or aog."),
     inputs: list[str] = typer.Option(None, "--input", help="IMG[@yaw,pitch,fov] (default @0,0,90); repeat for several photos."),
     prompt: str = typer.Option("", "--prompt", help="Caption of the panorama (\"\" = none; with --batch DIR: for every photo)."),
+    prompt_up: str = typer.Option(None, "--prompt-up", help="Caption of the views looking up (pitch >= 45°); default --prompt."),
+    prompt_down: str = typer.Option(None, "--prompt-down", help="Caption of the views looking down (pitch <= -45°); default --prompt."),
     procedure: str = typer.Option("fast", "--procedure", help="fast (default), reference (OPa-Ma's) or aog (AOG-Net's)."),
     steps: int = typer.Option(None, "--steps", help="Override the procedure's steps per view."),
     guidance: float = typer.Option(None, "--guidance", help="Override the guidance scale (reference: 2.5)."),
@@ -66,7 +70,7 @@ def outpaint(
     try:
         summary = run_outpaint(
             out, model=model, preset=preset, random_weights=random_weights, conditioner=conditioner,
-            inputs=inputs or [], prompt=prompt, batch=batch, procedure=procedure, steps=steps, guidance=guidance,
+            inputs=inputs or [], prompt=prompt, prompt_up=prompt_up, prompt_down=prompt_down, batch=batch, procedure=procedure, steps=steps, guidance=guidance,
             scheduler=scheduler, size=size, views=views, seed=seed, video=video, cube=cube, device=device,
             dtype=dtype, overwrite=overwrite, paths=paths, progress=progress, view_progress=view_progress)
     except OutpaintError as e:

@@ -63,8 +63,14 @@ def _check_light(*, model, preset, inputs, batch, size, views, steps, cube, devi
     check_device_name(device)
     if dtype not in DTYPES:
         raise OutpaintError(f"--dtype {dtype!r}: choose {', '.join(DTYPES)}")
-    if model is not None and not Path(model).is_dir():
-        raise OutpaintError(f"--model {model}: no such model folder (a folder written by `opama train`)")
+    if model is not None:
+        from opama_model.model_dir import ModelFolderError
+        from opama_model.sd_inpaint import InpaintCheckpointError, resolve_model_arg
+
+        try:
+            resolve_model_arg(model)
+        except (ModelFolderError, InpaintCheckpointError) as e:
+            raise OutpaintError(str(e)) from None
     specs = [parse_input_spec(s) for s in inputs or []]
     for s in specs:
         try:
@@ -83,6 +89,8 @@ def run_outpaint(
     conditioner: str = "opama",
     inputs: Sequence[str] = (),
     prompt: str = "",
+    prompt_up: str | None = None,
+    prompt_down: str | None = None,
     batch: str | Path | None = None,
     procedure: str = "fast",
     steps: int | None = None,
@@ -104,7 +112,7 @@ def run_outpaint(
     row of ``batch`` (a CSV or a folder of photos, :func:`read_rows`) into ``out/<name>/``.
 
     Wraps :func:`load_model`, :func:`read_rows` and :func:`outpaint_batch`; the options are those of
-    ``opama outpaint`` (``size`` ``"HxW"`` or ``(H, W)``, angles in degrees). ``progress(k, n, name)``
+    ``opama outpaint`` (``model``: a model folder, an SD inpainting folder or a cached repo id; ``size`` ``"HxW"`` or ``(H, W)``, angles in degrees). ``progress(k, n, name)``
     after each panorama of a batch and ``view_progress(k, n)`` after each view are called on the
     main process only.
 
@@ -135,7 +143,8 @@ def run_outpaint(
     try:
         settings = OutpaintSettings(procedure=procedure, steps=steps, guidance=guidance, scheduler=scheduler,
                                     size=hw, seed=seed, cube=cube, video=video,
-                                    views=None if schedule == AOG21 else schedule)
+                                    views=None if schedule == AOG21 else schedule,
+                                    prompt_up=prompt_up, prompt_down=prompt_down)
     except ValueError as e:
         raise OutpaintError(str(e)) from None
     rank, world, dist_device = distributed_context()

@@ -92,7 +92,9 @@ def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def load_model(model: str | Path | None = None, *, preset: str | None = None, random_weights: bool = False,
                device: str = "auto", dtype: str = "auto", paths: dict | None = None,
                conditioner: str = "opama", seed: int = 0) -> OutpaintModel:
-    """Load a model folder (``opama train`` output) or build a preset; returns an :class:`OutpaintModel`.
+    """Load a model folder (``opama train`` output), an SD inpainting checkpoint (a diffusers folder or
+    a cached repo id: the training-free method, no conditioner) or build a preset; returns an
+    :class:`OutpaintModel`.
 
     ``random_weights``: a random backbone (with ``preset``, or for a model folder whose backbone is
     pretrained: rebuilt from the architecture configs with the folder's ``backbone_seed``).
@@ -105,6 +107,7 @@ def load_model(model: str | Path | None = None, *, preset: str | None = None, ra
         ValueError: bad device/dtype/preset.
     """
     from opama_model.model_dir import load_model_dir
+    from opama_model.sd_inpaint import resolve_model_arg
     from opama_model.pipeline import OPaMaPipeline
     from opama_model.presets import build_components
 
@@ -112,6 +115,22 @@ def load_model(model: str | Path | None = None, *, preset: str | None = None, ra
     dt = _resolve_dtype(dtype, dev)
     if (model is None) == (preset is None):
         raise ValueError("give exactly one of --model DIR or --preset NAME")
+    if model is not None and resolve_model_arg(model)[0] == "sd-inpaint":
+        from opama_model.sd_inpaint import load_inpaint_pipeline
+
+        if random_weights:
+            raise ValueError("--random-weights applies to --preset and opama model folders, not to an "
+                             "inpainting checkpoint")
+        _, folder, model_id = resolve_model_arg(model)
+        pipe = load_inpaint_pipeline(folder)
+        if dev.type != "cpu" or dt != torch.float32:
+            for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+                m.to(device=dev, dtype=dt)
+        if dev.type == "cuda":
+            pipe.unet.to(memory_format=torch.channels_last)
+        pipe.set_progress_bar_config(disable=True)
+        digest = settings_key("sd-inpaint", folder_stat_signature(folder))
+        return OutpaintModel(pipe, model_id, pipe.method, digest, "sd-inpaint")
     if model is not None:
         path = Path(model)
         comps = load_model_dir(path, paths=paths, random_weights=random_weights)
@@ -130,8 +149,7 @@ def load_model(model: str | Path | None = None, *, preset: str | None = None, ra
         comps.unet.to(memory_format=torch.channels_last)
     pipe = OPaMaPipeline.from_components(comps)
     pipe.set_progress_bar_config(disable=True)
-    method = "aog" if type(comps.conditioner).__name__ == "AOGConditioner" else "opama"
-    return OutpaintModel(pipe, model_id, method, digest, comps.preset.name)
+    return OutpaintModel(pipe, model_id, pipe.method, digest, comps.preset.name)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -142,7 +160,8 @@ class OutpaintSettings:
     ``size``: canvas ``(H, W)`` (None: 4 x 8 view sizes); ``steps``/``guidance``/``scheduler``
     override the procedure's; ``cube``: cube-face width (0 = none); ``video``: write
     ``pano.mp4``; ``viewer``: write ``index.html``; ``views``: the generated views' schedule
-    ``(yaw, pitch)`` degrees (None: AOG-Net's 21, as the model was trained; completion views follow).
+    ``(yaw, pitch)`` degrees (None: AOG-Net's 21, as the model was trained; completion views follow);
+    ``prompt_up``/``prompt_down``: captions of the views with pitch >= 45 / <= -45 degrees (None: the row's).
     """
 
     procedure: str = "fast"
@@ -155,6 +174,8 @@ class OutpaintSettings:
     video: bool = False
     viewer: bool = True
     views: tuple[tuple[float, float], ...] | None = None
+    prompt_up: str | None = None
+    prompt_down: str | None = None
 
     def __post_init__(self) -> None:
         from opama_model.pipeline import PROCEDURES, SCHEDULERS
@@ -243,10 +264,12 @@ def outpaint_row(row: Row, model: OutpaintModel, folder: str | Path, settings: O
         images=images, directions=[s.direction for s in row.inputs], prompt=row.prompt, height=h, width=w,
         procedure=settings.procedure, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
         scheduler=settings.scheduler, seed=settings.seed, output_type="np",
+        prompt_up=settings.prompt_up, prompt_down=settings.prompt_down,
         **({} if settings.views is None else dict(schedule=settings.views)),
         callback=None if progress is None else (lambda k, n, _s: progress(k, n)),
     )
-    pano, info = out.images[0], out.info
+    pano, info = out.images[0], dict(out.info)
+    info.pop("method", None)  # the model's, below
     t_write = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / META).unlink(missing_ok=True)  # the folder is "not done" until the new meta.json lands
