@@ -129,6 +129,9 @@ def resolve_model_arg(model: str | Path) -> tuple[str, Path, str]:
     if path.is_dir() and (path / MODEL_FILE).is_file():
         read_model_info(path)
         return "opama", path, f"dir:{path.resolve()}"
+    if path.is_dir() and read_model_index(path) is None:
+        raise InpaintCheckpointError(f"--model {model}: neither an opama model folder (no {MODEL_FILE}) nor a "
+                                     f"diffusers pipeline folder (no model_index.json); {SUPPORTED}")
     folder, model_id = resolve_inpaint_checkpoint(model)
     return "sd-inpaint", folder, model_id
 

@@ -137,6 +137,23 @@ def test_pipeline_without_conditioner_guides_with_the_empty_prompt(checkpoints):
     assert (sep.images - both.images).abs().max() < 1e-2
 
 
+@pytest.mark.parametrize("procedure", ["reference", "aog"])
+def test_published_procedures_without_conditioner(checkpoints, procedure):
+    """The reference (DPM-Solver++, separate CFG calls) and aog (PNDM, its warm-up pass counted)
+    procedures run the same loop: every pixel filled, passes as the plan implies."""
+    from opama_model.sd_inpaint import load_inpaint_pipeline
+
+    pipe = load_inpaint_pipeline(checkpoints[768])
+    photo = (np.random.RandomState(3).rand(32, 32, 3) * 255).astype(np.uint8)
+    out = pipe([photo], [(0, 0, 90)], "a room", height=32, width=64, procedure=procedure, num_inference_steps=2,
+               schedule=[(90.0, 0.0), (0.0, 60.0)], output_type="np")
+    info = out.info
+    assert info["method"] == "sd-inpaint" and info["procedure"] == procedure
+    assert info["unet_passes"] == info["unet_passes_expected"] > 0
+    assert info["unet_evals_per_view"] == (3 if procedure == "aog" else 2)  # PNDM: one warm-up evaluation more
+    assert out.images[0].shape == (32, 64, 3)
+
+
 def test_repo_id_from_the_hf_cache(tmp_path, checkpoints, monkeypatch):
     """``--model owner/name`` resolves through refs/main to its snapshot; doctor lists it."""
     import shutil
@@ -187,7 +204,7 @@ def test_unsupported_folders_are_one_line_exit_2(tmp_path):
         (four / part).mkdir()
     (four / "unet" / "config.json").write_text(json.dumps({"in_channels": 4}))
     for folder, words in ((sdxl, "StableDiffusionXLInpaintPipeline folder is not supported"),
-                          (plain, "no model_index.json"), (four, "4 input channels")):
+                          (plain, "neither an opama model folder"), (four, "4 input channels")):
         out = tmp_path / ("o_" + folder.name)
         res = runner.invoke(app, ["outpaint", "--model", str(folder), *FAST, "--out", str(out)],
                             env={"COLUMNS": "400"})
@@ -239,6 +256,11 @@ def test_direction_prompts_from_the_cli_are_recorded(tmp_path, checkpoints):
     meta = json.loads((tmp_path / "o" / "meta.json").read_text())
     assert meta["prompt_up"] == "the sky" and meta["prompt_down"] == "the floor"
     assert [v["prompt"] for v in meta["views"][:2]] == ["up", "down"]
+    # with a trained-style model (the tiny preset's conditioner) too
+    res = runner.invoke(app, [*args[:1], "--preset", "tiny", *args[3:-1], str(tmp_path / "t"), "--prompt-up", "sky"])
+    assert res.exit_code == 0, res.output
+    meta_t = json.loads((tmp_path / "t" / "meta.json").read_text())
+    assert meta_t["method"] == "opama" and [v["prompt"] for v in meta_t["views"][:2]] == ["up", "main"]
     # the direction prompts are part of the done key: without them the panorama is redone
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "written" in res.output, res.output
