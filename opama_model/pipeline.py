@@ -62,7 +62,7 @@ from diffusers import (
 )
 from diffusers.utils import BaseOutput
 
-from .canvas import cut_view
+from .canvas import ViewInputs, cut_view, cut_view_only
 from .conditioner import AOGConditioner, OPaMaConditioner, pad_tokens  # noqa: F401 (from_pretrained finds them)
 from .directions import Direction, check_direction
 from .gma import GMA, VIEW_INDEX
@@ -586,7 +586,11 @@ class OPaMaPipeline(DiffusionPipeline):
             calls0 = self.unet_calls
             # 3. inputs at the view
             with timer("cut"):
-                inp = cut_view(canvas, known, step.yaw, step.pitch, view_fov, size)
+                if self.conditioner is None:  # the UNet's inputs only: no cube faces, no GMA images
+                    inp = ViewInputs(*cut_view_only(canvas, known, step.yaw, step.pitch, view_fov, size),
+                                     faces=None, gma_images=None)
+                else:
+                    inp = cut_view(canvas, known, step.yaw, step.pitch, view_fov, size)
             if bool(inp.unknown.any()) != step.generate:
                 raise RuntimeError("internal: the plan and the loop disagree on a view")
             view_out = inp.view
