@@ -7,9 +7,7 @@ The checkpoints are tiny diffusers inpainting folders built here from configs wi
 with a 1024-d text encoder (SD-2-like) and a 768-d one (SD-1.5-like).
 """
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np

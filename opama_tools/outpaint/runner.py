@@ -68,7 +68,7 @@ CUBE_NAMES = ("F", "R", "B", "L", "U", "D")
 # ----------------------------------------------------------------------------- model
 @dataclass
 class OutpaintModel:
-    """A loaded pipeline and what identifies it (``model_id``, ``method`` = "opama" | "aog";
+    """A loaded pipeline and what identifies it (``model_id``, ``method`` = "opama" | "aog" | "sd-inpaint";
     ``digest``: the model's part of each panorama's settings key)."""
 
     pipeline: Any
