@@ -897,7 +897,6 @@ def text_metrics(per_image, sc: Scores, nets: Networks, opt: EvalOptions, ref_ca
 def summarise_per_image(per_image, sc: Scores, nets: Networks, opt: EvalOptions) -> list[MetricResult]:
     """Stage 6: mean and bootstrap interval of every per-image column, in the registry's order."""
     out: list[MetricResult] = []
-    lp = nets.lpips
     notes = {
         "lpips": f"{len(sc.lpips_faces)} cube faces of {opt.face_size} px",
         "gen_lpips": f"cube faces {''.join('FRBLUD'[i] for i in sc.lpips_gen_faces)} (outside the input view)",
