@@ -8,7 +8,6 @@ import subprocess
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,12 +18,7 @@ runner = CliRunner()
 FAST = ["--preset", "tiny", "--size", "64x128", "--steps", "1", "--views", "0,25;0,-25"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def write_photo(path, seed=0, size=64):

@@ -23,12 +23,7 @@ runner = CliRunner()
 FAST = ["--size", "32x64", "--steps", "2", "--views", "0,25;0,-25"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def make_checkpoint(path: Path, text_dim: int, cls: str = "StableDiffusionInpaintPipeline",
