@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from test_outpaint import FAST, one_thread, runner  # noqa: F401 (one_thread: an autouse fixture)
+from test_outpaint import FAST, runner
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 from opama_tools.cli import app
 
