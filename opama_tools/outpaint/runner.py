@@ -268,8 +268,7 @@ def outpaint_row(row: Row, model: OutpaintModel, folder: str | Path, settings: O
         **({} if settings.views is None else dict(schedule=settings.views)),
         callback=None if progress is None else (lambda k, n, _s: progress(k, n)),
     )
-    pano, info = out.images[0], dict(out.info)
-    info.pop("method", None)  # the model's, below
+    pano, info = out.images[0], dict(out.info)  # info["method"]: the pipeline's, as model.method
     t_write = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / META).unlink(missing_ok=True)  # the folder is "not done" until the new meta.json lands
@@ -299,7 +298,7 @@ def outpaint_row(row: Row, model: OutpaintModel, folder: str | Path, settings: O
     meta = dict(
         name=row.name, **info,
         mode=("text+photo" if row.prompt else "photo") if row.inputs else "text",
-        model_id=model.model_id, method=model.method, preset=model.preset,
+        model_id=model.model_id, preset=model.preset,
         seconds=seconds, outputs=settings.output_files(), **done_fields(signature, key),
     )
     meta.update(prompt=row.prompt,
