@@ -589,7 +589,7 @@ def write_trajectory(path: str | os.PathLike, directions, frames=None) -> Path:
     frames = range(len(directions)) if frames is None else frames
     lines = [",".join(TRAJECTORY_COLUMNS)]
     for k, (y, p, f) in zip(frames, directions):
-        lines.append(f"{int(k)},{float(y):.6g},{float(p):.6g},{float(f):.6g}")
+        lines.append(f"{int(k)},{float(y)!r},{float(p)!r},{float(f)!r}")
     atomic_write_text(path, "\n".join(lines) + "\n")
     return Path(path)
 

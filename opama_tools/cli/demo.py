@@ -11,8 +11,9 @@ from opama_tools.cli.app import app, console, fail
     help="The whole mission end to end on synthetic data with the tiny preset, no downloads: synthetic HDR "
     "panoramas -> prepare -> captions -> train -> outpaint (trained / untrained, fast / reference) -> eval -> "
     "report.html. A re-run resumes; other settings start afresh. --data-only writes synthetic HDR panoramas "
-    "and stops.\n\n"
+    "and stops; with --video, synthetic 360° clips (reference videos, NFoV input clips, trajectories).\n\n"
     "Example: opama demo --out opama-demo      |      opama demo --fast      |      opama demo --data-only data/synth -n 8"
+    "      |      opama demo --data-only data/synth-video --video -n 4"
 )
 def demo(
     out: Path = typer.Option(Path("opama-demo"), "--out", help="Folder for everything the demo writes."),
@@ -24,13 +25,28 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the scenes, the training and the outpainting."),
     data_only: Path = typer.Option(None, "--data-only", help="Only write N synthetic .exr panoramas into this folder."),
     n: int = typer.Option(4, "-n", "--num", min=1, help="With --data-only: number of synthetic panoramas."),
-    height: int = typer.Option(256, "--height", min=8, help="With --data-only: panorama height in pixels (width = 2 x height)."),
-    kind: str = typer.Option("random", "--kind", help="With --data-only: outdoor, indoor or random."),
+    height: int = typer.Option(None, "--height", min=8, help="With --data-only: panorama height in pixels (width = 2 x height; default 256, --video 64, even)."),
+    kind: str = typer.Option(None, "--kind", help="With --data-only: outdoor, indoor or random (default random; --video outdoor: indoor clips only turn the camera)."),
+    video: bool = typer.Option(False, "--video", help="With --data-only: synthetic 360° videos (a moving object and sun, a turning camera) instead of panoramas."),
+    frames: int = typer.Option(12, "--frames", min=1, help="With --data-only --video: frames per clip."),
 ) -> None:
-    from opama_tools.demo.run import FAST, DemoError, DemoSettings, run_demo, write_synthetic
+    from opama_tools.demo.run import FAST, DemoError, DemoSettings, run_demo, write_synthetic, write_synthetic_video
 
+    kind = kind or ("outdoor" if video else "random")
     if kind not in ("outdoor", "indoor", "random"):
         raise fail(f"--kind must be outdoor, indoor or random, got {kind!r}", 2)
+    if data_only is not None and video:
+        h = height or 64
+        if h % 2:
+            raise fail(f"--height {h}: video frames need an even height (H.264)", 2)
+        try:
+            names = write_synthetic_video(data_only, n=n, frames=frames, height=h, seed=seed, kind=kind)
+        except ValueError as e:  # unusable folder or captions.jsonl: one line naming it
+            raise fail(str(e), 2) from None
+        console.print(f"wrote {len(names)} synthetic 360° clips ({frames} frames, {h}x{2 * h}) with their NFoV "
+                      f"input clips, trajectories, captions.jsonl and video_batch.csv to {data_only}")
+        return
+    height = height or 256
     if data_only is not None:
         try:
             paths = write_synthetic(data_only, n=n, height=height, seed=seed, kind=kind)
@@ -43,7 +59,7 @@ def demo(
     from opama_model.fileio import Terminated
 
     try:
-        run_demo(DemoSettings(out=str(out), seed=seed, aog=aog, **kw))
+        run_demo(DemoSettings(out=str(out), seed=seed, aog=aog, video=video, **kw))
     except (DemoError, OSError) as e:
         raise fail(str(e), 1) from None
     except (KeyboardInterrupt, Terminated) as e:

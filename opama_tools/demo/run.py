@@ -51,7 +51,7 @@ from opama_tools.data.synthetic import generate_dataset
 
 console = Console(soft_wrap=True)  # messages are lines: never hard-wrapped at the terminal width
 
-__all__ = ["DemoSettings", "DemoError", "run_demo", "write_synthetic", "FAST", "STAGES"]
+__all__ = ["DemoSettings", "DemoError", "run_demo", "write_synthetic", "write_synthetic_video", "FAST", "STAGES"]
 
 SETTINGS_FILE = "demo.json"
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -91,6 +91,8 @@ class DemoSettings:
     procedures: tuple[str, ...] = ("fast", "reference")
     aog: bool = False
     bootstrap: int = 1000
+    video: bool = False
+    """The video stage (synthetic 360° clips, outpainted as videos); not wired into :func:`run_demo` yet."""
 
     @property
     def width(self) -> int:
@@ -122,6 +124,24 @@ def write_synthetic(out_dir: str | Path, n: int, height: int = 256, seed: int = 
         task = bar.add_task("render", total=n)
         return generate_dataset(
             out_dir, n=n, height=height, seed=seed, kind=kind,  # type: ignore[arg-type]
+            progress=lambda k: bar.update(task, completed=k),
+        )
+
+
+def write_synthetic_video(out_dir: str | Path, n: int, frames: int = 12, height: int = 64, seed: int = 0,
+                          kind: str = "outdoor") -> list[str]:
+    """Write ``n`` synthetic 360° clips (reference videos, NFoV input clips, trajectories, captions and
+    ``video_batch.csv``; see :func:`opama_tools.data.synthetic_video.generate_video_dataset`) with a
+    progress bar; returns the clip names. ``ValueError`` (one line) for a bad option or folder."""
+    from opama_tools.data.synthetic_video import generate_video_dataset
+
+    with Progress(
+        TextColumn("[bold]synthetic 360° videos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    ) as bar:
+        task = bar.add_task("render", total=n)
+        return generate_video_dataset(
+            out_dir, n=n, frames=frames, height=height, seed=seed, kind=kind,  # type: ignore[arg-type]
             progress=lambda k: bar.update(task, completed=k),
         )
 
@@ -594,6 +614,9 @@ def run_demo(settings: DemoSettings) -> dict[str, float]:
         DemoError: naming the first stage that failed.
     """
     out = Path(settings.out)
+    if settings.video:
+        raise DemoError("--video: the demo's video stage is not wired yet; "
+                        "`opama demo --data-only DIR --video` writes the synthetic 360° clips")
     if out.exists() and not out.is_dir():
         raise DemoError(f"--out {out}: exists and is not a folder")
     cleared = _clear_changed_groups(out, settings.keys())
