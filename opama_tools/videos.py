@@ -436,8 +436,8 @@ class VideoWriter:
                              "(HxW); use an even size or lossless=True")
         rate = Fraction(self.fps).limit_denominator(1001)
         cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-y",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-framerate", f"{rate.numerator}/{rate.denominator}",
-               "-i", "pipe:0", "-an"]
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+               "-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "pipe:0", "-an"]
         if self.lossless:
             cmd += ["-c:v", "ffv1", "-level", "3", "-g", "1", "-slicecrc", "1", "-pix_fmt", "bgr0", "-f", "matroska"]
         else:

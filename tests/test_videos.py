@@ -1,6 +1,5 @@
 """opama_tools.videos: probing, reading and writing video files, trajectory CSVs, mask frames."""
 
-import os
 import subprocess
 
 import numpy as np
