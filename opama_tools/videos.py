@@ -196,6 +196,8 @@ def _header(path: Path) -> _Header:
     fmt = m_in.group(1).strip()
     streams = [ln for ln in text.splitlines() if re.match(r"\s*Stream #0:\d+.*: Video: ", ln)]
     if _NOT_VIDEO_FORMATS.match(fmt) or any(f.endswith("_pipe") for f in fmt.split(",")):
+        if fmt == "tty" or _looks_like_text(path):
+            raise ValueError(f"{name}: not a video (a text file)")
         kind = fmt.split("_pipe")[0] if "_pipe" in fmt else "still"
         raise ValueError(f"{name}: not a video (a {kind} image)")
     video = [ln for ln in streams if "(attached pic)" not in ln]
@@ -245,7 +247,8 @@ def _decode_problem(stderr: str, returncode: int) -> str | None:
     return None
 
 
-_DECODE = ["-fps_mode", "passthrough", "-an", "-sn", "-dn"]  # every decoded frame once, video only
+# The first video stream that is not cover art ("V"), every decoded frame once, nothing else.
+_DECODE = ["-fps_mode", "passthrough", "-an", "-sn", "-dn"]
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -260,7 +263,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     head = _header(path)
     name = _name(path)
     with tempfile.TemporaryFile() as err:
-        r = subprocess.run([_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-i", _url(path), "-map", "0:v:0",
+        r = subprocess.run([_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-i", _url(path), "-map", "0:V:0",
                             *_DECODE, "-f", "null", "-progress", "pipe:1", "-nostats", "-"],
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
         err.seek(0)
@@ -305,7 +308,7 @@ def read_frames(path: str | os.PathLike, *, size: tuple[int, int] | None = None)
     path = Path(path)
     head = _header(path)
     hw = head.hw if size is None else _check_hw(size)
-    cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-autorotate", "-i", _url(path), "-map", "0:v:0",
+    cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-autorotate", "-i", _url(path), "-map", "0:V:0",
            *_DECODE]
     # The conversion to RGB (and any resize) in one explicit scale filter: accurate rounding and
     # full-resolution chroma keep H.264 colours within ~1 level (swscale's fast path is ~2 levels off).
@@ -360,7 +363,9 @@ class VideoWriter:
       on the first frame (a panorama ``H x 2H`` with an odd ``H``, e.g. 65x130, cannot be written
       as H.264; use an even height or ``lossless``).
     * ``lossless=True``: FFV1 (``bgr0``, every frame intra) in Matroska, any size; the frames read
-      back bit-exact through :func:`read_frames`. Use the ``.mkv`` suffix.
+      back bit-exact through :func:`read_frames`.
+
+    ``path`` must end with ``.mkv`` for lossless, ``.mp4`` / ``.m4v`` / ``.mov`` for H.264 (``ValueError``).
 
     ``fps``: frames per second (> 0; NTSC rates such as 29.97 are stored as ``30000/1001``).
     """
@@ -375,6 +380,11 @@ class VideoWriter:
         self.path = Path(path)
         self.fps = fps
         self.lossless = bool(lossless)
+        want = (".mkv",) if self.lossless else (".mp4", ".m4v", ".mov")
+        if self.path.suffix.lower() not in want:
+            what = "a lossless (FFV1) video" if self.lossless else "an H.264 video"
+            raise ValueError(f"{_name(self.path)}: {what} is written as {' or '.join(want)}, "
+                             f"not {self.path.suffix or 'a name without a suffix'}")
         self.frames = 0
         self.hw: tuple[int, int] | None = None
         self._ctx = None

@@ -126,6 +126,10 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
     with pytest.raises(ValueError, match="fps"):
         VideoWriter(tmp_path / "x.mp4", 0)
+    with pytest.raises(ValueError, match="written as .mkv"):
+        VideoWriter(tmp_path / "x.mp4", 10, lossless=True)
+    with pytest.raises(ValueError, match="written as .mp4"):
+        VideoWriter(tmp_path / "x.mkv", 10)
 
 
 def test_rotated_phone_clip_comes_out_upright(tmp_path):
