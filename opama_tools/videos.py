@@ -310,11 +310,13 @@ def read_frames(path: str | os.PathLike, *, size: tuple[int, int] | None = None)
     hw = head.hw if size is None else _check_hw(size)
     cmd = [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-autorotate", "-i", _url(path), "-map", "0:V:0",
            *_DECODE]
-    # The conversion to RGB (and any resize) in one explicit scale filter: accurate rounding and
-    # full-resolution chroma keep H.264 colours within ~1 level (swscale's fast path is ~2 levels off).
-    flags = "area" if hw[0] <= head.hw[0] and hw[1] <= head.hw[1] else "bicubic"
-    cmd += ["-vf", f"scale={hw[1]}:{hw[0]}:flags={flags}+accurate_rnd+full_chroma_int,format=rgb24",
-            "-pix_fmt", "rgb24", "-f", "rawvideo", "pipe:1"]
+    # To RGB at the stored size first (accurate rounding and full-resolution chroma keep H.264 colours
+    # within ~1 level; swscale's fast path is ~2 levels off), then any resize in RGB.
+    chain = "scale=flags=bicubic+accurate_rnd+full_chroma_int,format=rgb24"
+    if hw != head.hw:
+        flags = "area" if hw[0] <= head.hw[0] and hw[1] <= head.hw[1] else "bicubic"
+        chain += f",scale={hw[1]}:{hw[0]}:flags={flags}+accurate_rnd"
+    cmd += ["-vf", chain, "-pix_fmt", "rgb24", "-f", "rawvideo", "pipe:1"]
     return _frames(cmd, hw, _name(path))
 
 
