@@ -23,7 +23,7 @@ def demo(
     fast: bool = typer.Option(False, "--fast", help="A smoke run of every stage (a few minutes on 2 cores), not a result."),
     aog: bool = typer.Option(False, "--aog", help="Also train and outpaint with the AOG-Net conditioner."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scenes, the training and the outpainting."),
-    data_only: Path = typer.Option(None, "--data-only", help="Only write N synthetic .exr panoramas into this folder."),
+    data_only: Path = typer.Option(None, "--data-only", help="Only write N synthetic .exr panoramas (with --video: 360° clips) into this folder."),
     n: int = typer.Option(4, "-n", "--num", min=1, help="With --data-only: number of synthetic panoramas."),
     height: int = typer.Option(None, "--height", min=8, help="With --data-only: panorama height in pixels (width = 2 x height; default 256, --video 64, even)."),
     kind: str = typer.Option(None, "--kind", help="With --data-only: outdoor, indoor or random (default random; --video outdoor: indoor clips only turn the camera)."),
