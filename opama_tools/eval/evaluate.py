@@ -66,6 +66,7 @@ __all__ = [
     "evaluate",
     "parse_metrics",
     "check_runnable",
+    "weight_free_metrics",
 ]
 
 ALL_METRICS = registry.OPTIONS  # the --metrics names (declared in opama_tools.eval.registry)
@@ -84,17 +85,19 @@ class EvalInputError(ValueError):
 
 
 def parse_metrics(spec: str | None) -> tuple[str, ...]:
-    """``"fid,seam"`` -> ``("fid", "seam")``; ``None``/``"all"`` -> every metric. Unknown names raise ValueError."""
+    """``"fid,seam"`` -> ``("fid", "seam")``; ``None``/``"all"`` -> every metric (for videos also the
+    temporal ones, :data:`registry.VIDEO_OPTIONS`). Unknown names raise ValueError."""
     if spec is None or spec.strip().lower() in ("", "all"):
         return ALL_METRICS
+    known = ALL_METRICS + registry.VIDEO_OPTIONS
     names = []
     for raw in spec.split(","):
         n = raw.strip().lower().replace("-", "")
         n = registry.ALIASES.get(n, n)
         if not n:
             continue
-        if n not in ALL_METRICS:
-            raise ValueError(f"--metrics: unknown metric {raw.strip()!r}; known: {', '.join(ALL_METRICS)}")
+        if n not in known:
+            raise ValueError(f"--metrics: unknown metric {raw.strip()!r}; known: {', '.join(known)}")
         if n not in names:
             names.append(n)
     return tuple(names)
@@ -612,15 +615,52 @@ def _face_coverage(mask: torch.Tensor, faces: list[int], size: int = 64) -> list
     return [float((v[j] > 0.5).float().mean()) for j in range(len(faces))]
 
 
+def weight_free_metrics(g: torch.Tensor, r: torch.Tensor, m_in: torch.Tensor | None, want: set[str]) -> dict:
+    """The weight-free per-image columns of generated ``g`` against reference ``r`` (``(1, 3, H, W)`` in
+    [0, 1]) for the ``--metrics`` names ``want``: ``seam``/``ds``/``pole`` (and their ``_ref``), and with
+    the input mask ``m_in`` (``(H, W)`` bool, True = input view) ``psnr``/``ssim`` on it and the
+    generated-region columns (``gen_psnr``, ``gen_ssim``, ``gen_colour``, ``gen_gradient``) outside it.
+    Images call it once per pair, videos once per frame; the dict's order is the CSV's column order."""
+    from opama_tools.eval.metrics.ds import discontinuity_score
+    from opama_tools.eval.metrics.panorama import masked_psnr, masked_ssim, pole_variance, seam_score, ssim_means
+    from opama_tools.eval.metrics.region import colour_distance, gradient_distance
+
+    row: dict = {}
+    if "seam" in want:
+        row["seam"] = float(seam_score(g)[0])
+        row["seam_ref"] = float(seam_score(r)[0])
+    if "ds" in want:
+        row["ds"] = float(discontinuity_score(g)[0])
+        row["ds_ref"] = float(discontinuity_score(r)[0])
+    if "pole" in want:
+        row["pole"] = float(pole_variance(g)[0])
+        row["pole_ref"] = float(pole_variance(r)[0])
+    if m_in is None:
+        return row
+    if "psnr" in want:
+        row["psnr"] = float(masked_psnr(g, r, m_in)[0])
+    region = "region" in want and bool((~m_in).any())
+    if region:
+        m_gen = ~m_in
+        row["gen_psnr"] = float(masked_psnr(g, r, m_gen)[0])
+        if "ssim" in want:  # one full-image SSIM map for both regions
+            s_in, s_gen = ssim_means(g, r, [m_in, m_gen])
+            row["ssim"], row["gen_ssim"] = float(s_in[0]), float(s_gen[0])
+        else:
+            row["gen_ssim"] = float(ssim_means(g, r, [m_gen])[0][0])
+    elif "ssim" in want:
+        row["ssim"] = float(masked_ssim(g, r, m_in)[0])
+    if region:
+        row["gen_colour"] = float(colour_distance(g, r, m_gen)[0])
+        row["gen_gradient"] = float(gradient_distance(g, r, m_gen)[0])
+    return row
+
+
 def score_pairs(inputs: EvalInputs, nets: Networks, opt: EvalOptions, device: str,
                 ref_caps: dict[str, str], gen_caps: dict[str, str],
                 progress: Callable[[int, int, str], None] | None = None) -> Scores:
     """Stage 3: load each pair once; per-image metrics into ``rows``, set-metric features aside."""
-    from opama_tools.eval.metrics.ds import discontinuity_score
-    from opama_tools.eval.metrics.panorama import (
-        input_coverage_mask, masked_psnr, masked_ssim, pole_variance, resize_like, seam_score, ssim_means,
-    )
-    from opama_tools.eval.metrics.region import colour_distance, gradient_distance
+    from opama_tools.eval.metrics.panorama import input_coverage_mask, resize_like
 
     want = set(opt.metrics)
     sc = Scores(sel_faces=list(range(6)) if opt.faces == 6 else list(_SIDES))
@@ -661,15 +701,7 @@ def score_pairs(inputs: EvalInputs, nets: Networks, opt: EvalOptions, device: st
             r = resize_like(r, tuple(g.shape[-2:]))
             r8 = _to_uint8_views(r)[0]
         row: dict = {"image": pair.rel}
-        if "seam" in want:
-            row["seam"] = float(seam_score(g)[0])
-            row["seam_ref"] = float(seam_score(r)[0])
-        if "ds" in want:
-            row["ds"] = float(discontinuity_score(g)[0])
-            row["ds_ref"] = float(discontinuity_score(r)[0])
-        if "pole" in want:
-            row["pole"] = float(pole_variance(g)[0])
-            row["pole_ref"] = float(pole_variance(r)[0])
+        m_in = None
         if need_masks:
             hw = tuple(g.shape[-2:])
             if hw not in masks:
@@ -680,22 +712,7 @@ def score_pairs(inputs: EvalInputs, nets: Networks, opt: EvalOptions, device: st
                     cov = _face_coverage(masks[hw], sc.sel_faces)
                     sc.lpips_gen_faces = [f for f, c in zip(sc.sel_faces, cov) if c < 0.01]
             m_in = masks[hw]
-            if "psnr" in want:
-                row["psnr"] = float(masked_psnr(g, r, m_in)[0])
-            region = "region" in want and bool((~m_in).any())
-            if region:
-                m_gen = ~m_in
-                row["gen_psnr"] = float(masked_psnr(g, r, m_gen)[0])
-                if "ssim" in want:  # one full-image SSIM map for both regions
-                    s_in, s_gen = ssim_means(g, r, [m_in, m_gen])
-                    row["ssim"], row["gen_ssim"] = float(s_in[0]), float(s_gen[0])
-                else:
-                    row["gen_ssim"] = float(ssim_means(g, r, [m_gen])[0][0])
-            elif "ssim" in want:
-                row["ssim"] = float(masked_ssim(g, r, m_in)[0])
-            if region:
-                row["gen_colour"] = float(colour_distance(g, r, m_gen)[0])
-                row["gen_gradient"] = float(gradient_distance(g, r, m_gen)[0])
+        row.update(weight_free_metrics(g, r, m_in, want))
         lp_cut = sorted(set(cut) | set(sc.lpips_gen_faces))
         if lp_cut:
             gv = _cut_views(g, lp_cut, opt.face_size)

@@ -24,6 +24,7 @@ __all__ = [
     "METRICS",
     "NETWORKS",
     "OPTIONS",
+    "VIDEO_OPTIONS",
     "ALIASES",
     "LEARNED",
     "GROUPS",
@@ -41,10 +42,10 @@ __all__ = [
 ]
 
 DIRECTIONS = ("lower", "higher", "1.0")
-GROUPS = ("input", "generated", "whole", "text", "seam")
+GROUPS = ("input", "generated", "whole", "text", "seam", "temporal")
 """Report order of the groups."""
 GROUP_TITLES = {"input": "input region", "generated": "generated region", "whole": "whole panorama",
-                "text": "text", "seam": "seam and poles", "": ""}
+                "text": "text", "seam": "seam and poles", "temporal": "temporal (video)", "": ""}
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,9 @@ class Metric:
         option: the ``--metrics`` name that requests it (``region`` for every ``gen_*``).
         networks: network keys (:data:`NETWORKS`); the metric runs with any one of them
             (the FID family once per network). Empty: weight-free.
-        scope: ``image`` (a per-image column; mean and bootstrap interval over panoramas)
-            or ``set`` (one value over the whole set).
+        scope: ``image`` (a per-image column; mean and bootstrap interval over panoramas;
+            for videos per frame), ``set`` (one value over the whole set) or ``video`` (a
+            temporal metric of videos only, per frame or frame pair; :mod:`opama_tools.eval.video`).
         region: ``input`` (pixels of the input view), ``generated`` (every other pixel)
             or ``whole``.
         on_reference: computed on the reference panoramas only (the same for every method).
@@ -153,6 +155,18 @@ METRICS: tuple[Metric, ...] = (
     Metric("pole", "pole variance", "lower", "seam", "pole", note="variance along the top/bottom rows"),
     Metric("pole_ref", "pole variance (reference)", "lower", "seam", "pole", on_reference=True,
            note="same, on the references"),
+    # temporal metrics of videos (opama_tools.eval.video, opama_tools.eval.metrics.temporal), per frame pair / frame
+    Metric("flicker", "flicker (generated)", "lower", "temporal", "flicker", scope="video", region="generated",
+           note="mean |frame t - frame t-1| outside both frames' input masks, [0, 1] units"),
+    Metric("flicker_ref", "flicker (reference)", "lower", "temporal", "flicker", scope="video", region="generated",
+           on_reference=True, note="same pixels, on the reference video: what its own motion gives"),
+    Metric("warp_error", "warping error (generated)", "lower", "temporal", "warp", scope="video", region="generated",
+           note="mean squared change after the camera-motion warp, on pixels static in the reference"),
+    Metric("warp_error_ref", "warping error (reference)", "lower", "temporal", "warp", scope="video",
+           region="generated", on_reference=True, note="same pixels, on the reference video"),
+    Metric("border", "input-border continuity", "1.0", "temporal", "border", scope="video", region="generated",
+           note="per frame: mean |inside - outside| across the input mask's border / the reference's; 1.0 = as "
+                "continuous as the reference"),
 )
 
 _BY_KEY = {m.key: m for m in METRICS}
@@ -161,12 +175,14 @@ _BY_LABEL = {m.label: m for m in METRICS}
 OPTIONS: tuple[str, ...] = ("fid", "kid", "is", "omnifid", "fidh", "faed", "clip", "lpips", "sc", "psnr", "ssim",
                             "region", "seam", "ds", "pole")
 """The ``--metrics`` names, in the order ``all`` expands to."""
+VIDEO_OPTIONS: tuple[str, ...] = ("flicker", "warp", "border")
+"""The ``--metrics`` names of the temporal metrics (videos only); for videos ``all`` includes them."""
 ALIASES = {"clipscore": "clip", "inception": "is", "generated": "region"}
 """Other spellings ``--metrics`` accepts (after lower-casing and removing ``-``)."""
 LEARNED: frozenset[str] = frozenset(o for o in OPTIONS if all(m.learned for m in METRICS if m.option == o))
 """``--metrics`` names whose every row needs a network."""
 
-assert set(OPTIONS) == {m.option for m in METRICS}
+assert set(OPTIONS) | set(VIDEO_OPTIONS) == {m.option for m in METRICS} and not set(OPTIONS) & set(VIDEO_OPTIONS)
 assert all(m.better in DIRECTIONS and m.group in GROUPS for m in METRICS)
 assert all(n in NETWORKS for m in METRICS for n in m.networks)
 
