@@ -226,6 +226,7 @@ class EvalResult:
     samples: list[tuple[str, str, str]] = field(default_factory=list)  # (name, generated path, reference path)
     scored: dict = field(default_factory=dict)
     done: dict = field(default_factory=dict)  # the job layer's done fields {"source", "settings"} of the inputs
+    per_frame: "object" = None  # videos: pandas.DataFrame, one row per frame (written as per_frame.csv)
 
     @property
     def ran_any(self) -> bool:

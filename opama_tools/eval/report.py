@@ -7,7 +7,8 @@
   missing), the pairing (unpaired and failed files), the options, and the job layer's done
   fields ``source`` and ``settings`` (:mod:`opama_tools.jobs`: the inputs' content signature
   and the settings key), which make it the run's done record;
-* ``per_image.csv``: one row per evaluated pair (pandas);
+* ``per_image.csv``: one row per evaluated pair (pandas; for videos one per clip, and
+  ``per_frame.csv`` one per frame);
 * ``report.md`` and ``report.html``: what was scored, the table of the metrics that ran
   (grouped: input region, generated region, whole panorama, text, seam and poles), one
   line for the metrics whose networks are missing, the sample grid and the plots;
@@ -150,7 +151,7 @@ def _sample_grid(result, out: Path) -> bool:
 def _plots(result, out: Path) -> bool:
     """``per_image.png``: histograms of every numeric per-image column."""
     df = result.per_image
-    cols = [c for c in df.columns if c != "image" and df[c].dtype.kind in "fi" and df[c].notna().any()]
+    cols = [c for c in df.columns if c not in ("image", "frames") and df[c].dtype.kind in "fi" and df[c].notna().any()]
     if not cols or len(df) < 2:
         return False
     import matplotlib
@@ -192,6 +193,18 @@ def check_out_dir(path: str | Path) -> None:
         raise ValueError(f"--out {p}: {q} is not writable")
 
 
+def _video_line(cfg: dict) -> str:
+    """The report's line about a video evaluation (pairs are clips)."""
+    n = cfg.get("clips", 0)
+    line = (f"videos: {n} clip{'' if n == 1 else 's'}, {cfg.get('frames', 0)} frames; input masks per frame "
+            "(input_masks.npy, else input_mask.png, else the input view); per-frame metrics are means over "
+            f"all frames, temporal ones over frame pairs; 95% interval: {cfg.get('interval') or 'bootstrap'}; "
+            f"static pixels of the warping error: reference change <= {cfg.get('static_threshold')}; "
+            "per_frame.csv has every frame")
+    skipped = cfg.get("not_for_videos") or []
+    return line + (f"; not computed for videos: {', '.join(skipped)}" if skipped else "")
+
+
 def write_report(result, out_dir: str | Path) -> list[Path]:
     """Write every report file into ``out_dir``; returns the paths written."""
     out = Path(out_dir)
@@ -205,9 +218,13 @@ def write_report(result, out_dir: str | Path) -> list[Path]:
     with atomic_path(out / "per_image.csv") as tmp:
         result.per_image.to_csv(tmp, index=False)
     written.append(out / "per_image.csv")
+    per_frame = getattr(result, "per_frame", None)
+    if per_frame is not None:  # videos: one row per frame
+        with atomic_path(out / "per_frame.csv") as tmp:
+            per_frame.to_csv(tmp, index=False)
     has_grid = _sample_grid(result, out)
     has_plot = _plots(result, out)
-    for name, ok in (("samples.png", has_grid), ("per_image.png", has_plot)):
+    for name, ok in (("samples.png", has_grid), ("per_image.png", has_plot), ("per_frame.csv", per_frame is not None)):
         if ok:
             written.append(out / name)
         elif (out / name).is_file():  # from an earlier run: would be stale
@@ -234,6 +251,9 @@ def write_report(result, out_dir: str | Path) -> list[Path]:
         f"{cfg['input_size']} px; cube faces: {cfg['faces']} x {cfg['face_size']} px; device {cfg['device']}; "
         f"{result.seconds:.1f} s",
     ]
+    video = _video_line(cfg) if cfg.get("kind") == "video" else ""
+    if video:
+        md.append(f"- {video}")
     if resized:
         md.append(f"- **--resize**: {len(resized)} references resampled to the generated size")
     md += ["", _md_table(HEAD, rows) if rows else "_no metric ran_", ""]
@@ -266,6 +286,7 @@ def write_report(result, out_dir: str | Path) -> list[Path]:
         "<h1>opama eval report</h1>",
         f"<p>scored: {html.escape(scored)}<br>generated: <code>{html.escape(cfg['gen_dir'])}</code><br>reference: "
         f"<code>{html.escape(cfg['ref_dir'])}</code><br>{html.escape(pairing)}"
+        + (f"<br>{html.escape(video)}" if video else "")
         + (f"<br><b>--resize</b>: {len(resized)} references resampled to the generated size" if resized else "")
         + "</p>",
         _html_table(HEAD, rows),

@@ -40,7 +40,7 @@ class EvalSummary:
 
     @property
     def done(self) -> int:
-        """Pairs evaluated."""
+        """Pairs evaluated (clips, for videos)."""
         return 0 if self.result is None else len(self.result.per_image)
 
     @property
@@ -73,14 +73,14 @@ class CompareSummary:
     written: list[Path]
 
 
-def finished_run(out_dir: str | Path, source: str, settings: str) -> bool:
-    """True when ``out_dir`` holds every report file and its ``metrics.json`` records this ``source``
-    signature and ``settings`` key (:func:`opama_tools.jobs.is_done`)."""
+def finished_run(out_dir: str | Path, source: str, settings: str, extra: Sequence[str] = ()) -> bool:
+    """True when ``out_dir`` holds every report file (and the ``extra`` ones) and its ``metrics.json``
+    records this ``source`` signature and ``settings`` key (:func:`opama_tools.jobs.is_done`)."""
     from opama_tools.eval.report import REPORT_FILES
     from opama_tools.jobs import is_done
 
     out = Path(out_dir)
-    return is_done(out / "metrics.json", source, settings, [out / f for f in REPORT_FILES])
+    return is_done(out / "metrics.json", source, settings, [out / f for f in (*REPORT_FILES, *extra)])
 
 
 def run_eval(
@@ -95,6 +95,10 @@ def run_eval(
 ) -> EvalSummary:
     """Evaluate ``gen_dir`` against ``ref_dir`` and write the report into ``out_dir``.
 
+    A ``gen_dir`` holding video outputs (``NAME/pano.mkv|mp4``) is evaluated as 360° videos against
+    ``REF_DIR/NAME.mkv|mp4`` (:mod:`opama_tools.eval.video`: per-frame and temporal metrics, a
+    failed pair when the frame counts differ); otherwise as panoramas.
+
     Skips the work (``skipped=True``) when ``out_dir`` already holds the report of the same
     inputs and options, unless ``overwrite``. ``method`` names the scored method in the report
     (default: from the outpainting ``meta.json``); ``progress(done, total, name)`` is called
@@ -102,11 +106,13 @@ def run_eval(
 
     Raises:
         EvalInputError: a folder, caption or weight file missing, an invalid option, nothing to
-            pair, mismatched sizes, no requested metric able to run here, or ``out_dir`` not
-            writable; nothing is written then.
+            pair, mismatched sizes, no requested metric able to run here, a broken video
+            ``meta.json``/``input_masks.npy``, or ``out_dir`` not writable; nothing is written then.
     """
     from opama_tools.eval.evaluate import collect_inputs, evaluate
+    from opama_tools.eval.registry import VIDEO_OPTIONS
     from opama_tools.eval.report import check_out_dir, write_report
+    from opama_tools.eval.video import PER_FRAME_FILE, collect_video_inputs, evaluate_videos, has_video_outputs
 
     opt = options or EvalOptions()
     gen_dir, ref_dir, out = Path(gen_dir), Path(ref_dir), Path(out_dir)
@@ -123,10 +129,19 @@ def run_eval(
     except ValueError as e:
         raise EvalInputError(str(e)) from None
     opt.validate()
-    inputs = collect_inputs(gen_dir, ref_dir, opt, method)
-    if not overwrite and finished_run(out, inputs.source, inputs.settings):
-        return EvalSummary(out, skipped=True)
-    res = evaluate(gen_dir, ref_dir, opt, progress=progress, log=log, inputs=inputs)
+    if has_video_outputs(gen_dir):
+        inputs = collect_video_inputs(gen_dir, ref_dir, opt, method)
+        if not overwrite and finished_run(out, inputs.source, inputs.settings, (PER_FRAME_FILE,)):
+            return EvalSummary(out, skipped=True)
+        res = evaluate_videos(gen_dir, ref_dir, opt, progress=progress, log=log, inputs=inputs)
+    else:
+        if not set(opt.metrics) - set(VIDEO_OPTIONS):
+            raise EvalInputError(f"--metrics {','.join(opt.metrics)}: temporal metrics need videos, and {gen_dir} "
+                                 "holds no video output (pano.mkv or pano.mp4)")
+        inputs = collect_inputs(gen_dir, ref_dir, opt, method)
+        if not overwrite and finished_run(out, inputs.source, inputs.settings):
+            return EvalSummary(out, skipped=True)
+        res = evaluate(gen_dir, ref_dir, opt, progress=progress, log=log, inputs=inputs)
     try:
         written = write_report(res, out)
     except OSError as e:
