@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from opama_tools.cli.app import app, console, err_console, fail
-from opama_tools.eval.registry import OPTIONS
+from opama_tools.eval.registry import OPTIONS, VIDEO_OPTIONS
 
 HELP = (
     "Metrics (FID, KID, IS, OmniFID, FID-h, FAED, CLIP score, LPIPS, SC, PSNR/SSIM of the input region, the "
@@ -21,6 +21,10 @@ HELP = (
     "panorama by panorama (the scenes' spread cancels), as BASE_paired.csv. Networks are never downloaded: metrics whose weights are missing "
     "are counted in one line (see `opama doctor`); when none of the requested metrics can run, one line names the "
     "missing files and where they are looked for (exit 2).\n\n"
+    "360° videos: a GEN_DIR holding GEN_DIR/NAME/pano.mkv (or pano.mp4) + meta.json + input_masks.npy is "
+    "evaluated against REF_DIR/NAME.mkv|mp4: the weight-free image metrics per frame, and flicker, warping "
+    "error and input-border continuity (--metrics flicker,warp,border), output beside reference; a clip whose "
+    "frame count differs from its reference is reported failed (exit 1), the others are scored.\n\n"
     "Example: opama eval out/generated data/laval_png --captions captions.jsonl --metrics fid,clip,region,ds --out report\n\n"
     "Example: opama eval compare report_aognet report_opama --names AOG-Net,OPa-Ma --paired --out table"
 )
@@ -32,7 +36,7 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (default: report), or the compare table's base name (default: compare)."),
     captions: Optional[Path] = typer.Option(None, "--captions", help="Reference captions JSONL {image, caption} (CLIP score, SC)."),
     gen_captions: Optional[Path] = typer.Option(None, "--gen-captions", help="Captions of the generated panoramas JSONL (SC without a local BLIP)."),
-    metrics: str = typer.Option("all", "--metrics", help=f"Comma list of {','.join(OPTIONS)} (or all)."),
+    metrics: str = typer.Option("all", "--metrics", help=f"Comma list of {','.join(OPTIONS)}, for videos also {','.join(VIDEO_OPTIONS)} (or all)."),
     faces: int = typer.Option(4, "--faces", help="Cube faces per panorama for FID/KID/IS/LPIPS: 4 (sides, as the papers) or 6."),
     face_size: int = typer.Option(299, "--face-size", help="Cube face size in pixels."),
     inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="clean-fid's inception-2015-12-05.pt (FID[inception], KID, IS)."),

@@ -184,7 +184,7 @@ def _mask_file(gen: Path, gen_dir: Path) -> Path | None:
         try:
             a = np.load(npy, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise EvalInputError(f"{npy}: not a NumPy .npy array ({_first_line(e)})") from None
+            raise EvalInputError(f"{npy}: cannot read it as a NumPy array without pickle ({_first_line(e)})") from None
         if a.dtype != np.bool_ or a.ndim != 3:
             raise EvalInputError(f"{npy}: expected a (T, H, W) bool array, got {a.dtype} of shape {tuple(a.shape)}")
         return npy
