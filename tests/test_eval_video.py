@@ -201,6 +201,18 @@ def test_frame_count_mismatch_fails_that_pair_only(tmp_path, monkeypatch):
     assert [f["path"] for f in rec["failed"]] == [str(gen / "b" / "pano.mkv")]
 
 
+def test_undecodable_reference_fails_that_pair(tmp_path):
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    write_clip(gen, "a", _flat(90))
+    write_clip(gen, "b", _flat(90))
+    write_video(ref / "a.mkv", _flat(100))
+    (ref / "b.mp4").write_text("not a video")
+    s = run_eval(gen, ref, tmp_path / "rep", _opts(metrics=("flicker",)))
+    assert s.done == 1 and s.exit_code == 1
+    (path, reason), = s.result.failed
+    assert path == str(ref / "b.mp4") and reason.startswith("cannot decode the video") and "\n" not in reason
+
+
 def test_rerun_is_skipped_until_a_video_changes(tmp_path):
     gen, ref, out = tmp_path / "gen", tmp_path / "ref", tmp_path / "rep"
     write_clip(gen, "a", _flat(90))

@@ -273,6 +273,19 @@ def _load_masks(pair: VideoPair, opt: EvalOptions, hw: tuple[int, int]) -> tuple
     return m.astype(bool), m.ndim == 3
 
 
+def _frames_of(path: Path) -> Iterator[np.ndarray]:
+    """:func:`read_frames` with a decoding error as :class:`_PairFailed` naming ``path`` (one line: the
+    reader's first line and ffmpeg's last)."""
+    try:
+        yield from read_frames(path)
+    except (OSError, RuntimeError) as e:  # imageio-ffmpeg: missing, unreadable or undecodable file
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("===")]
+        why = lines[0] if lines else type(e).__name__
+        if len(lines) > 1:
+            why += f": {lines[-1]}"
+        raise _PairFailed(path, f"cannot decode the video ({why[:300]})") from None
+
+
 def _nan_row(cols) -> dict:
     return {c: float("nan") for c in cols}
 
@@ -300,7 +313,7 @@ def score_clip(pair: VideoPair, opt: EvalOptions, frame_want: set[str], temporal
     n_gen = n_ref = 0
     t_cols = ([("flicker", "flicker_ref")] if "flicker" in temporal else []) + \
              ([("warp_error", "warp_error_ref")] if "warp" in temporal else [])
-    g_it, r_it = read_frames(pair.gen), read_frames(pair.ref)
+    g_it, r_it = _frames_of(pair.gen), _frames_of(pair.ref)
     try:
         for g8, r8 in zip_longest(g_it, r_it):
             n_gen += g8 is not None
@@ -314,7 +327,8 @@ def score_clip(pair: VideoPair, opt: EvalOptions, frame_want: set[str], temporal
             if r8.shape != g8.shape:
                 if not opt.resize:
                     raise _PairFailed(pair.gen, f"{format_hw(*hw)} but its reference {pair.ref} is "
-                                                f"{format_hw(*r8.shape[:2])} (HxW); pass --resize to resample the references")
+                                                f"{format_hw(*r8.shape[:2])} (HxW); pass --resize to resample "
+                                                "the references")
                 r8 = _to_uint8_views(resize_like(_to_tensor(r8), hw))[0]
                 if t == 0:
                     resized.append(pair.rel)
@@ -348,8 +362,6 @@ def score_clip(pair: VideoPair, opt: EvalOptions, frame_want: set[str], temporal
                     row["warp_error"], row["warp_error_ref"], _ = T.warp_error(pg, g8, pr, r8, region, prot, rot)
             rows.append(row)
             prev = (g8, r8, m, rot)
-    except (OSError, RuntimeError) as e:  # imageio-ffmpeg: missing, unreadable or undecodable file
-        raise _PairFailed(pair.gen, f"cannot decode {pair.gen} or its reference {pair.ref} ({_first_line(e)})") from None
     finally:
         g_it.close()
         r_it.close()

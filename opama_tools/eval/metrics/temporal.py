@@ -87,7 +87,9 @@ def _remap(x: torch.Tensor, a0: tuple, a1: tuple, mode: str) -> torch.Tensor:
     """``out(d) = x(R0^T R1 d)`` for ``(1, C, H, W)`` float ``x`` (grid_sample on the seam/pole-padded image)."""
     import torch.nn.functional as F
 
-    from opama_model.spherical import dir_to_lonlat, equirect_directions, lonlat_to_padded_grid, pad_equirect, rotation_matrix
+    from opama_model.spherical import (
+        dir_to_lonlat, equirect_directions, lonlat_to_padded_grid, pad_equirect, rotation_matrix,
+    )
 
     h, w = x.shape[-2:]
     r = rotation_matrix(*a0).T @ rotation_matrix(*a1)
