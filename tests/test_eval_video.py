@@ -162,6 +162,26 @@ def test_warp_error_identity_vs_known_yaw_rotation(tmp_path):
     assert T.warp_frame(noise, (5.0, 10.0, 0.0), (5.0, 10.0, 0.0)) is noise
 
 
+def test_warp_frame_follows_rotate_equi():
+    """Frames rendered by ``rotate_equi`` at two camera rotations (yaw, pitch and roll): warping the first
+    with both rotations gives the second up to resampling; the swapped rotations or no warp do not."""
+    import torch
+
+    from opama_model.spherical import equirect_directions, rotate_equi
+
+    d = equirect_directions(64, 128, dtype=torch.float64).numpy()
+    world = np.stack([0.5 + 0.4 * d[..., 0], 0.5 + 0.4 * d[..., 1] * d[..., 2], 0.5 + 0.3 * d[..., 2]], -1) * 255
+
+    def render(a):
+        return rotate_equi(torch.from_numpy(world).permute(2, 0, 1)[None], *a)[0].permute(1, 2, 0).numpy()
+
+    a0, a1 = (10.0, 5.0, 0.0), (20.0, 15.0, 3.0)
+    f0, f1 = render(a0), render(a1)
+    err = lambda x: float(np.abs(x - f1).mean() / 255)  # noqa: E731
+    assert err(T.warp_frame(f0, a0, a1)) < 1e-3  # bilinear resampling twice on a smooth image: ~1e-4
+    assert err(T.warp_frame(f0, a1, a0)) > 0.03 and err(f0) > 0.03
+
+
 def test_border_continuity_hand_value():
     m = np.zeros((H, W), bool)
     m[4:12, 8:16] = True
