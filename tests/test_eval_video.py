@@ -118,7 +118,8 @@ def test_flicker_static_zero_flickering_hand_value_and_frame_metrics(tmp_path):
     pf = pd.read_csv(tmp_path / "rep" / "per_frame.csv")
     assert len(pf) == 2 * n and pf[pf.frame == 0]["flicker"].isna().all()
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "videos: 2 clips, 8 frames" in md and "flicker (generated)" in md
+    assert "videos: 2 clips, 8 frames" in md and "flicker (generated)" in md and "![samples](samples.png)" in md
+    assert {p.name for p in s.written} >= {"per_frame.csv", "samples.png", "per_image.png", "metrics.json"}
     rec = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert rec["config"]["kind"] == "video" and rec["scored"]["method"] == "test"
 

@@ -227,6 +227,7 @@ class EvalResult:
     scored: dict = field(default_factory=dict)
     done: dict = field(default_factory=dict)  # the job layer's done fields {"source", "settings"} of the inputs
     per_frame: "object" = None  # videos: pandas.DataFrame, one row per frame (written as per_frame.csv)
+    sample_frames: list = field(default_factory=list)  # videos: (title, input mask, generated, reference) frames
 
     @property
     def ran_any(self) -> bool:

@@ -148,6 +148,30 @@ def _sample_grid(result, out: Path) -> bool:
     return True
 
 
+def _video_sample_grid(result, out: Path) -> bool:
+    """``samples.png`` of a video evaluation: one row per ``result.sample_frames`` entry ``(title, input
+    mask, generated frame, reference frame)``; columns input (reference masked) / generated / reference."""
+    frames = getattr(result, "sample_frames", None) or []
+    if not frames:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(frames), 3, figsize=(12, 2.2 * len(frames)), squeeze=False)
+    for i, (title, m, g, r) in enumerate(frames):
+        inp = np.where(m[..., None], r, np.uint8(40))
+        for j, (img, what) in enumerate(((inp, "input"), (g, "generated"), (r, "reference"))):
+            axes[i, j].imshow(img)
+            axes[i, j].set_axis_off()
+            axes[i, j].set_title(f"{what}: {title}" if j == 1 else what, fontsize=8)
+    fig.tight_layout()
+    _save_fig(fig, out / "samples.png")
+    plt.close(fig)
+    return True
+
+
 def _plots(result, out: Path) -> bool:
     """``per_image.png``: histograms of every numeric per-image column."""
     df = result.per_image
@@ -222,7 +246,7 @@ def write_report(result, out_dir: str | Path) -> list[Path]:
     if per_frame is not None:  # videos: one row per frame
         with atomic_path(out / "per_frame.csv") as tmp:
             per_frame.to_csv(tmp, index=False)
-    has_grid = _sample_grid(result, out)
+    has_grid = _video_sample_grid(result, out) if per_frame is not None else _sample_grid(result, out)
     has_plot = _plots(result, out)
     for name, ok in (("samples.png", has_grid), ("per_image.png", has_plot), ("per_frame.csv", per_frame is not None)):
         if ok:

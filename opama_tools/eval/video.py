@@ -291,8 +291,9 @@ def _nan_row(cols) -> dict:
 
 
 def score_clip(pair: VideoPair, opt: EvalOptions, frame_want: set[str], temporal: set[str],
-               resized: list[str]) -> list[dict]:
-    """Stage 3 for one clip: one row per frame (``clip``, ``frame``, the per-frame columns of
+               resized: list[str]) -> tuple[list[dict], tuple]:
+    """Stage 3 for one clip: ``(rows, last)``, ``last`` = the last frame's ``(input mask, generated,
+    reference)`` (the report's sample). One row per frame (``clip``, ``frame``, the per-frame columns of
     :func:`~opama_tools.eval.evaluate.weight_free_metrics`, ``border``, and from frame 1 on the frame
     pair's ``flicker``/``flicker_ref``/``warp_error``/``warp_error_ref``; NaN at frame 0). Reads both
     videos frame by frame, keeping only the previous frame.
@@ -374,7 +375,7 @@ def score_clip(pair: VideoPair, opt: EvalOptions, frame_want: set[str], temporal
     if pair.rotations is not None and len(pair.rotations) != n_gen:
         raise _PairFailed(pair.gen.parent / "meta.json",
                           f"{len(pair.rotations)} video.rotations but the video {pair.gen} has {n_gen} frames")
-    return rows
+    return rows, (prev[2], prev[0], prev[1])
 
 
 def pooled_mean_ci(groups: list[np.ndarray], reps: int, seed: int) -> tuple[float, float, float, int, str]:
@@ -454,14 +455,16 @@ def evaluate_videos(gen_dir: str | Path, ref_dir: str | Path, options: EvalOptio
     if skipped:
         say(f"videos: {len(skipped)} requested metrics are not computed for videos ({', '.join(skipped)}); "
             f"computed: {', '.join(frame + temporal)}")
-    rows, clip_rows, failed, resized = [], [], [], []
+    rows, clip_rows, failed, resized, samples = [], [], [], [], []
     for k, pair in enumerate(inputs.pairs):
         try:
-            clip = score_clip(pair, opt, set(frame), set(temporal), resized)
+            clip, last = score_clip(pair, opt, set(frame), set(temporal), resized)
         except _PairFailed as e:
             failed.append((str(e.path), e.reason))
             clip = []
         if clip:
+            if len(samples) < 4:
+                samples.append((f"{pair.rel} (frame {len(clip) - 1})", *last))
             rows += clip
             df = pd.DataFrame(clip)
             means = {c: float(np.nanmean(df[c].to_numpy(dtype=float))) if df[c].notna().any() else float("nan")
@@ -481,4 +484,5 @@ def evaluate_videos(gen_dir: str | Path, ref_dir: str | Path, options: EvalOptio
                      config, time.perf_counter() - t0, scored=inputs.scored,
                      done=done_fields(inputs.source, inputs.settings))
     res.per_frame = per_frame
+    res.sample_frames = samples
     return res
