@@ -74,8 +74,9 @@ PER_FRAME_FILE = "per_frame.csv"
 def read_frames(path: str | Path) -> Iterator[np.ndarray]:
     """The frames of a video file as uint8 RGB ``(H, W, 3)`` arrays, in order (imageio-ffmpeg).
 
-    The only video reader of the video eval; :mod:`opama_tools.videos`'s ``read_frames`` replaces it.
-    Raises OSError/RuntimeError (from imageio-ffmpeg) when the file cannot be decoded.
+    The only video reader of the video eval; :mod:`opama_tools.videos`'s ``read_frames`` replaces it
+    (same contract). Raises OSError/RuntimeError (imageio-ffmpeg) or ValueError when the file cannot
+    be decoded.
     """
     import imageio_ffmpeg
 
@@ -278,7 +279,7 @@ def _frames_of(path: Path) -> Iterator[np.ndarray]:
     reader's first line and ffmpeg's last)."""
     try:
         yield from read_frames(path)
-    except (OSError, RuntimeError) as e:  # imageio-ffmpeg: missing, unreadable or undecodable file
+    except (OSError, RuntimeError, ValueError) as e:  # missing, unreadable or undecodable file
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("===")]
         why = lines[0] if lines else type(e).__name__
         if len(lines) > 1:
