@@ -234,6 +234,19 @@ def test_undecodable_reference_fails_that_pair(tmp_path):
     assert path == str(ref / "b.mp4") and reason.startswith("cannot decode the video") and "\n" not in reason
 
 
+def test_size_mismatch_fails_unless_resize(tmp_path):
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    write_clip(gen, "a", _flat(90))
+    write_video(ref / "a.mkv", [np.full((2 * H, 2 * W, 3), 90, np.uint8)] * 4)
+    s = run_eval(gen, ref, tmp_path / "rep", _opts(metrics=("flicker", "psnr")))
+    (path, reason), = s.result.failed
+    assert s.exit_code == 1 and path == str(gen / "a" / "pano.mkv") and f"{2 * H}x{2 * W}" in reason
+    assert "--resize" in reason
+    s = run_eval(gen, ref, tmp_path / "rep2", _opts(metrics=("flicker", "psnr"), resize=True))
+    assert s.exit_code == 0 and s.result.config["resized"] == ["a"]
+    assert {m.key: m.value for m in s.result.metrics}["psnr"] == 100.0  # flat 90 resampled is still 90
+
+
 def test_rerun_is_skipped_until_a_video_changes(tmp_path):
     gen, ref, out = tmp_path / "gen", tmp_path / "ref", tmp_path / "rep"
     write_clip(gen, "a", _flat(90))

@@ -130,7 +130,8 @@ def _print_table(res) -> None:
     console.print(f"scored: {scored_line(res.scored, Path(res.config['gen_dir']).name)}", highlight=False, markup=False)
     if res.config.get("resized"):
         console.print(f"--resize: {len(res.config['resized'])} references resampled to the generated size", highlight=False)
-    t = Table(title=f"opama eval: {len(res.per_image)} pairs")
+    unit = "clips" if res.config.get("kind") == "video" else "pairs"
+    t = Table(title=f"opama eval: {len(res.per_image)} {unit}")
     for h in ("metric", "value", "95% interval", "better", "n"):
         t.add_column(h, no_wrap=h not in ("95% interval", "metric"))
     group = None

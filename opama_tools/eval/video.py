@@ -325,7 +325,8 @@ def score_clip(pair: VideoPair, opt: EvalOptions, frame_want: set[str], temporal
             t = n_gen - 1
             hw = g8.shape[:2]
             if hw[1] != 2 * hw[0] or hw[0] < 8:
-                raise _PairFailed(pair.gen, f"not a 2:1 equirect video of at least 8x16 px ({format_hw(*hw)}, HxW)")
+                raise _PairFailed(pair.gen, f"not a 2:1 equirect video of at least 8x16 px "
+                                            f"({format_hw(*hw)}, HxW)")
             if r8.shape != g8.shape:
                 if not opt.resize:
                     raise _PairFailed(pair.gen, f"{format_hw(*hw)} but its reference {pair.ref} is "
@@ -342,8 +343,8 @@ def score_clip(pair: VideoPair, opt: EvalOptions, frame_want: set[str], temporal
             rot = None
             if pair.rotations is not None:
                 if t >= len(pair.rotations):
-                    raise _PairFailed(pair.gen.parent / "meta.json",
-                                      f"{len(pair.rotations)} video.rotations but the video {pair.gen} has more frames")
+                    raise _PairFailed(pair.gen.parent / "meta.json", f"{len(pair.rotations)} video.rotations but "
+                                                                     f"the video {pair.gen} has more frames")
                 rot = pair.rotations[t]
             row: dict = {"clip": pair.rel, "frame": t}
             if frame_want:
