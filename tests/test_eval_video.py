@@ -2,7 +2,7 @@
 per-frame image metrics, flicker, warping error under a known rotation, input-border continuity,
 a frame-count mismatch (that pair failed, exit 1, the others scored) and bad inputs (one line, exit 2).
 
-Videos are written losslessly (FFV1 in Matroska, RGB) where the values are checked exactly."""
+Videos are written by opama_tools.videos, losslessly (FFV1 in Matroska) where the values are checked exactly."""
 
 from __future__ import annotations
 
@@ -21,24 +21,21 @@ from opama_tools.eval import registry
 from opama_tools.eval.evaluate import EvalOptions
 from opama_tools.eval.metrics import temporal as T
 from opama_tools.eval.run import run_eval
-from opama_tools.eval.video import has_video_outputs, list_videos, read_frames
+from opama_tools.eval.video import has_video_outputs, list_videos
+from opama_tools.videos import read_frames
 
 runner = CliRunner()
 H, W = 16, 32
 
 
 def write_video(path: Path, frames: list[np.ndarray], lossless: bool = True) -> Path:
-    """Frames (uint8 ``(H, W, 3)``) as FFV1/RGB Matroska (``lossless``) or H.264 MP4, 10 fps."""
-    import imageio_ffmpeg
+    """Frames (uint8 ``(H, W, 3)``) as FFV1 Matroska (``lossless``, path ``.mkv``) or H.264 MP4, 10 fps."""
+    from opama_tools.videos import VideoWriter
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    kw = dict(codec="ffv1", pix_fmt_out="bgr0") if lossless else dict(quality=9)
-    wr = imageio_ffmpeg.write_frames(str(path), (w, h), fps=10, macro_block_size=1, **kw)
-    wr.send(None)
-    for f in frames:
-        wr.send(np.ascontiguousarray(f))
-    wr.close()
+    with VideoWriter(path, 10, lossless=lossless) as w:
+        for f in frames:
+            w.append(np.ascontiguousarray(f))
     return path
 
 

@@ -53,7 +53,6 @@ __all__ = [
     "VIDEO_SUFFIXES",
     "FRAME_OPTIONS",
     "VideoPair",
-    "read_frames",
     "list_videos",
     "has_video_outputs",
     "pair_videos",
@@ -69,25 +68,6 @@ VIDEO_SUFFIXES = (".mkv", ".mp4")
 FRAME_OPTIONS = ("psnr", "ssim", "region", "seam", "ds", "pole")
 """The ``--metrics`` names computed on every frame of a video (the weight-free per-image ones)."""
 PER_FRAME_FILE = "per_frame.csv"
-
-
-def read_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """The frames of a video file as uint8 RGB ``(H, W, 3)`` arrays, in order (imageio-ffmpeg).
-
-    The only video reader of the video eval; :mod:`opama_tools.videos`'s ``read_frames`` replaces it
-    (same contract). Raises OSError/RuntimeError (imageio-ffmpeg) or ValueError when the file cannot
-    be decoded.
-    """
-    import imageio_ffmpeg
-
-    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
-    try:
-        meta = next(gen)
-        w, h = meta["size"]
-        for buf in gen:
-            yield np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3).copy()
-    finally:
-        gen.close()
 
 
 @dataclass
@@ -275,8 +255,10 @@ def _load_masks(pair: VideoPair, opt: EvalOptions, hw: tuple[int, int]) -> tuple
 
 
 def _frames_of(path: Path) -> Iterator[np.ndarray]:
-    """:func:`read_frames` with a decoding error as :class:`_PairFailed` naming ``path`` (one line: the
-    reader's first line and ffmpeg's last)."""
+    """The frames of ``path`` (:func:`opama_tools.videos.read_frames`: uint8 RGB ``(H, W, 3)``, in order),
+    a reading error as :class:`_PairFailed` naming ``path`` (one line)."""
+    from opama_tools.videos import read_frames
+
     try:
         yield from read_frames(path)
     except (OSError, RuntimeError, ValueError) as e:  # missing, unreadable or undecodable file
@@ -284,6 +266,8 @@ def _frames_of(path: Path) -> Iterator[np.ndarray]:
         why = lines[0] if lines else type(e).__name__
         if len(lines) > 1:
             why += f": {lines[-1]}"
+        for name in (str(path), path.name):  # the reader's message may name the file already
+            why = why.removeprefix(f"{name}: ")
         raise _PairFailed(path, f"cannot decode the video ({why[:300]})") from None
 
 
