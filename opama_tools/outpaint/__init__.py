@@ -7,7 +7,9 @@ Library entry points (the CLI and the demo call the same ones):
 * :func:`read_rows` (a CSV or a folder) or :class:`Row` / :func:`parse_input_spec` by hand;
 * :func:`outpaint_batch` (resumable, atomic, spread over ``accelerate launch`` processes) or
   :func:`outpaint_row` for one panorama folder;
-* :func:`write_viewer` (``index.html``), :func:`write_video` (``pano.mp4``).
+* :func:`write_viewer` (``index.html``), :func:`write_video` (``pano.mp4``);
+* for a panorama video: :func:`write_video_viewer` (``index.html`` playing ``pano.mp4``) and
+  :func:`write_look_around_video` (``look.mp4``).
 
 Names are imported on first use, so that importing the package (and checking the CLI's
 arguments with :mod:`.inputs` and :mod:`.run`) does not import torch.
@@ -36,8 +38,12 @@ _WHERE = {
     "load_model": "runner",
     "outpaint_batch": "runner",
     "outpaint_row": "runner",
+    "perspective_views": "video",
+    "write_look_around_video": "video",
     "write_video": "video",
+    "video_viewer_html": "viewer",
     "viewer_html": "viewer",
+    "write_video_viewer": "viewer",
     "write_viewer": "viewer",
 }
 
@@ -66,5 +72,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from .run import OutpaintError, OutpaintSummary, run_outpaint
     from .runner import (BatchResult, OutpaintModel, OutpaintSettings, check_row, distributed_context, load_model,
                          outpaint_batch, outpaint_row)
-    from .video import write_video
-    from .viewer import viewer_html, write_viewer
+    from .video import perspective_views, write_look_around_video, write_video
+    from .viewer import video_viewer_html, viewer_html, write_video_viewer, write_viewer
