@@ -1,7 +1,16 @@
-"""``pano.mp4``: a look-around video of a panorama (yaw 0 -> 360 degrees at pitch 0), H.264 via imageio-ffmpeg."""
+"""Look-around videos, H.264 via imageio-ffmpeg.
+
+* :func:`write_video` (``pano.mp4`` of an image job): a perspective camera turning once around the
+  horizon of one panorama.
+* :func:`write_look_around_video` (``look.mp4`` of a video job): the same camera over a panorama
+  *video*, output frame ``t`` cut from panorama frame ``t`` at yaw ``360 t / T`` degrees.
+
+Both cut their views with :func:`perspective_views` (bilinear :func:`~opama_model.spherical.equi_to_pers`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +19,56 @@ import torch
 from opama_model.spherical import equi_to_pers, pad_equirect
 from opama_tools.io import atomic_path
 
-__all__ = ["look_around_frames", "write_video"]
+__all__ = ["look_around_frames", "perspective_views", "write_look_around_video", "write_video"]
 
 
-def look_around_frames(panorama: np.ndarray, n_frames: int = 120, size: tuple[int, int] = (360, 640),
-                       fov: float = 90.0, pitch: float = 0.0, chunk: int = 16):
-    """Yield ``n_frames`` uint8 ``(h, w, 3)`` views at yaw ``360 k / n_frames`` (degrees), bilinear."""
-    x = torch.from_numpy(np.ascontiguousarray(panorama)).permute(2, 0, 1)[None].float()
+def perspective_views(panorama: np.ndarray, yaws: Sequence[float], size: tuple[int, int] = (360, 640),
+                      fov: float = 90.0, pitch: float = 0.0, chunk: int = 16) -> Iterator[np.ndarray]:
+    """Yield one uint8 ``(h, w, 3)`` view of ``panorama`` (uint8 ``(H, W, 3)`` equirect) per yaw (degrees).
+
+    Bilinear, ``size`` = ``(h, w)``, horizontal ``fov`` and ``pitch`` in degrees; ``chunk`` views are cut at once.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(panorama[..., :3])).permute(2, 0, 1)[None].float()
     padded = pad_equirect(x, 1)
-    yaws = [360.0 * k / n_frames for k in range(n_frames)]
-    for k in range(0, n_frames, chunk):
+    yaws = [float(y) for y in yaws]
+    for k in range(0, len(yaws), chunk):
         ys = yaws[k:k + chunk]
         views = equi_to_pers(padded, ys, [pitch] * len(ys), [fov] * len(ys), size, padded=True)[0]
         for v in views:
             yield v.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def look_around_frames(panorama: np.ndarray, n_frames: int = 120, size: tuple[int, int] = (360, 640),
+                       fov: float = 90.0, pitch: float = 0.0, chunk: int = 16) -> Iterator[np.ndarray]:
+    """Yield ``n_frames`` uint8 ``(h, w, 3)`` views at yaw ``360 k / n_frames`` (degrees), bilinear."""
+    return perspective_views(panorama, [360.0 * k / n_frames for k in range(n_frames)], size, fov, pitch, chunk)
+
+
+def _write_frames(path: str | Path, frames: Iterable[np.ndarray], fps: float, expected: int | None = None) -> int:
+    """Encode uint8 ``(h, w, 3)`` RGB frames to an H.264 MP4 (yuv420p) at ``path``, atomically; returns the count.
+
+    Raises:
+        RuntimeError: imageio-ffmpeg is not installed (``pip install imageio-ffmpeg``).
+        ValueError: no frames, or not ``expected`` of them (nothing is written).
+    """
+    try:
+        import imageio.v2 as iio
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        raise RuntimeError("--video needs imageio-ffmpeg (pip install imageio-ffmpeg)") from None
+    n = 0
+    with atomic_path(path) as tmp:
+        writer = iio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=7,
+                                macro_block_size=8, pixelformat="yuv420p", ffmpeg_log_level="error")
+        try:
+            for frame in frames:
+                writer.append_data(frame)
+                n += 1
+        finally:
+            writer.close()
+        if n == 0 or (expected is not None and n != expected):
+            raise ValueError(f"{path}: got {n} frames, expected {expected if expected is not None else '>= 1'}")
+    return n
 
 
 def write_video(path: str | Path, panorama: np.ndarray, *, seconds: float = 6.0, fps: int = 30,
@@ -33,18 +78,42 @@ def write_video(path: str | Path, panorama: np.ndarray, *, seconds: float = 6.0,
     Raises:
         RuntimeError: imageio-ffmpeg is not installed (``pip install imageio-ffmpeg``).
     """
-    try:
-        import imageio.v2 as iio
-        import imageio_ffmpeg  # noqa: F401
-    except ImportError:
-        raise RuntimeError("--video needs imageio-ffmpeg (pip install imageio-ffmpeg)") from None
     n = max(2, round(seconds * fps))
-    with atomic_path(path) as tmp:
-        writer = iio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=7,
-                                macro_block_size=8, pixelformat="yuv420p", ffmpeg_log_level="error")
-        try:
-            for frame in look_around_frames(panorama, n, size, fov):
-                writer.append_data(frame)
-        finally:
-            writer.close()
+    _write_frames(path, look_around_frames(panorama, n, size, fov), fps)
+    return Path(path)
+
+
+def write_look_around_video(path: str | Path, frames: Iterable[np.ndarray], fps: float, *,
+                            n_frames: int | None = None, size: tuple[int, int] = (360, 640), fov: float = 90.0,
+                            pitch: float = 0.0, turns: float = 1.0) -> Path:
+    """Write a look-around of a panorama video: output frame ``t`` is panorama frame ``t`` at yaw ``360 turns t / T``.
+
+    Args:
+        path: the MP4 to write (H.264, yuv420p, atomically; nothing is left on error).
+        frames: the panorama frames, uint8 ``(H, W, 3)`` equirect, read once (a generator is fine).
+        fps: frames per second of the output (the clip's).
+        n_frames: ``T``, the number of frames; defaults to ``len(frames)``, needed when ``frames`` has no length.
+        size: ``(h, w)`` of the output; ``fov`` (horizontal) and ``pitch`` in degrees.
+        turns: full turns over the clip (>= 1: the camera sees the whole horizon once).
+
+    Raises:
+        ValueError: no ``n_frames`` for an iterator, ``turns < 1``, or fewer/more frames than ``n_frames``.
+        RuntimeError: imageio-ffmpeg is not installed.
+    """
+    if n_frames is None:
+        if not hasattr(frames, "__len__"):
+            raise ValueError("write_look_around_video: pass n_frames when frames has no len()")
+        n_frames = len(frames)  # type: ignore[arg-type]
+    if n_frames < 1:
+        raise ValueError(f"write_look_around_video: n_frames must be >= 1, got {n_frames}")
+    if turns < 1:
+        raise ValueError(f"write_look_around_video: turns must be >= 1 (a full turn), got {turns}")
+
+    def views() -> Iterator[np.ndarray]:
+        for t, pano in enumerate(frames):
+            if t >= n_frames:
+                raise ValueError(f"{path}: more panorama frames than n_frames={n_frames}")
+            yield from perspective_views(pano, [360.0 * turns * t / n_frames], size, fov, pitch)
+
+    _write_frames(path, views(), fps, expected=n_frames)
     return Path(path)
