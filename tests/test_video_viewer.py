@@ -3,7 +3,6 @@
 import html
 import json
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -12,18 +11,12 @@ import pytest
 iio = pytest.importorskip("imageio.v2")
 pytest.importorskip("imageio_ffmpeg", reason="imageio-ffmpeg not installed")
 
+from test_outpaint import _chromium  # noqa: E402  (the same skip as the panorama viewer's test)
+
 from opama_tools.outpaint.video import perspective_views, write_look_around_video  # noqa: E402
 from opama_tools.outpaint.viewer import video_viewer_html, write_video_viewer  # noqa: E402
 
 H, W, T, FPS = 64, 128, 20, 10
-
-
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
 
 
 def _clip_frames():
@@ -229,3 +222,40 @@ def test_look_around_video_bad_input_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_look_around_video(tmp_path / "a.mp4", frames, FPS, size=(16, 32))  # len() gives n_frames
     assert len(_read(tmp_path / "a.mp4")) == 3
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium installed (CI installs it: .ci/run)")
+@pytest.mark.parametrize("view", [(0, 0, 90), (180, 0, 90), (30, 80, 120), (-100, -60, 60)])
+def test_viewer_renders_the_perspective_view(tmp_path, view):
+    """The shared renderer (here on a panorama page) shows what equi_to_pers cuts: across the seam, near a pole."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from opama_tools.outpaint.viewer import write_viewer
+
+    yy, xx = np.mgrid[0:256, 0:512] + 0.5
+    lon, lat = (xx / 512 - 0.5) * 2 * np.pi, (0.5 - yy / 256) * np.pi
+    pano = np.stack([128 + 90 * np.sin(lon) * np.cos(lat), 128 + 50 * np.sin(2 * lat) + 60 * np.sin(8 * lon) * np.cos(lat),
+                     128 + 90 * np.cos(lon + 1) * np.cos(lat)], -1).round().astype(np.uint8)
+    write_viewer(tmp_path / "index.html", pano)
+    yaw, pitch, fov = view
+    page = tmp_path / "probe.html"
+    page.write_text((tmp_path / "index.html").read_text().replace(
+        "</body>", "<pre id='probe'></pre><script>(function poll() { if (document.body.dataset.ready)"
+        " document.getElementById('probe').textContent = document.getElementById('view').toDataURL();"
+        " else setTimeout(poll, 20); })();</script></body>"))
+    res = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--window-size=320,200",
+                          "--virtual-time-budget=5000", "--dump-dom", page.as_uri() + f"?yaw={yaw}&pitch={pitch}&fov={fov}"],
+                         capture_output=True, text=True, timeout=120)
+    m = re.search(r'<pre id="probe">data:image/png;base64,([^<]+)</pre>', res.stdout)
+    assert m, res.stdout[-2000:]
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(m.group(1)))).convert("RGB")).astype(int)
+    want = next(perspective_views(pano, [yaw], got.shape[:2], fov, pitch)).astype(int)
+    err = np.abs(got - want)
+    assert err.mean() < 1.5 and np.percentile(err, 99) < 6, (err.mean(), np.percentile(err, 99))
+    for off in ((2, 0, 0), (0, 2, 0), (0, 0, 4)):  # a view 2 degrees off (or 4 degrees wider) would show
+        y, p, f = yaw + off[0], pitch + off[1], fov + off[2]
+        other = next(perspective_views(pano, [y], got.shape[:2], f, p)).astype(int)
+        assert np.abs(got - other).mean() > 2 * err.mean(), off

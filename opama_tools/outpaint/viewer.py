@@ -49,7 +49,7 @@ function opamaViewer(cv, hud, source, hudSuffix) {
 
   // Triangles of the current view: screen corners and the affine map source pixel -> screen pixel.
   function buildMesh(w, h, sw, sh) {
-    const f = Math.tan(fov * R / 2) / (w / 2);           // image-plane units per screen pixel
+    const f = Math.tan(fov * R / 2) / ((w - 1) / 2);     // image-plane units per pixel (fov spans the end pixels' centres)
     const cy = Math.cos(yaw * R), sy = Math.sin(yaw * R), cp = Math.cos(pitch * R), sp = Math.sin(pitch * R);
     function uv(px, py) {                                 // screen point (pixel edges) -> equirect (u, v) in pixels
       const x = (px - w / 2) * f, y = (h / 2 - py) * f;
