@@ -1,4 +1,4 @@
-"""Look-around videos, H.264 via imageio-ffmpeg.
+"""Look-around videos (H.264 MP4, written by :class:`opama_tools.videos.VideoWriter`).
 
 * :func:`write_video` (``pano.mp4`` of an image job): a perspective camera turning once around the
   horizon of one panorama.
@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from opama_model.spherical import equi_to_pers, pad_equirect
-from opama_tools.io import atomic_path
 
 __all__ = ["look_around_frames", "perspective_views", "write_look_around_video", "write_video"]
 
@@ -45,30 +44,21 @@ def look_around_frames(panorama: np.ndarray, n_frames: int = 120, size: tuple[in
 
 
 def _write_frames(path: str | Path, frames: Iterable[np.ndarray], fps: float, expected: int | None = None) -> int:
-    """Encode uint8 ``(h, w, 3)`` RGB frames to an H.264 MP4 (yuv420p) at ``path``, atomically; returns the count.
+    """Encode uint8 ``(h, w, 3)`` RGB frames (even h and w) to a browser-playable H.264 MP4 at ``path``, atomically,
+    with :class:`opama_tools.videos.VideoWriter`; returns the number of frames.
 
     Raises:
-        RuntimeError: imageio-ffmpeg is not installed (``pip install imageio-ffmpeg``).
-        ValueError: no frames, or not ``expected`` of them (nothing is written).
+        RuntimeError: imageio-ffmpeg is not installed (``pip install imageio-ffmpeg``), or ffmpeg failed.
+        ValueError: no frames, not ``expected`` of them, or an odd size (nothing is written).
     """
-    try:
-        import imageio.v2 as iio
-        import imageio_ffmpeg  # noqa: F401
-    except ImportError:
-        raise RuntimeError("--video needs imageio-ffmpeg (pip install imageio-ffmpeg)") from None
-    n = 0
-    with atomic_path(path) as tmp:
-        writer = iio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=7,
-                                macro_block_size=8, pixelformat="yuv420p", ffmpeg_log_level="error")
-        try:
-            for frame in frames:
-                writer.append_data(frame)
-                n += 1
-        finally:
-            writer.close()
-        if n == 0 or (expected is not None and n != expected):
-            raise ValueError(f"{path}: got {n} frames, expected {expected if expected is not None else '>= 1'}")
-    return n
+    from opama_tools.videos import VideoWriter
+
+    with VideoWriter(path, fps) as writer:
+        for frame in frames:
+            writer.append(frame)
+        if expected is not None and writer.frames != expected:
+            raise ValueError(f"{path}: got {writer.frames} frames, expected {expected}")
+    return writer.frames
 
 
 def write_video(path: str | Path, panorama: np.ndarray, *, seconds: float = 6.0, fps: int = 30,
