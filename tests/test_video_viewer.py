@@ -8,13 +8,11 @@ import subprocess
 import numpy as np
 import pytest
 
-iio = pytest.importorskip("imageio.v2")
-pytest.importorskip("imageio_ffmpeg", reason="imageio-ffmpeg not installed")
+from test_outpaint import _chromium  # the same skip as the panorama viewer's test
 
-from test_outpaint import _chromium  # noqa: E402  (the same skip as the panorama viewer's test)
-
-from opama_tools.outpaint.video import perspective_views, write_look_around_video  # noqa: E402
-from opama_tools.outpaint.viewer import video_viewer_html, write_video_viewer  # noqa: E402
+from opama_tools.outpaint.video import perspective_views, write_look_around_video
+from opama_tools.outpaint.viewer import video_viewer_html, write_video_viewer
+from opama_tools.videos import VideoWriter, read_frames
 
 H, W, T, FPS = 64, 128, 20, 10
 
@@ -33,11 +31,9 @@ def _clip_frames():
 
 
 def _write_clip(path, frames):
-    w = iio.get_writer(path, format="FFMPEG", mode="I", fps=FPS, codec="libx264", quality=9, macro_block_size=8,
-                       pixelformat="yuv420p", ffmpeg_log_level="error")
-    for f in frames:
-        w.append_data(f)
-    w.close()
+    with VideoWriter(path, FPS) as w:
+        for f in frames:
+            w.append(f)
 
 
 def _bar(row):
@@ -48,10 +44,7 @@ def _bar(row):
 
 
 def _read(path):
-    r = iio.get_reader(path, format="FFMPEG")
-    frames = [np.asarray(f) for f in r]
-    r.close()
-    return frames
+    return list(read_frames(path))
 
 
 # Test-only probe appended to the page: a snapshot of the rendered canvas (statistics and its middle row) once
@@ -203,7 +196,7 @@ def test_look_around_video_cuts_frame_t_at_its_yaw(tmp_path):
     for t in range(12):
         want = next(perspective_views(frames[t], [360.0 * t / 12], (48, 64), 80.0)).astype(int)
         err = np.abs(got[t].astype(int) - want).mean()
-        assert err < 4, (t, err)
+        assert err < 3, (t, err)  # H.264 at CRF 18 with 4:2:0 chroma: ~1.6 levels here
         # and not another frame's cut or another yaw
         other = next(perspective_views(frames[(t + 6) % 12], [360.0 * t / 12], (48, 64), 80.0)).astype(int)
         turned = next(perspective_views(frames[t], [360.0 * t / 12 + 60], (48, 64), 80.0)).astype(int)
