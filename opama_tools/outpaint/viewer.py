@@ -16,7 +16,8 @@ turn. ``index.html?yaw=90&pitch=10&fov=75`` opens at that direction.
 * :func:`viewer_html` / :func:`write_viewer`: one panorama, embedded as a JPEG data URI (no other file).
 * :func:`video_viewer_html` / :func:`write_video_viewer`: plays the equirect MP4 beside the page (looped,
   muted), with play/pause (button or space) and the time; an optional poster (a small inline JPEG) is shown
-  until the video has a frame.
+  until the video has a frame. The ``<video>`` itself stays on screen as a small map of the whole equirect
+  frame (a hidden video may be paused or not decoded by the browser).
 """
 
 from __future__ import annotations
@@ -209,7 +210,8 @@ canvas.drag { cursor: grabbing; }
 #bar { position: fixed; right: 8px; bottom: 8px; color: #ddd; font: 12px monospace; display: flex; gap: 6px;
        align-items: center; background: rgba(0, 0, 0, .45); padding: 3px 6px; border-radius: 3px; }
 #bar button { font: 12px sans-serif; min-width: 4.5em; }
-#src { position: fixed; left: 0; top: 0; width: 1px; height: 1px; opacity: 0; pointer-events: none; }
+#src { position: fixed; right: 8px; top: 8px; width: 160px; height: 80px; opacity: .8; pointer-events: none;
+       border: 1px solid rgba(255, 255, 255, .4); background: #000; }
 </style></head>
 <body><canvas id="view"></canvas><div id="hud">loading...</div>__BODY__
 <script>
