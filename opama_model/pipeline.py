@@ -516,6 +516,8 @@ class OPaMaPipeline(DiffusionPipeline):
         output_type: str = "pil",
         callback: Callable[[int, int, ViewStep], None] | None = None,
         return_dict: bool = True,
+        canvas: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
     ):
         """Outpaint one panorama.
 
@@ -536,6 +538,9 @@ class OPaMaPipeline(DiffusionPipeline):
             view_fov: horizontal fov of the generated views, degrees.
             output_type: ``"pil"``, ``"np"`` or ``"pt"``.
             callback: called after each step as ``callback(k, n_steps, step)``.
+            canvas, known: instead of ``images``, a pre-pasted canvas ``(1, 3, H, W)`` in [-1, 1] (8-bit
+                levels where known: they are written back unchanged) and its known mask ``(1, 1, H, W)``
+                bool (equirect inpainting: known = everything outside the mask). Both or neither.
 
         Returns:
             :class:`OPaMaPipelineOutput` (or ``(images, input_mask, info)``).
@@ -557,12 +562,25 @@ class OPaMaPipeline(DiffusionPipeline):
         images = list(images or [])
         if directions is None:
             directions = [(0.0, 0.0, 90.0)] * len(images)
+        if (canvas is None) != (known is None):
+            raise ValueError("canvas and known go together: give both or neither")
+        if canvas is not None:
+            if images:
+                raise ValueError("give images or a pre-pasted canvas, not both")
+            if tuple(canvas.shape) != (1, 3, height, width) or tuple(known.shape) != (1, 1, height, width):
+                raise ValueError(f"canvas (1, 3, {height}, {width}) and known (1, 1, {height}, {width}) expected, "
+                                 f"got {tuple(canvas.shape)} and {tuple(known.shape)}")
 
         # 1. inputs and plan
         with timer("plan"):
-            canvas, known = paste_inputs(images, directions, (height, width), device=device)
+            if canvas is None:
+                canvas, known = paste_inputs(images, directions, (height, width), device=device)
+                first_view = not images
+            else:
+                canvas, known = canvas.to(device=device, dtype=torch.float32), known.to(device=device, dtype=torch.bool)
+                first_view = not bool(known.any())
             input_mask = known.clone()
-            steps, _ = plan_views(known, schedule, view_fov, size, first_view=not images)
+            steps, _ = plan_views(known, schedule, view_fov, size, first_view=first_view)
             sched = make_scheduler(proc.scheduler, self.scheduler.config)
             sched.set_timesteps(proc.steps, device=device)
             n_evals = len(sched.timesteps)
@@ -584,31 +602,13 @@ class OPaMaPipeline(DiffusionPipeline):
         faces_cache = FaceCache() if reuse_faces else None
         for k, step in enumerate(steps):
             calls0 = self.unet_calls
-            # 3. inputs at the view
-            with timer("cut"):
-                if self.conditioner is None:  # the UNet's inputs only: no cube faces, no GMA images
-                    inp = ViewInputs(*cut_view_only(canvas, known, step.yaw, step.pitch, view_fov, size),
-                                     faces=None, gma_images=None)
-                else:
-                    inp = cut_view(canvas, known, step.yaw, step.pitch, view_fov, size)
-            if bool(inp.unknown.any()) != step.generate:
+            # 3. the view: cut, condition, denoise, decode (known view pixels kept)
+            view_text, which = self._view_text(step.pitch, text, text_up, text_down)
+            view_out, generated = self._generate_view(
+                canvas, known, step.yaw, step.pitch, view_fov, size, view_text, null_text, sched, proc, guided,
+                generator=generator, faces_cache=faces_cache, timer=timer)
+            if generated != step.generate:
                 raise RuntimeError("internal: the plan and the loop disagree on a view")
-            view_out = inp.view
-            which = ("up" if text_up is not None and step.pitch >= 45
-                     else "down" if text_down is not None and step.pitch <= -45 else "main")
-            view_text = dict(up=text_up, down=text_down, main=text)[which]
-            if step.generate:
-                with timer("condition"):
-                    tokens, residuals = self._condition(inp, view_text, faces_cache)
-                with timer("encode_image"):
-                    masked_latents = self._vae_encode(inp.masked_image)
-                    lat_mask = F.interpolate(inp.unknown, size=masked_latents.shape[-2:])
-                with timer("denoise"):
-                    latents = self._denoise(sched, proc, guided, tokens, residuals, lat_mask, masked_latents,
-                                            generator, null=null_text)
-                with timer("decode"):
-                    decoded = self._vae_decode(latents)
-                view_out = torch.where(inp.unknown > 0.5, decoded, inp.view)
             # 4. paste back only the unknown canvas pixels
             with timer("paste"):
                 pasted, cover = pers_to_equi(view_out.unsqueeze(1), step.yaw, step.pitch, view_fov,
@@ -658,6 +658,54 @@ class OPaMaPipeline(DiffusionPipeline):
             return out, mask_np, info
         return OPaMaPipelineOutput(images=out, input_mask=mask_np, info=info)
 
+    @staticmethod
+    def _view_text(pitch: float, text: torch.Tensor, text_up: torch.Tensor | None,
+                   text_down: torch.Tensor | None) -> tuple[torch.Tensor, str]:
+        """The caption states of a view at ``pitch`` (degrees) and which: ``"up"`` (pitch >= 45 with
+        ``text_up``), ``"down"`` (pitch <= -45 with ``text_down``) or ``"main"``."""
+        which = ("up" if text_up is not None and pitch >= 45
+                 else "down" if text_down is not None and pitch <= -45 else "main")
+        return dict(up=text_up, down=text_down, main=text)[which], which
+
+    def _generate_view(self, canvas: torch.Tensor, known: torch.Tensor, yaw: float, pitch: float, fov: float,
+                       size: int, text: torch.Tensor, null_text: torch.Tensor | None, sched, proc: Procedure,
+                       guided: int, *, generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                       faces_cache: "FaceCache | None" = None, init: torch.Tensor | None = None,
+                       strength: float = 1.0, timer: "_Timer | None" = None) -> tuple[torch.Tensor, bool]:
+        """One view of the loop: cut ``(yaw, pitch, fov)`` (degrees) at ``size`` px from the canvas
+        ``(1, 3, H, W)`` / ``known (1, 1, H, W)``, condition, VAE-encode the masked view, denoise,
+        decode, and keep the known view pixels.
+
+        ``noise``: the initial noise ``(1, 4, s, s)`` (None: drawn from ``generator``). ``init``: a view
+        image ``(1, 3, S, S)`` in [-1, 1] whose VAE latent, noised to ``strength`` in (0, 1], starts
+        the denoising (img2img; see :meth:`_denoise`); None or strength 1: pure noise.
+
+        Returns:
+            ``(view (1, 3, S, S) in [-1, 1], generated)``: without unknown view pixels no model runs
+            (``generated`` False) and the view is the canvas's.
+        """
+        timer = timer if timer is not None else _Timer()
+        with timer("cut"):
+            if self.conditioner is None:  # the UNet's inputs only: no cube faces, no GMA images
+                inp = ViewInputs(*cut_view_only(canvas, known, yaw, pitch, fov, size), faces=None, gma_images=None)
+            else:
+                inp = cut_view(canvas, known, yaw, pitch, fov, size)
+        if not bool(inp.unknown.any()):
+            return inp.view, False
+        with timer("condition"):
+            tokens, residuals = self._condition(inp, text, faces_cache)
+        with timer("encode_image"):
+            masked_latents = self._vae_encode(inp.masked_image)
+            lat_mask = F.interpolate(inp.unknown, size=masked_latents.shape[-2:])
+            init_latents = None if init is None or strength >= 1 else self._vae_encode(init)
+        with timer("denoise"):
+            latents = self._denoise(sched, proc, guided, tokens, residuals, lat_mask, masked_latents,
+                                    generator, null=null_text, noise=noise, init_latents=init_latents,
+                                    strength=strength)
+        with timer("decode"):
+            decoded = self._vae_decode(latents)
+        return torch.where(inp.unknown > 0.5, decoded, inp.view), True
+
     def _condition(self, inp, text: torch.Tensor, cache: "FaceCache | None" = None
                    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Conditional tokens ``(1, T, D)`` and GMA residuals of one view (once per view).
@@ -690,11 +738,20 @@ class OPaMaPipeline(DiffusionPipeline):
 
     def _denoise(self, sched, proc: Procedure, guided: int, tokens: torch.Tensor,
                  residuals: list[torch.Tensor] | None, lat_mask: torch.Tensor, masked_latents: torch.Tensor,
-                 generator: torch.Generator, null: torch.Tensor | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None, null: torch.Tensor | None = None,
+                 noise: torch.Tensor | None = None, init_latents: torch.Tensor | None = None,
+                 strength: float = 1.0) -> torch.Tensor:
         """Denoise one view's latent ``(1, 4, h, w)`` with guidance in the first ``guided`` evaluations.
 
         ``null``: the null branch's tokens ``(1, T, D)`` (the empty caption's states when there is no
         conditioner); None: the conditioner's learned null tokens. ``residuals`` None: no GMA.
+        ``noise``: the initial noise (None: drawn from ``generator``, CPU, float32).
+
+        Partial noising (``init_latents`` given and ``strength < 1``; diffusers' img2img semantics): of
+        the ``steps`` inference steps only the last ``floor(steps * strength)`` run, starting from
+        ``scheduler.add_noise(init_latents, noise, t_start)``; guidance stays on the evaluations of
+        the full schedule's first ``guided`` (so a low strength may run unguided). Otherwise the
+        start is ``noise * init_noise_sigma`` (the image path).
         """
         device = masked_latents.device
         b = masked_latents.shape[0]
@@ -712,10 +769,26 @@ class OPaMaPipeline(DiffusionPipeline):
             both_res = None if residuals is None else [torch.cat((r, r)) for r in residuals]
         sched.set_timesteps(proc.steps, device=device)
         shape = (b, int(self.unet.config.out_channels), *masked_latents.shape[-2:])
-        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device) * sched.init_noise_sigma
-        for i, t in enumerate(sched.timesteps):
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}")
+        noise = noise.to(device)
+        timesteps, start = sched.timesteps, 0
+        if init_latents is None or strength >= 1:
+            latents = noise * sched.init_noise_sigma
+        else:
+            n_run = min(int(math.floor(proc.steps * strength + 1e-9)), proc.steps)
+            if n_run < 1:
+                return init_latents.float()
+            start = (proc.steps - n_run) * sched.order
+            timesteps = sched.timesteps[start:]
+            if hasattr(sched, "set_begin_index"):
+                sched.set_begin_index(start)
+            latents = sched.add_noise(init_latents.float(), noise, timesteps[:1])
+        for i, t in enumerate(timesteps):
             x = torch.cat((sched.scale_model_input(latents, t), lat_mask, masked_latents), dim=1)
-            if i >= guided:
+            if start + i >= guided:
                 eps = self._unet(x, t, tokens, residuals)
             elif proc.batched_cfg:
                 eps_c, eps_u = self._unet(torch.cat((x, x)), t, both_tokens, both_res, both_mask).chunk(2)
