@@ -10,11 +10,14 @@ The method (``docs/model.md``, "360° video"):
 * **Frame t > 0**: the state is the previous output with frame t's input pasted (outpaint: the photo
   at its direction; inpaint: every pixel outside the mask). Only a region ``R_t`` is regenerated:
   the pixels that were input at t-1 and are not at t (newly uncovered by a turning camera or a
-  growing mask) and the generated pixels within ``band`` degrees of input pixels that changed by
-  more than ``change_threshold`` 8-bit levels since the previous output (moving content at the
-  input's border must continue outside it; a pan's newly covered pixels count as changed where
-  the photo differs from what was generated there). An empty ``R_t`` costs no UNet call: a
-  static clip gives exactly the same frame again.
+  shrinking footprint / growing mask) and the generated pixels within ``band`` degrees of input
+  pixels that changed by more than ``change_threshold`` 8-bit levels since t-1 (moving content
+  at the input's border must continue outside it). Only pixels that are input at both frames can
+  change: a turning camera over a static world changes no content, the state already holds what
+  was generated there, and the newly covered pixels simply overwrite it (a seam with the old
+  generation may remain at the leading edge: regenerating a band ahead of it every frame would
+  fix it at the price of flicker in exactly the region that matters for temporal consistency).
+  An empty ``R_t`` costs no UNet call: a static clip gives exactly the same frame again.
 * **Few views.** ``R_t`` is regenerated with one square view centred on the input direction
   (inpaint: on ``R_t``'s mean direction, rounded to 5 degrees so that it is stable over frames)
   whose fov holds ``R_t`` plus ``context`` degrees of known surroundings (rounded up to 10
@@ -22,7 +25,9 @@ The method (``docs/model.md``, "360° video"):
   loop's fov (as :func:`~opama_model.pipeline.plan_views`). Each view: known = everything but
   ``R_t``; initial latent = the VAE latent of the current state's view, noised to ``strength``
   with **a fixed noise per view direction** (drawn from the seed and the direction, the same
-  every frame), denoised by the inpainting UNet; only ``R_t`` is pasted back.
+  every frame), denoised by the inpainting UNet; only ``R_t`` is pasted back, the band with a
+  ramp (weight 1 next to the input, falling in 4 steps to 1/4 at ``band`` degrees) over the previous
+  pixels, so that no seam appears at the band's outer edge (newly uncovered pixels: weight 1).
 * **Keyframes** (every ``keyframe_every`` frames, 0 = none after frame 0): the pixels regenerated
   since the previous keyframe (dilated by ``band``) are refreshed together, at
   ``keyframe_strength``, from the propagated state, so that regions regenerated piecewise over
@@ -200,6 +205,21 @@ def dilate_degrees(mask: torch.Tensor, degrees: float) -> torch.Tensor:
     return (count > 0.5)[None, None]
 
 
+BAND_LEVELS = 4
+"""Steps of the band's blending ramp (:func:`_band_weight`)."""
+
+
+def _band_weight(inputs: torch.Tensor, band: float) -> torch.Tensor:
+    """``(1, 1, H, W)`` float: 1 within ``band / BAND_LEVELS`` degrees of ``inputs`` (bool), falling
+    in :data:`BAND_LEVELS` steps to ``1 / BAND_LEVELS`` at ``band`` degrees (regenerated band pixels
+    continue the input at its border and fade into the previous frame's pixels outwards: no seam at
+    the band's outer edge)."""
+    w = torch.zeros(inputs.shape, dtype=torch.float32, device=inputs.device)
+    for k in range(BAND_LEVELS, 0, -1):
+        w = torch.where(dilate_degrees(inputs, band * k / BAND_LEVELS), torch.tensor(1 - (k - 1) / BAND_LEVELS), w)
+    return w
+
+
 def _needed_fov(region: torch.Tensor, yaw: float, pitch: float) -> float:
     """Square-view fov (degrees) that holds every pixel of ``region (1, 1, H, W)`` seen from
     ``(yaw, pitch)``; 360 when some pixel is not in front."""
@@ -240,13 +260,16 @@ def _view_noise(seed: int, yaw: float, pitch: float, shape: tuple[int, ...]) -> 
 def regenerate_region(pipe: OPaMaPipeline, canvas: torch.Tensor, region: torch.Tensor, *, centre: tuple[float, float],
                       strength: float, seed: int, text: torch.Tensor, text_up, text_down, null_text,
                       sched, proc: Procedure, guided: int, view_fov: float, temporal: TemporalSettings,
-                      timer: _Timer, kind: str = "regenerate") -> tuple[torch.Tensor, list[dict]]:
+                      timer: _Timer, kind: str = "regenerate", weight: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, list[dict]]:
     """Regenerate ``region (1, 1, H, W)`` of ``canvas (1, 3, H, W)`` (the rest is known and never written).
 
     One view centred at ``centre`` (degrees) whose fov holds the region plus ``temporal.context``
     (rounded up to 10 degrees, at most ``temporal.max_fov``), then greedy completion views at
     ``view_fov`` over what it could not hold. Each view starts from the VAE latent of the canvas's
-    view noised to ``strength`` with :func:`_view_noise`. Returns the new canvas and the views' info.
+    view noised to ``strength`` with :func:`_view_noise`. ``weight (1, 1, H, W)`` in [0, 1]: the
+    regenerated values are blended over the old ones with it (None: replaced). Returns the new canvas
+    and the views' info.
     """
     size = pipe.view_size
     hw = tuple(canvas.shape[-2:])
@@ -269,6 +292,8 @@ def regenerate_region(pipe: OPaMaPipeline, canvas: torch.Tensor, region: torch.T
             pasted, cover = pers_to_equi(view_out.unsqueeze(1), yaw, pitch, fov, hw, feather=0.0)
             new = (cover > 0) & remaining
             if generated:
+                if weight is not None:
+                    pasted = canvas + weight * (pasted - canvas)
                 canvas = torch.where(new, pasted, canvas)
             n_new = int(new.sum())
             remaining = remaining & ~new
@@ -440,9 +465,14 @@ def outpaint_video(pipe: OPaMaPipeline, frames: Iterable[Any], directions: Any =
                 result_views = []
                 with timer("regions"):
                     diff = (inp_canvas - state).abs().amax(1, keepdim=True) * 127.5
-                    changed = inp_known & (diff > temporal.change_threshold + 1e-3)
+                    # content motion: input at both frames and different (a pan's newly covered pixels are not)
+                    changed = inp_known & prev_input & (diff > temporal.change_threshold + 1e-3)
                     state = torch.where(inp_known, inp_canvas, state)
-                    region = (prev_input & ~inp_known) | (~inp_known & dilate_degrees(changed, temporal.band))
+                    uncovered = prev_input & ~inp_known
+                    region = uncovered | (~inp_known & dilate_degrees(changed, temporal.band))
+                    weight = _band_weight(inp_known, temporal.band) if bool(region.any()) else None
+                    if weight is not None:
+                        weight = torch.where(uncovered, torch.ones_like(weight), weight)
                 if direction is not None:
                     centre = (direction[0], direction[1])
                 else:
@@ -453,7 +483,7 @@ def outpaint_video(pipe: OPaMaPipeline, frames: Iterable[Any], directions: Any =
                     state, vs = regenerate_region(
                         pipe, state, region, centre=centre, strength=temporal.strength, seed=seed, text=text,
                         text_up=text_up, text_down=text_down, null_text=null_text, sched=sched, proc=proc,
-                        guided=guided, view_fov=view_fov, temporal=temporal, timer=timer)
+                        guided=guided, view_fov=view_fov, temporal=temporal, timer=timer, weight=weight)
                     result_views += vs
                     since_key = since_key | region
                 regenerated = int(region.sum())
