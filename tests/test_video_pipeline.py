@@ -71,6 +71,25 @@ def test_static_clip_is_exactly_static_and_costs_no_unet_pass(pipe):
         assert r.unet_passes == 0 and r.regenerated_pixels == 0 and not r.keyframe
 
 
+def test_keyframes_refresh_what_was_regenerated_and_blend_it_in(pipe):
+    dirs = [(3.0 * t, 0.0, 90.0) for t in range(5)]
+    frames = [world_photo(d[0], obj=30 + 5 * t) for t, d in enumerate(dirs)]
+    ts = TemporalSettings(keyframe_every=2, blend_frames=2)
+    res = run(pipe, frames, dirs, temporal=ts)
+    assert [r.index for r in res if r.keyframe] == [0, 2, 4]
+    plain = run(pipe, frames[:2], dirs[:2], temporal=TemporalSettings(keyframe_every=0))
+    np.testing.assert_array_equal(res[1].image, plain[1].image)  # no keyframe yet: the same frame
+    for r, f, d in zip(res, frames, dirs):
+        canvas, known = paste_inputs([f], [d], (H, W))
+        np.testing.assert_array_equal(r.image[r.input_mask], to_uint8(canvas)[r.input_mask])
+        if r.index:
+            kinds = {v["kind"] for v in r.views}
+            assert ("keyframe" in kinds) == r.keyframe
+            assert r.unet_passes == sum(v["unet_calls"] for v in r.views)
+    # a static clip never refreshes: nothing was regenerated
+    assert [r.index for r in run(pipe, [frames[0]] * 5, temporal=ts) if r.keyframe] == [0]
+
+
 def test_object_moving_inside_the_view_keeps_each_frames_photo(pipe):
     frames = [world_photo(0, -12 + 4 * t) for t in range(4)]  # the block stays away from the border
     res = run(pipe, frames)
