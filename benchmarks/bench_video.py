@@ -59,7 +59,8 @@ def main() -> None:
     ap.add_argument("--pan", type=float, default=3.0, help="camera yaw step per frame, degrees")
     ap.add_argument("--procedure", default="fast")
     ap.add_argument("--clips", default="static,inside,cross")
-    ap.add_argument("--keyframe-every", type=int, default=None, help="TemporalSettings.keyframe_every (default: its default)")
+    ap.add_argument("--keyframe-every", type=int, default=None,
+                    help="TemporalSettings.keyframe_every (default: its default)")
     ap.add_argument("--strength", type=float, default=None, help="TemporalSettings.strength (default: its default)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="write the results here")
@@ -90,7 +91,8 @@ def main() -> None:
         if clip == "static":
             dirs = [(0.0, 0.0, 90.0)] * args.frames
         row = {}
-        knobs = {k: v for k, v in (("keyframe_every", args.keyframe_every), ("strength", args.strength)) if v is not None}
+        knobs = {k: v for k, v in (("keyframe_every", args.keyframe_every), ("strength", args.strength))
+                 if v is not None}
         for name, ts in (("temporal", TemporalSettings(**knobs)), ("independent", TemporalSettings(independent=True))):
             t0 = time.perf_counter()
             res = list(outpaint_video(pipe, frames, dirs, "a room", height=args.height, width=2 * args.height,
@@ -105,7 +107,8 @@ def main() -> None:
             r = row[name]
             print(f"{clip:7s} {name:12s} flicker {r['flicker']:.4f}  passes {r['unet_passes_per_frame']}  "
                   f"ratio mean {r['mean_pass_ratio_after_first']:.4f} max {r['max_pass_ratio_after_first']:.4f}  "
-                  f"keyframes {r['keyframes']}  s/frame0 {secs[0]:.2f}  s/later frame {r['seconds_per_later_frame']:.3f}",
+                  f"keyframes {r['keyframes']}  s/frame0 {secs[0]:.2f}  "
+                  f"s/later frame {r['seconds_per_later_frame']:.3f}",
                   flush=True)
         ft, fi = row["temporal"]["flicker"], row["independent"]["flicker"]
         row["flicker_ratio_independent_over_temporal"] = fi / ft if ft > 0 else None

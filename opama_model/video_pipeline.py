@@ -28,7 +28,10 @@ The method (``docs/model.md``, "360° video"):
   every frame), denoised by the inpainting UNet; only ``R_t`` is pasted back, the band with a
   ramp (weight 1 next to the input, falling in 4 steps to 1/4 at ``band`` degrees) over the previous
   pixels, so that no seam appears at the band's outer edge (newly uncovered pixels: weight 1).
-* **Keyframes** (every ``keyframe_every`` frames, 0 = none after frame 0): the pixels regenerated
+* **Keyframes** (every ``keyframe_every`` frames; default 0 = none after frame 0, because a refresh
+  is a change of the whole accumulated region: on the demo model a keyframe at frame 12 of a
+  14-frame clip raised the mean flicker from 0.036 to 0.085 levels, ``benchmarks/bench_video.py``;
+  use them on long clips where the band drifts): the pixels regenerated
   since the previous keyframe (dilated by ``band``) are refreshed together, at
   ``keyframe_strength``, from the propagated state, so that regions regenerated piecewise over
   several frames become one coherent fill; the refresh is **blended in** over ``blend_frames``
@@ -91,7 +94,7 @@ class TemporalSettings:
         max_fov: widest regeneration view, degrees (beyond: greedy completion views).
     """
 
-    keyframe_every: int = 12
+    keyframe_every: int = 0
     strength: float = 0.5
     band: float = 8.0
     change_threshold: float = 8.0
