@@ -379,6 +379,9 @@ def outpaint_video(pipe: OPaMaPipeline, frames: Iterable[Any], directions: Any =
             per_frame_dirs = [check_direction(d) for d in directions]
             if not per_frame_dirs:
                 raise ValueError("directions: an empty sequence")
+            if hasattr(frames, "__len__") and len(frames) > len(per_frame_dirs):
+                raise ValueError(f"directions: {len(per_frame_dirs)} given, no direction for frame "
+                                 f"{len(per_frame_dirs)} of {len(frames)}")
     if isinstance(masks, (np.ndarray, torch.Tensor)) and np.asarray(masks).ndim == 2:
         one_mask = np.asarray(masks)
         masks = None

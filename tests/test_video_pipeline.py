@@ -53,6 +53,23 @@ def test_settings_are_validated():
             TemporalSettings(**kw)
 
 
+def test_bad_frames_masks_and_directions_are_one_line_errors(pipe):
+    eq = np.zeros((H, W, 3), np.uint8)
+    cases = [
+        (dict(frames=[eq], masks=np.zeros((H, W + 2), bool)), "mask of frame 0"),
+        (dict(frames=[eq[:, :100]], masks=np.zeros((H, W), bool)), "frame 0"),
+        (dict(frames=[eq], masks=np.zeros((H, W), bool), directions=(0, 0, 90)), "directions"),
+        (dict(frames=[world_photo(0)], directions=(0, 0, 200)), "fov"),
+        (dict(frames=[world_photo(0)] * 2, directions=[(0, 0, 90)]), "no direction for frame 1"),
+    ]
+    for kw, match in cases:
+        kw.setdefault("directions", None)
+        with pytest.raises(ValueError, match=match) as e:
+            list(outpaint_video(pipe, kw.pop("frames"), kw.pop("directions"), "a room", procedure=PROC,
+                                schedule=SHORT, **kw))
+        assert "\n" not in str(e.value)
+
+
 def test_frame0_is_the_image_pipeline_and_independent_frames_too(pipe):
     frames = [world_photo(0, 10), world_photo(0, 14)]
     res = run(pipe, frames, (0.0, 0.0, 90.0), seed=5, temporal=TemporalSettings(independent=True))
