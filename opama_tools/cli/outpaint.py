@@ -12,7 +12,9 @@ from opama_tools.cli.app import app, console, err_console, fail
     help="Outpaint photo(s) and/or a sentence into a full 360° equirectangular panorama.\n\n"
     "Writes OUT/pano.png, input_mask.png, index.html (drag-to-look viewer), meta.json (+ cube faces, pano.mp4); "
     "with --batch, OUT/<name>/... per row (resumable). Angles in degrees: yaw right, pitch up, fov horizontal.\n\n"
-    'Example: opama outpaint --preset tiny --input view.png@0,0,90 --prompt "a living room" --out out/pano'
+    "A video input gives a 360° video: OUT/pano.mp4 (equirect), input_masks.npy, index.html (player), meta.json.\n\n"
+    'Example: opama outpaint --preset tiny --input view.png@0,0,90 --prompt "a living room" --out out/pano\n\n'
+    'Video: opama outpaint --preset tiny --input clip.mp4@0,0,90 --prompt "a beach" --out out/video'
 )
 def outpaint(
     out: Path = typer.Option(..., "--out", help="Output folder (one panorama; or the batch's root)."),
@@ -39,6 +41,15 @@ def outpaint(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps (under accelerate launch: each process's GPU)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo panoramas already done."),
+    trajectory: Path = typer.Option(None, "--trajectory", help="Video: CSV frame,yaw,pitch,fov (degrees) of a turning camera; "
+                                    "frames between listed ones are interpolated."),
+    mask: Path = typer.Option(None, "--mask", help="Video edit: PNG or video of masks (white = regenerate) for "
+                              "--input PANO.mp4@equirect."),
+    keyframe_every: int = typer.Option(None, "--keyframe-every", help="Video: refresh the generated region every K frames (0 = never)."),
+    strength: float = typer.Option(None, "--strength", help="Video: partial noising of the previous frame's result, 0..1."),
+    band: float = typer.Option(None, "--band", help="Video: width (degrees) of the band around the input that follows its motion."),
+    independent: bool = typer.Option(False, "--independent", help="Video: every frame a full panorama (the per-frame baseline; flickers)."),
+    lossless: bool = typer.Option(False, "--lossless", help="Video: also write pano.mkv, the frames bit-exact (FFV1)."),
     sd2_inpaint: Path = typer.Option(None, "--sd2-inpaint", help="Local stable-diffusion-2-inpainting folder."),
     sd2_clip: Path = typer.Option(None, "--sd2-clip", help="Local stable-diffusion-2-1-unclip folder."),
 ) -> None:
@@ -72,7 +83,9 @@ def outpaint(
             out, model=model, preset=preset, random_weights=random_weights, conditioner=conditioner,
             inputs=inputs or [], prompt=prompt, prompt_up=prompt_up, prompt_down=prompt_down, batch=batch, procedure=procedure, steps=steps, guidance=guidance,
             scheduler=scheduler, size=size, views=views, seed=seed, video=video, cube=cube, device=device,
-            dtype=dtype, overwrite=overwrite, paths=paths, progress=progress, view_progress=view_progress)
+            dtype=dtype, overwrite=overwrite, paths=paths, progress=progress, view_progress=view_progress,
+            trajectory=trajectory, mask=mask, keyframe_every=keyframe_every, strength=strength, band=band,
+            independent=independent, lossless=lossless)
     except OutpaintError as e:
         raise fail(str(e), 2) from None
     finally:
@@ -80,7 +93,8 @@ def outpaint(
             bar.stop()
     if summary.single:
         state = "already done (same inputs and options; --overwrite redoes it)" if summary.skipped else "written"
-        console.print(f"outpaint: {out}/pano.png {state}", highlight=False)
+        made = "pano.mp4" if summary.video else "pano.png"
+        console.print(f"outpaint: {out}/{made} {state}", highlight=False)
         return
     for name, reason in summary.failed:
         err_console.print(f"[red]failed[/] {escape(name)}: {escape(reason)}", highlight=False, soft_wrap=True)

@@ -13,37 +13,59 @@ import numpy as np
 
 from opama_model.directions import check_direction
 
-__all__ = ["IMAGE_EXTS", "InputSpec", "Row", "parse_input_spec", "read_rows", "read_input_image"]
+__all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "InputSpec", "Row", "parse_input_spec", "read_rows", "read_input_image"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+"""Suffixes of video inputs (a clip gives a 360-degree video, :mod:`.video_job`)."""
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One input photo: its file and direction (degrees: yaw right, pitch up, horizontal fov)."""
+    """One input photo or clip: its file and direction (degrees: yaw right, pitch up, horizontal fov).
+
+    ``equirect``: the file is an equirectangular 360-degree video (``PATH@equirect``), to be edited
+    inside a mask, not pasted at a direction.
+    """
 
     path: Path
     yaw: float = 0.0
     pitch: float = 0.0
     fov: float = 90.0
+    equirect: bool = False
 
     @property
     def direction(self) -> tuple[float, float, float]:
         return (self.yaw, self.pitch, self.fov)
 
+    @property
+    def is_video(self) -> bool:
+        """The file is a video (by its suffix, :data:`VIDEO_EXTS`)."""
+        return self.path.suffix.lower() in VIDEO_EXTS
+
 
 @dataclass(frozen=True)
 class Row:
-    """One panorama to make: ``name`` (its folder in a batch), input photos (none = text only), caption.
+    """One panorama (or 360-degree video) to make: ``name`` (its folder in a batch), inputs (none =
+    text only), caption.
 
     ``error``: why the row cannot be made (a bad batch CSV row); :func:`outpaint_batch` reports it
-    as failed at its turn and goes on with the other rows.
+    as failed at its turn and goes on with the other rows. ``trajectory`` (a clip's per-frame
+    directions, CSV ``frame,yaw,pitch,fov``) and ``mask`` (white = regenerate, for an ``@equirect``
+    video) apply to a video row only.
     """
 
     name: str
     inputs: tuple[InputSpec, ...] = ()
     prompt: str = ""
     error: str = ""
+    trajectory: Path | None = None
+    mask: Path | None = None
+
+    @property
+    def is_video(self) -> bool:
+        """Any input is a video (:mod:`.video_job` checks there is exactly one)."""
+        return any(s.is_video for s in self.inputs)
 
 
 def _angles(text: str) -> tuple[float, float, float] | None:
@@ -58,8 +80,13 @@ def _angles(text: str) -> tuple[float, float, float] | None:
     return nums[0], nums[1], nums[2] if len(nums) == 3 else 90.0
 
 
-def _split_spec(text: str, base: Path | None) -> tuple[Path, tuple[float, float, float] | None]:
-    """``IMG[@yaw,pitch[,fov]]`` -> (path, angles or None when none were given); see :func:`parse_input_spec`."""
+EQUIRECT = ("equirect",)
+"""What :func:`_split_spec` returns for ``PATH@equirect``."""
+
+
+def _split_spec(text: str, base: Path | None) -> tuple[Path, tuple | None]:
+    """``IMG[@yaw,pitch[,fov]]`` -> (path, angles or None when none were given, or :data:`EQUIRECT`);
+    see :func:`parse_input_spec`."""
     text = text.strip()
 
     def resolve(p: str) -> Path:
@@ -71,6 +98,8 @@ def _split_spec(text: str, base: Path | None) -> tuple[Path, tuple[float, float,
     if "@" not in text or resolve(text).exists():
         return resolve(text), None
     head, _, tail = text.rpartition("@")
+    if tail.strip().lower() == "equirect" and head.strip():
+        return resolve(head), EQUIRECT
     angles = _angles(tail)
     if angles is None:
         raise ValueError(f"input {text!r}: no such file, and {tail!r} after the last '@' is not "
@@ -85,16 +114,19 @@ def _split_spec(text: str, base: Path | None) -> tuple[Path, tuple[float, float,
 
 
 def parse_input_spec(text: str, base: Path | None = None) -> InputSpec:
-    """``IMG[@yaw,pitch[,fov]]`` (degrees; default ``@0,0,90``) -> :class:`InputSpec`.
+    """``IMG[@yaw,pitch[,fov]]`` (degrees; default ``@0,0,90``) or ``VIDEO@equirect`` -> :class:`InputSpec`.
 
     A path that exists as given wins (``photo@2x.png``); otherwise the text splits at its **last**
-    ``@`` when what follows is ``yaw,pitch[,fov]`` numbers. Relative paths are taken under ``base``.
+    ``@`` when what follows is ``yaw,pitch[,fov]`` numbers (or ``equirect``). Relative paths are
+    taken under ``base``.
 
     Raises:
         ValueError: no path, out-of-range angles, or a missing file whose ``@`` suffix is not
             angles (message names the spec).
     """
     path, angles = _split_spec(text, base)
+    if angles is EQUIRECT:
+        return InputSpec(path, equirect=True)
     return InputSpec(path, *(angles or (0.0, 0.0, 90.0)))
 
 
@@ -121,9 +153,10 @@ def read_rows(batch: str | Path, prompt: str = "") -> list[Row]:
     """Rows of a batch: a CSV file or a folder of photos.
 
     * CSV (header required): ``image`` (a path relative to the CSV, or several
-      ``IMG[@yaw,pitch,fov]`` joined by ``;``, or empty for text only), optional ``prompt``,
-      ``yaw``, ``pitch``, ``fov`` (degrees, for a single image without ``@``) and ``name``
-      (output folder; default the image's stem, or ``row_NNNNN``). A row with bad angles
+      ``IMG[@yaw,pitch,fov]`` joined by ``;``, or empty for text only; or one video clip, or
+      ``VIDEO@equirect``), optional ``prompt``, ``yaw``, ``pitch``, ``fov`` (degrees, for a single
+      image without ``@``), ``name`` (output folder; default the image's stem, or ``row_NNNNN``)
+      and, for a video, ``trajectory`` and ``mask`` (paths relative to the CSV). A row with bad angles
       becomes a :class:`Row` with its ``error`` ("file, row N: reason"), made by nobody.
     * folder: every ``.png/.jpg/.jpeg`` under it (sorted, recursive), at ``@0,0,90``, with
       ``prompt``; ``name`` = relative path without suffix.
@@ -156,6 +189,9 @@ def read_rows(batch: str | Path, prompt: str = "") -> list[Row]:
                 parts = [s.strip() for s in image.split(";") if s.strip()]
                 for part in parts:
                     path, given = _split_spec(part, batch.parent)
+                    if given is EQUIRECT:
+                        specs.append(InputSpec(path, equirect=True))
+                        continue
                     angles = [(rec.get(k) or "").strip() for k in ("yaw", "pitch", "fov")]
                     if given is None and len(parts) == 1 and any(angles):
                         try:
@@ -173,7 +209,13 @@ def read_rows(batch: str | Path, prompt: str = "") -> list[Row]:
                 error = f"{where}: {e}"
             name = (rec.get("name") or "").strip() or (_row_name(specs[0] if specs else None, i) if not error
                                                        else _bad_row_name(image, i))
-            rows.append(Row(name, tuple(specs) if not error else (), row_prompt, error))
+            extra = {}
+            for col in ("trajectory", "mask"):  # a video row's files, relative to the CSV
+                value = (rec.get(col) or "").strip()
+                if value:
+                    q = Path(value).expanduser()
+                    extra[col] = q if q.is_absolute() else batch.parent / q
+            rows.append(Row(name, tuple(specs) if not error else (), row_prompt, error, **extra))
     else:
         raise ValueError(f"{batch}: no such CSV file or folder")
     seen: set[str] = set()

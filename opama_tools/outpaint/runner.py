@@ -162,6 +162,10 @@ class OutpaintSettings:
     ``pano.mp4``; ``viewer``: write ``index.html``; ``views``: the generated views' schedule
     ``(yaw, pitch)`` degrees (None: AOG-Net's 21, as the model was trained; completion views follow);
     ``prompt_up``/``prompt_down``: captions of the views with pitch >= 45 / <= -45 degrees (None: the row's).
+
+    Video rows only (:mod:`.video_job`): ``keyframe_every``, ``strength``, ``band`` (degrees) override
+    :class:`~opama_model.video_pipeline.TemporalSettings`' defaults; ``independent``: every frame a
+    full panorama (the per-frame baseline); ``lossless``: also write ``pano.mkv`` (bit-exact frames).
     """
 
     procedure: str = "fast"
@@ -176,6 +180,13 @@ class OutpaintSettings:
     views: tuple[tuple[float, float], ...] | None = None
     prompt_up: str | None = None
     prompt_down: str | None = None
+    keyframe_every: int | None = None
+    strength: float | None = None
+    band: float | None = None
+    independent: bool = False
+    lossless: bool = False
+
+    VIDEO_ONLY = ("keyframe_every", "strength", "band", "independent", "lossless")
 
     def __post_init__(self) -> None:
         from opama_model.pipeline import PROCEDURES, SCHEDULERS
@@ -223,7 +234,8 @@ def check_row(row: Row, model: OutpaintModel, settings: OutpaintSettings) -> tup
         images.append(read_input_image(spec.path))
     signature = source_signature([spec.path for spec in row.inputs])
     # cube, video and viewer only add files: the done check asks for them by name
-    options = {k: v for k, v in asdict(settings).items() if k not in ("size", "cube", "video", "viewer")}
+    options = {k: v for k, v in asdict(settings).items()
+               if k not in ("size", "cube", "video", "viewer", *OutpaintSettings.VIDEO_ONLY)}
     key = settings_key("outpaint", dict(directions=[list(s.direction) for s in row.inputs], prompt=row.prompt,
                                         model=model.digest, size=[h, w], **options))
     return images, signature, key
@@ -273,7 +285,8 @@ def outpaint_row(row: Row, model: OutpaintModel, folder: str | Path, settings: O
     folder.mkdir(parents=True, exist_ok=True)
     (folder / META).unlink(missing_ok=True)  # the folder is "not done" until the new meta.json lands
     wanted = set(settings.output_files())
-    for stale in ["index.html", "pano.mp4", *(f"cube_{n}.png" for n in CUBE_NAMES)]:
+    for stale in ["index.html", "pano.mp4", "pano.mkv", "input_masks.npy", "look.mp4",
+                  *(f"cube_{n}.png" for n in CUBE_NAMES)]:
         if stale not in wanted:  # outputs of an earlier run with other options
             (folder / stale).unlink(missing_ok=True)
     _write_png(folder / "pano.png", pano)
@@ -345,12 +358,23 @@ def outpaint_batch(rows: Sequence[Row], model: OutpaintModel, out: str | Path, s
     for k, row in enumerate(mine):
         folder = out / row.name
         try:
-            checked = check_row(row, model, settings)
-            if not overwrite and _is_done(folder, *checked[1:], settings):
-                result.skipped.append(row.name)
+            if row.is_video:
+                from .video_job import check_video_row, outpaint_video_row, video_output_files
+
+                vid = check_video_row(row, model, settings)
+                if not overwrite and is_done(folder / META, vid.signature, vid.key,
+                                             [folder / f for f in video_output_files(settings)]):
+                    result.skipped.append(row.name)
+                else:
+                    outpaint_video_row(row, model, folder, settings, vid, progress=view_progress)
+                    result.done.append(row.name)
             else:
-                outpaint_row(row, model, folder, settings, checked=checked, progress=view_progress)
-                result.done.append(row.name)
+                checked = check_row(row, model, settings)
+                if not overwrite and _is_done(folder, *checked[1:], settings):
+                    result.skipped.append(row.name)
+                else:
+                    outpaint_row(row, model, folder, settings, checked=checked, progress=view_progress)
+                    result.done.append(row.name)
         except (ValueError, RuntimeError, OSError) as e:
             result.failed.append((row.name, str(e)))
             if on_failure is not None:
