@@ -67,7 +67,13 @@ def temporal_settings(settings):
 
     given = dict(keyframe_every=settings.keyframe_every, strength=settings.strength, band=settings.band,
                  independent=settings.independent or None)
-    return TemporalSettings(**{k: v for k, v in given.items() if v is not None})
+    try:
+        return TemporalSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as e:  # name the CLI option
+        msg = str(e)
+        for name in given:
+            msg = msg.replace(f"temporal setting {name}=", f"--{name.replace('_', '-')} ")
+        raise ValueError(msg) from None
 
 
 @dataclass
