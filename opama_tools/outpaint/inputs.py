@@ -13,11 +13,9 @@ import numpy as np
 
 from opama_model.directions import check_direction
 
-__all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "InputSpec", "Row", "parse_input_spec", "read_rows", "read_input_image"]
+__all__ = ["IMAGE_EXTS", "InputSpec", "Row", "parse_input_spec", "read_rows", "read_input_image"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
-VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
-"""Suffixes of video inputs (a clip gives a 360-degree video, :mod:`.video_job`)."""
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,10 @@ class InputSpec:
 
     @property
     def is_video(self) -> bool:
-        """The file is a video (by its suffix, :data:`VIDEO_EXTS`)."""
-        return self.path.suffix.lower() in VIDEO_EXTS
+        """The file is a video (by its suffix, :func:`opama_tools.videos.is_video_path`)."""
+        from opama_tools.videos import is_video_path
+
+        return is_video_path(self.path)
 
 
 @dataclass(frozen=True)
