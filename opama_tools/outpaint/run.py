@@ -81,6 +81,8 @@ def _check_light(*, model, preset, inputs, batch, size, views, steps, cube, devi
     if any(s.is_video or s.equirect for s in specs) or trajectory is not None or mask is not None:
         if cube:
             raise OutpaintError("--cube applies to panorama images, not to a video input")
+        if hw is not None and hw[0] % 2:
+            raise OutpaintError(f"--size {format_hw(*hw)}: a video needs an even height (H.264 pano.mp4)")
         _check_video_inputs(specs, trajectory, mask)
         return hw, schedule, specs
     for s in specs:

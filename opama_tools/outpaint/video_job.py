@@ -141,6 +141,9 @@ def check_video_row(row: Row, model, settings) -> CheckedVideo:
         h, w = info.height, 2 * info.height
     else:
         h, w = default_canvas_size(model.pipeline.view_size)
+    if h % 2:
+        raise ValueError(f"--size {h}x{w}: a video needs an even height (H.264 pano.mp4); "
+                         f"use e.g. {h + 1}x{2 * (h + 1)}")
     temporal = temporal_settings(settings)
     files = [p for p in (spec.path, row.trajectory, row.mask) if p is not None]
     signature = source_signature(files)
