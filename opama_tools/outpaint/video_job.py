@@ -181,7 +181,7 @@ def outpaint_video_row(row: Row, model, folder: str | Path, settings, checked: C
     """
     from PIL import Image
 
-    from opama_model.video_pipeline import outpaint_video
+    from opama_model.video_pipeline import outpaint_video, summarise_video
     from opama_tools.videos import VideoWriter, read_frames, read_mask_frames
 
     from .runner import CUBE_NAMES
@@ -206,9 +206,10 @@ def outpaint_video_row(row: Row, model, folder: str | Path, settings, checked: C
         frames = read_frames(spec.path)
         masks = None
         directions = checked.directions
+    proc = _procedure(settings)
     results = outpaint_video(
         model.pipeline, frames, directions, row.prompt, masks=masks, height=h, width=w,
-        procedure=_procedure(settings), seed=settings.seed, temporal=checked.temporal,
+        procedure=proc, seed=settings.seed, temporal=checked.temporal,
         prompt_up=settings.prompt_up, prompt_down=settings.prompt_down,
         **({} if settings.views is None else dict(schedule=settings.views)),
     )
@@ -227,7 +228,7 @@ def outpaint_video_row(row: Row, model, folder: str | Path, settings, checked: C
             if mkv is not None:
                 mkv.append(r.image)
             masks_out[r.index] = r.input_mask
-            per_frame.append(r)
+            per_frame.append(r.info())
             if r.index == 0:
                 poster = r.image
                 with atomic_path(folder / "input_mask.png") as tmp:
@@ -250,8 +251,11 @@ def outpaint_video_row(row: Row, model, folder: str | Path, settings, checked: C
         write_look_around_video(folder / "look.mp4",
                                 read_frames(folder / ("pano.mkv" if settings.lossless else "pano.mp4")),
                                 checked.fps)
-    video = _video_meta(per_frame, checked)
-    info = dict(per_frame[0].info) if getattr(per_frame[0], "info", None) else {}
+    video = summarise_video(per_frame, checked.temporal, fps=checked.fps, directions=checked.directions)
+    info = dict(procedure=proc.name, scheduler=proc.scheduler, steps=proc.steps, guidance=proc.guidance,
+                guidance_fraction=proc.guidance_fraction, seed=int(settings.seed), size=[h, w],
+                prompt_up=settings.prompt_up, prompt_down=settings.prompt_down,
+                views_schedule=None if settings.views is None else [list(v) for v in settings.views])
     seconds = dict(video.pop("seconds", {}))
     seconds["write"] = round(time.perf_counter() - t_write, 4)
     seconds["video"] = round(time.perf_counter() - t0, 4)
@@ -267,26 +271,3 @@ def outpaint_video_row(row: Row, model, folder: str | Path, settings, checked: C
         mask=None if row.mask is None else str(row.mask))])
     atomic_write_text(folder / META, json.dumps(meta, indent=2) + "\n")
     return meta
-
-
-def _video_meta(frames: list, checked: CheckedVideo) -> dict:
-    """``meta.json``'s ``video`` object from the per-frame results."""
-    passes = [int(r.unet_passes) for r in frames]
-    full = passes[0] if passes else 0
-    after = [p / full for p in passes[1:]] if full else []
-    seconds: dict[str, float] = {}
-    for r in frames:
-        for k, v in (r.seconds or {}).items():
-            seconds[k] = round(seconds.get(k, 0.0) + float(v), 4)
-    return dict(
-        frames=len(frames), fps=checked.fps,
-        keyframes=[int(r.index) for r in frames if r.keyframe],
-        unet_passes_per_frame=passes, unet_passes_total=int(sum(passes)),
-        full_panorama_unet_passes=full,
-        mean_pass_ratio_after_first=round(float(np.mean(after)), 4) if after else None,
-        max_pass_ratio_after_first=round(float(np.max(after)), 4) if after else None,
-        regenerated_pixels_per_frame=[int(r.regenerated_pixels) for r in frames],
-        directions=None if checked.directions is None else [list(d) for d in checked.directions],
-        temporal=asdict(checked.temporal),
-        seconds=seconds,
-    )
