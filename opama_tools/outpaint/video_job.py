@@ -250,7 +250,7 @@ def outpaint_video_row(row: Row, model, folder: str | Path, settings, checked: C
 
         write_look_around_video(folder / "look.mp4",
                                 read_frames(folder / ("pano.mkv" if settings.lossless else "pano.mp4")),
-                                checked.fps)
+                                checked.fps, n_frames=n)
     video = summarise_video(per_frame, checked.temporal, fps=checked.fps, directions=checked.directions)
     info = dict(procedure=proc.name, scheduler=proc.scheduler, steps=proc.steps, guidance=proc.guidance,
                 guidance_fraction=proc.guidance_fraction, seed=int(settings.seed), size=[h, w],
