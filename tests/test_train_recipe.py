@@ -1,7 +1,12 @@
 """The tiny recipe's options beyond the reference: --prediction-type (kept in the model folder) and
-the UNet warm-up (--unet-steps: plain inpainting pre-training, then frozen unless --train-backbone)."""
+the UNet warm-up (--unet-steps: plain inpainting pre-training, then frozen unless --train-backbone;
+--unet-context text: the caption's text-encoder states as its context)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +22,7 @@ from opama_model.training.step import draw_step, unet_inputs
 from opama_tools.cli import app
 from opama_tools.data.train_data import load_records
 
-from test_train import CANVAS, _cfg, panorama_data
+from test_train import CANVAS, KILL_SCRIPT, ROOT, _cfg, _tensors, panorama_data
 
 runner = CliRunner()
 
@@ -169,7 +174,91 @@ def test_recipe_options_bad_input_one_line_exit_2(data, tmp_path):
     for extra, word in ((["--prediction-type", "x0"], "--prediction-type"), (["--unet-steps", "-1"], "--unet-steps"),
                         (["--unet-steps", "2", "--unet-lr", "0"], "--unet-lr"),
                         (["--unet-steps", "2", "--warmup-lr", "linear"], "--warmup-lr"),
+                        (["--unet-steps", "2", "--unet-context", "image"], "--unet-context"),
+                        (["--unet-steps", "2", "--unet-context", "text", "--unet-context-dropout", "1.5"],
+                         "--unet-context-dropout"),
                         (["--preset", "sd2", "--unet-steps", "2"], "--unet-steps")):
         res = runner.invoke(app, base + extra)
         assert res.exit_code == 2 and word in res.output and "Traceback" not in res.output, (extra, res.output)
     assert not (tmp_path / "run").exists()
+
+
+def _warmup_contexts(recs, context: str, dropout: float, steps: int = 2, batch: int = 2):
+    """The ``encoder_hidden_states`` the UNet gets in each step of a warm-up on ``recs``, and its last loss."""
+    from opama_model.training.data import PanoramaDataset
+    from opama_model.training.warmup import unet_warmup
+
+    comps = build_components("tiny", random_weights=True, seed=0)
+    seen = []
+    comps.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["encoder_hidden_states"].detach().clone()),
+                                         with_kwargs=True)
+    ds = PanoramaDataset(recs, SampleSettings(view_size=64, canvas_hw=CANVAS), seed=0)
+    loss = unet_warmup(comps, ds, torch.device("cpu"), steps=steps, lr=1e-3, batch=batch, seed=0, context=context,
+                       text_dropout=dropout)
+    return comps, seen, loss
+
+
+def test_text_warmup_context_is_the_caption_or_the_empty_caption(data, one_thread):
+    """--unet-context text: the UNet sees the caption's text-encoder states (so two captions give two
+    contexts), the empty caption's where guidance dropout drops it; null: the conditioner's null tokens."""
+    from dataclasses import replace
+
+    from opama_model.training.warmup import warmup_context
+
+    png, cap = data
+    recs = load_records(png, [cap])
+    comps = build_components("tiny", random_weights=True, seed=0)
+    a, b = warmup_context(comps, ["a room with a window", "a field under the sky"], [False, False])
+    assert a.shape == (77, comps.unet.config.cross_attention_dim) and not torch.allclose(a, b)
+    empty = comps.encode_text([""])[0]
+    dropped = warmup_context(comps, ["a room with a window", "a field under the sky"], [True, False])
+    assert torch.equal(dropped[0], empty) and torch.equal(dropped[1], b)
+
+    # other captions, as many view captions (the same random draws): another context, another loss
+    other = [replace(r, caption="a kitchen at night", view_captions=tuple(f"a lamp {j}" for j in
+                                                                          range(len(r.view_captions)))) for r in recs]
+    _, text1, loss1 = _warmup_contexts(recs, "text", 0.0)
+    _, text2, loss2 = _warmup_contexts(other, "text", 0.0)
+    assert len(text1) == 2 and text1[0].shape == (2, 77, 32)
+    assert all(not torch.equal(x, y) for x, y in zip(text1, text2)) and loss1 != loss2  # the caption matters
+    plain = [replace(r, caption="a kitchen at night", view_captions=()) for r in recs]
+    kitchen = comps.encode_text(["a kitchen at night"])[0]
+    assert all(torch.equal(x[j], kitchen) for x in _warmup_contexts(plain, "text", 0.0)[1] for j in range(2))
+    # dropped (probability 1): the empty caption's states, whatever the caption
+    _, drop1, d1 = _warmup_contexts(recs, "text", 1.0)
+    _, drop2, d2 = _warmup_contexts(other, "text", 1.0)
+    assert all(torch.equal(x[j], empty) for x in drop1 + drop2 for j in range(2)) and d1 == d2
+    # null (the default): the conditioner's null tokens, as before
+    c, null, _ = _warmup_contexts(recs, "null", 0.1)
+    assert all(torch.equal(x, c.conditioner.null_condition(2)) for x in null)
+
+
+def test_text_warmup_run_resumes_bit_identically(data, tmp_path, one_thread):
+    """A run with the text warm-up killed after its checkpoint and resumed ends with the weights of an
+    uninterrupted run; resuming it with the other warm-up context is refused."""
+    png, cap = data
+    recs = load_records(png, [cap])
+    common = dict(steps=3, save_every=1, vae_steps=1, vae_batch=1, unet_steps=2, unet_batch=2,
+                  unet_warmup_context="text", unet_warmup_dropout=0.5, canvas_hw=CANVAS, val_every=0, seed=5)
+    killed = tmp_path / "killed"
+    script = KILL_SCRIPT.format(cfg={**common, "out": str(killed)}, kill_at=2, data=str(png), cap=str(cap))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (killed / "checkpoint-1").is_dir() and not (killed / "model").exists()
+    from opama_model.training import TrainError
+
+    with pytest.raises(TrainError, match="unet_warmup_context='text'"):
+        train(TrainConfig(out=str(killed), resume=True, **dict(common, unet_warmup_context="null")), recs)
+    resumed = train(TrainConfig(out=str(killed), resume=True, **common), recs)
+    full = train(TrainConfig(out=str(tmp_path / "full"), **common), recs)
+    assert resumed.step == 3 and full.losses[-len(resumed.losses):] == resumed.losses
+    a, b = _tensors(killed / "model"), _tensors(tmp_path / "full" / "model")
+    assert a.keys() == b.keys() and any(k.startswith("unet/") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    info = json.loads((killed / "model" / "opama_model.json").read_text())["training"]
+    assert info["unet_warmup_context"] == "text" and info["unet_warmup_dropout"] == 0.5
+    # the text warm-up gives another UNet than the null one (same seed, same draws otherwise)
+    null = train(TrainConfig(out=str(tmp_path / "null"), **dict(common, unet_warmup_context="null", steps=1)), recs)
+    un = _tensors(null.model_dir)
+    assert any(not torch.equal(un[k], b[k]) for k in un if k.startswith("unet/"))

@@ -38,7 +38,7 @@ from .checkpoint import (STATE_FILE, CheckpointError, RunState, capture_rng, lat
 from .data import PanoramaDataset, PanoramaRecord, StreamSampler
 from .sample import SampleSettings, canvas_size, warm_sample_caches
 from .step import MODE_CAPTION, GuidanceProbs, Parts, diffusion_loss, draw_step, generate_view
-from .warmup import WARMUP_LR, unet_warmup, vae_warmup
+from .warmup import UNET_CONTEXTS, WARMUP_LR, unet_warmup, vae_warmup
 
 __all__ = ["TrainConfig", "TrainProgress", "RunResult", "TrainError", "train", "optimizer_groups", "make_optimizer",
            "recipe_hint", "cast_frozen_", "enable_checkpointing", "OPTIMIZERS",
@@ -65,6 +65,12 @@ class TrainConfig:
     the scheduler config so outpainting samples with the same parametrisation. Beyond the
     reference (off by default); the tiny demo recipe uses v because a UNet trained from scratch
     for minutes with epsilon does not learn the colours of the unknown region (docs/training.md).
+
+    ``unet_warmup_context`` (``"null"`` | ``"text"``) and ``unet_warmup_dropout``: the context of
+    the ``unet_steps`` warm-up (:func:`.warmup.unet_warmup`): the conditioner's null tokens
+    (default), or the caption's text-encoder states, the empty caption's with probability
+    ``unet_warmup_dropout`` (beyond the papers; the demo uses it, so its UNet is a
+    text-conditioned inpainting model like SD-2-inpainting).
     """
 
     out: str
@@ -102,6 +108,8 @@ class TrainConfig:
     unet_lr: float = 2e-3
     unet_batch: int = 8
     warmup_lr: str = "constant"
+    unet_warmup_context: str = "null"
+    unet_warmup_dropout: float = 0.1
     empty_canvas_prob: float = 0.0
     canvas_hw: tuple[int, int] | None = None
     offset_noise: float = 0.1
@@ -250,6 +258,8 @@ def _check_config(cfg: TrainConfig, n_train: int) -> int:
         bad(f"--lr: must be a positive number, got {cfg.lr}")
     if cfg.warmup_lr not in WARMUP_LR:
         bad(f"--warmup-lr: must be one of {', '.join(WARMUP_LR)}, got {cfg.warmup_lr!r}")
+    if cfg.unet_warmup_context not in UNET_CONTEXTS:
+        bad(f"--unet-context: must be one of {', '.join(UNET_CONTEXTS)}, got {cfg.unet_warmup_context!r}")
     for name, v in (("--vae-steps", cfg.vae_steps), ("--unet-steps", cfg.unet_steps)):
         if v < 0:
             bad(f"{name}: must be 0 or more, got {v}")
@@ -259,6 +269,7 @@ def _check_config(cfg: TrainConfig, n_train: int) -> int:
         if cfg.unet_lr <= 0 or not math.isfinite(cfg.unet_lr) or cfg.unet_batch < 1:
             bad(f"--unet-lr / unet batch: must be positive, got {cfg.unet_lr} / {cfg.unet_batch}")
     for name, v in (("--empty-canvas-prob", cfg.empty_canvas_prob), ("null_prob", cfg.null_prob),
+                    ("--unet-context-dropout", cfg.unet_warmup_dropout),
                     ("empty_caption_prob", cfg.empty_caption_prob)):
         if not 0 <= v <= 1:
             bad(f"{name}: must be within [0, 1], got {v}")
@@ -466,7 +477,7 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
     state = load_run_state(ckpt, rank, ema=cfg.ema > 0) if ckpt is not None else None
     if state is not None:
         old = state.config
-        for key in ("preset", "conditioner", "train_backbone", "canvas_hw", "prediction_type"):
+        for key in ("preset", "conditioner", "train_backbone", "canvas_hw", "prediction_type", "unet_warmup_context"):
             if key in old and old[key] != cfg.to_json()[key]:
                 raise TrainError(f"{ckpt / STATE_FILE}: made with {key}={old[key]!r}, this run has "
                                  f"{cfg.to_json()[key]!r}")
@@ -510,7 +521,9 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
         if cfg.unet_steps > 0:
             unet_warmup(comps, dataset, device, steps=cfg.unet_steps, lr=cfg.unet_lr, batch=cfg.unet_batch,
                         lr_shape=cfg.warmup_lr, seed=cfg.seed, weight_decay=cfg.weight_decay, clip=cfg.clip,
-                        offset_noise=cfg.offset_noise, report=_phase_report("unet", report if main else None))
+                        offset_noise=cfg.offset_noise, context=cfg.unet_warmup_context,
+                        text_dropout=cfg.unet_warmup_dropout,
+                        report=_phase_report("unet", report if main else None))
             if world > 1:
                 _broadcast_module(comps.unet)
             if not cfg.train_backbone:  # then frozen, as the reference freezes SD-2-inpainting's UNet
@@ -644,6 +657,8 @@ def train(cfg: TrainConfig, data: Sequence[PanoramaRecord], val_data: Sequence[P
             setattr(comps, k, accelerator.unwrap_model(m))
         extra = {"training": {"steps": step, "seed": cfg.seed, "ema": cfg.ema, "vae_steps": cfg.vae_steps,
                               "unet_steps": cfg.unet_steps, "warmup_lr": cfg.warmup_lr,
+                              "unet_warmup_context": cfg.unet_warmup_context,
+                              "unet_warmup_dropout": cfg.unet_warmup_dropout,
                               "train_backbone": cfg.train_backbone,
                               "prediction_type": comps.scheduler.config.prediction_type,
                               "canvas_hw": list(settings.canvas_hw), "empty_canvas_prob": cfg.empty_canvas_prob}}

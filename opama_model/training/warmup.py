@@ -15,10 +15,10 @@ from typing import Callable
 import torch
 
 from .data import PanoramaDataset
-from .sample import draw_sample_params, make_sample, seeded_rng
+from .sample import compose_caption, draw_sample_params, make_sample, seeded_rng
 from .step import draw_step, unet_inputs
 
-__all__ = ["WARMUP_LR", "warmup_lr_factor", "POSTERIOR_LOGVAR", "deterministic_posterior_", "vae_warmup",
+__all__ = ["WARMUP_LR", "UNET_CONTEXTS", "warmup_lr_factor", "warmup_context", "POSTERIOR_LOGVAR", "deterministic_posterior_", "vae_warmup",
            "unet_warmup", "VAE_KEY", "UNET_KEY"]
 
 VAE_KEY = 5
@@ -28,6 +28,10 @@ Report = Callable[[int, int, float, float], None]
 
 WARMUP_LR = ("constant", "cosine")
 """Learning-rate shapes of the VAE and UNet warm-ups (``TrainConfig.warmup_lr``)."""
+
+UNET_CONTEXTS = ("null", "text")
+"""What the UNet warm-up's cross-attention sees (``TrainConfig.unet_warmup_context``): the
+conditioner's null tokens, or the caption's text-encoder states (as SD-2-inpainting was trained)."""
 
 
 def warmup_lr_factor(kind: str, step: int, steps: int) -> float:
@@ -112,15 +116,34 @@ def vae_warmup(comps, dataset: PanoramaDataset, device, *, steps: int, lr: float
     return loss_v
 
 
+def warmup_context(comps, captions: list[str], drop: list[bool]) -> torch.Tensor:
+    """The text context of the UNet warm-up: the frozen text encoder's last hidden states
+    ``(B, 77, D)`` of ``captions``, the empty caption's states where ``drop`` is true (guidance
+    dropout, as SD's text-conditioned training)."""
+    with torch.no_grad():
+        return comps.encode_text(["" if d else c for c, d in zip(captions, drop)]).detach()
+
+
 def unet_warmup(comps, dataset: PanoramaDataset, device, *, steps: int, lr: float, batch: int,
                 lr_shape: str = "constant", seed: int = 0, weight_decay: float = 0.01, clip: float = 0.5,
-                offset_noise: float = 0.1, report: Report | None = None) -> float:
+                offset_noise: float = 0.1, context: str = "null", text_dropout: float = 0.1,
+                report: Report | None = None) -> float:
     """Pre-train the (random) UNet as a plain inpainting model, standing in for the inpainting
     pre-training of SD-2-inpainting: samples drawn as the training samples (step ``k``, yaw,
-    target view, unknown mask, masked image), the same noise and loss, the conditioner's null
-    tokens (as initialised, not trained here) as the whole context and no adapter residuals.
+    target view, unknown mask, masked image), the same noise and loss and no adapter residuals.
+
+    ``context`` (:data:`UNET_CONTEXTS`): ``"null"``, the conditioner's null tokens (as
+    initialised, not trained here) as the whole context; ``"text"`` (beyond the papers), the
+    sample's caption (global + random per-view captions, :func:`.sample.compose_caption`) through
+    the frozen text encoder, replaced by the empty caption's states with probability
+    ``text_dropout`` (:func:`warmup_context`), so the UNet becomes a text-conditioned inpainting
+    model that the training-free path (:mod:`opama_model.sd_inpaint`) can run on its own. The
+    caption and dropout draws come after the sample's own from the step's generator, so ``"null"``
+    draws exactly what it drew before.
     AdamW (``weight_decay``), gradient-norm clipping at ``clip`` (0 = off).
     Leaves the UNet in train mode with gradients on; returns the last loss."""
+    if context not in UNET_CONTEXTS:
+        raise ValueError(f"UNet warm-up context must be one of {', '.join(UNET_CONTEXTS)}, got {context!r}")
     unet = comps.unet
     unet.requires_grad_(True)
     unet.train()
@@ -129,22 +152,30 @@ def unet_warmup(comps, dataset: PanoramaDataset, device, *, steps: int, lr: floa
     n = len(dataset)
     latent_shape = (int(comps.unet.config.out_channels), comps.preset.latent_size, comps.preset.latent_size)
     num_t = int(comps.scheduler.config.num_train_timesteps)
-    with torch.no_grad():
-        context = comps.conditioner.null_condition(batch).detach().to(device)
+    null_context = None
+    if context == "null":
+        with torch.no_grad():
+            null_context = comps.conditioner.null_condition(batch).detach().to(device)
     loss_v = float("nan")
     for step in range(steps):
         lr_now = lr * warmup_lr_factor(lr_shape, step, steps)
         for group in opt.param_groups:
             group["lr"] = lr_now
         rng = seeded_rng(seed, UNET_KEY, step)
-        samples = []
+        samples, captions, drop = [], [], []
         for _ in range(batch):
             k, yaw = draw_sample_params(rng, settings)
-            samples.append(make_sample(dataset.panorama(int(rng.integers(0, n))), k, yaw, settings, unet_only=True))
+            i = int(rng.integers(0, n))
+            samples.append(make_sample(dataset.panorama(i), k, yaw, settings, unet_only=True))
+            if context == "text":
+                rec = dataset.records[i]
+                captions.append(compose_caption(rec.caption, rec.view_captions, rng, settings.max_view_captions))
+                drop.append(bool(rng.random() < text_dropout))
         b = {key: torch.stack([x[key] for x in samples]) for key in ("target", "unknown", "masked_image")}
         draws = draw_step(seed, step, range(batch), latent_shape, num_t, stream=UNET_KEY).to(device)
         x, t, target = unet_inputs(comps.vae, comps.scheduler, b, draws, offset_noise=offset_noise, device=device)
-        pred = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+        ctx = null_context if context == "null" else warmup_context(comps, captions, drop).to(device)
+        pred = unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred.float(), target.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()

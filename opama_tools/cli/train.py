@@ -53,6 +53,8 @@ def train(
     unet_lr: float = typer.Option(2e-3, "--unet-lr", help="Learning rate of the --unet-steps warm-up."),
     unet_batch: int = typer.Option(8, "--unet-batch", help="Batch size of the --unet-steps warm-up."),
     warmup_lr: str = typer.Option("constant", "--warmup-lr", help="Learning-rate shape of the --vae-steps and --unet-steps warm-ups: constant, or cosine (decays to 0 by the warm-up's end)."),
+    unet_context: str = typer.Option("null", "--unet-context", help="Context of the --unet-steps warm-up: null (the conditioner's null tokens), or text (the caption's text-encoder states, as SD-2-inpainting was trained; makes the UNet usable without the conditioner)."),
+    unet_context_dropout: float = typer.Option(0.1, "--unet-context-dropout", help="With --unet-context text: probability of the empty caption's states instead (guidance dropout)."),
     prediction_type: Optional[str] = typer.Option(None, "--prediction-type", help="epsilon or v_prediction: what the UNet learns to predict (default: the backbone scheduler's, epsilon; the tiny demo recipe uses v_prediction). Kept in the model folder for outpainting."),
     empty_canvas_prob: float = typer.Option(0.0, "--empty-canvas-prob", help="Fraction of samples with nothing known (text-only outpainting; 0 = reference)."),
     canvas: Optional[str] = typer.Option(None, "--canvas", help="Canvas HxW (default: 4 x 8 view sizes; sd2 2048x4096, tiny 256x512)."),
@@ -84,6 +86,7 @@ def train(
         optimizer=optimizer, save_every=save_every, keep=keep, val_every=val_every,
         val_count=val_count, seed=seed, resume=resume, num_workers=num_workers, train_backbone=train_backbone,
         vae_steps=vae_steps, unet_steps=unet_steps, unet_lr=unet_lr, unet_batch=unet_batch, warmup_lr=warmup_lr,
+        unet_warmup_context=unet_context, unet_warmup_dropout=unet_context_dropout,
         prediction_type=prediction_type, empty_canvas_prob=empty_canvas_prob, canvas_hw=canvas_hw,
         random_weights=random_weights, weights=weights or None, cpu=cpu,
     )
