@@ -12,6 +12,10 @@ A checkpoint is a diffusers pipeline folder whose ``model_index.json`` names
 extractor are not needed. A repo id ``owner/name`` is looked up in the local Hugging Face hub cache
 (``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``), never downloaded.
 
+:func:`export_inpaint_pipeline` writes the backbone of an opama model (or components) as such a
+folder, so a backbone trained here (the tiny demo's text-conditioned UNet warm-up) runs through
+the same training-free path as a public checkpoint.
+
 The resolving functions import neither torch nor diffusers (answers to usage errors are immediate).
 """
 
@@ -25,7 +29,7 @@ from .weights import _hf_snapshot, hf_cache_dir
 
 __all__ = ["INPAINT_PIPELINES", "InpaintCheckpointError", "read_model_index", "is_inpaint_folder",
            "check_inpaint_folder", "resolve_inpaint_checkpoint", "resolve_model_arg", "cached_inpaint_checkpoints",
-           "load_inpaint_pipeline"]
+           "load_inpaint_pipeline", "export_inpaint_pipeline", "EXPORT_FILE"]
 
 INPAINT_PIPELINES = ("StableDiffusionInpaintPipeline",)
 """``_class_name`` values of ``model_index.json`` accepted (SD-1.x and SD-2.x inpainting)."""
@@ -181,3 +185,58 @@ def load_inpaint_pipeline(path: str | Path, *, device=None, dtype=None):
             m.to(device=device, dtype=dtype)
     return OPaMaPipeline(vae=vae, unet=unet, scheduler=scheduler, tokenizer=tokenizer, text_encoder=text_encoder,
                          image_encoder=None, conditioner=None)
+
+
+EXPORT_FILE = "opama_export.json"
+"""What :func:`export_inpaint_pipeline` adds to the folder: where the backbone came from."""
+
+
+def export_inpaint_pipeline(source, out_dir: str | Path, *, paths=None) -> Path:
+    """Write the backbone of ``source`` as a diffusers ``StableDiffusionInpaintPipeline`` folder at
+    ``out_dir``: ``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/`` and
+    ``scheduler/`` (its noise schedule and prediction type), no safety checker or feature extractor,
+    plus :data:`EXPORT_FILE` naming the source. The conditioner and the CLIP image encoder are left out.
+
+    ``source``: an opama model folder (:func:`opama_model.model_dir.load_model_dir`; ``paths``
+    locates a pretrained backbone) or a :class:`~opama_model.presets.Components`. The folder is
+    written beside ``out_dir`` and swapped in whole (:func:`opama_model.fileio.atomic_dir`); an
+    existing folder is replaced. ``opama outpaint --model OUT_DIR`` (:func:`load_inpaint_pipeline`)
+    and diffusers' ``StableDiffusionInpaintPipeline.from_pretrained`` load it.
+
+    Raises:
+        ModelFolderError: ``source`` is not a complete model folder.
+        InpaintCheckpointError: the UNet is not a 9-channel inpainting UNet, or the text encoder's
+            width differs from the UNet's cross-attention width.
+    """
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from .fileio import atomic_dir
+
+    info: dict = {"format": "opama-export", "version": 1}
+    if isinstance(source, (str, Path)):
+        from .model_dir import load_model_dir, read_model_info
+
+        model = read_model_info(source)
+        comps = load_model_dir(source, paths=paths)
+        info.update(source=f"dir:{Path(source).resolve()}", preset=model["preset"],
+                    training=model.get("training"))
+    else:
+        comps = source
+        info.update(source="components", preset=comps.preset.name)
+    unet, text = comps.unet, comps.text_encoder
+    if int(unet.config.in_channels) != 9:
+        raise InpaintCheckpointError(f"{source}: a UNet with {unet.config.in_channels} input channels is not an "
+                                     "inpainting UNet")
+    if int(text.config.hidden_size) != int(unet.config.cross_attention_dim):
+        raise InpaintCheckpointError(f"{source}: text encoder width {text.config.hidden_size} != UNet "
+                                     f"cross_attention_dim {unet.config.cross_attention_dim}")
+    # a copy of the scheduler: diffusers' SD pipelines rewrite some legacy scheduler settings in place
+    scheduler = type(comps.scheduler).from_config(comps.scheduler.config)
+    pipe = StableDiffusionInpaintPipeline(vae=comps.vae, text_encoder=text, tokenizer=comps.tokenizer, unet=unet,
+                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    with atomic_dir(out_dir) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return Path(out_dir)

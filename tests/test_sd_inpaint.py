@@ -258,3 +258,66 @@ def test_direction_prompts_from_the_cli_are_recorded(tmp_path, checkpoints):
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and "written" in res.output, res.output
     assert json.loads((tmp_path / "o" / "meta.json").read_text())["prompt_up"] is None
+
+
+def test_exported_backbone_is_the_same_model_without_conditioner(tmp_path):
+    """export_inpaint_pipeline: an opama model folder's backbone as a diffusers inpainting folder; loaded
+    back its weights are bit-identical, a panorama through it equals the same components run with
+    conditioner=None in-process, and `opama outpaint --model` takes it as an sd-inpaint checkpoint."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from opama_model.model_dir import save_model_dir
+    from opama_model.pipeline import OPaMaPipeline
+    from opama_model.presets import build_components, with_prediction_type
+    from opama_model.sd_inpaint import EXPORT_FILE, export_inpaint_pipeline, load_inpaint_pipeline
+
+    comps = build_components("tiny", random_weights=True, seed=0)
+    with torch.no_grad():  # a UNet unlike the preset's seed-0 rebuild, as after the warm-up
+        for p in comps.unet.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    comps.scheduler = with_prediction_type(comps.scheduler, "v_prediction")
+    model = save_model_dir(comps, tmp_path / "model", trained=("conditioner", "unet"),
+                           extra={"training": {"unet_warmup_context": "text"}})
+    out = export_inpaint_pipeline(model, tmp_path / "sd-inpaint")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["model_index.json", EXPORT_FILE, "scheduler", "text_encoder", "tokenizer", "unet", "vae"])
+    assert json.loads((out / EXPORT_FILE).read_text())["training"]["unet_warmup_context"] == "text"
+    assert not list(tmp_path.glob(".sd-inpaint.*"))  # the atomic folder swap left nothing behind
+    pipe = load_inpaint_pipeline(out)
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = getattr(pipe, part).state_dict(), getattr(comps, part).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.tokenizer("a room with a lamp").input_ids == comps.tokenizer("a room with a lamp").input_ids
+    # the same loop over the in-memory components without a conditioner: the same panorama, bit for bit.
+    # The loaded weights are memory-mapped from the safetensors files at addresses that are not 64-byte
+    # aligned, and CPU kernels may round differently by alignment (measured: 1 pixel of 8192 one level
+    # apart); copied into fresh storage they are aligned as the in-memory ones are.
+    with torch.no_grad():
+        for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+            for p in m.parameters():
+                p.data = p.data.clone()
+    same = OPaMaPipeline(vae=comps.vae, unet=comps.unet, scheduler=comps.scheduler, tokenizer=comps.tokenizer,
+                         text_encoder=comps.text_encoder, image_encoder=None, conditioner=None)
+    photo = (np.random.RandomState(4).rand(64, 64, 3) * 255).astype(np.uint8)
+    kw = dict(height=64, width=128, num_inference_steps=2, schedule=[(90.0, 0.0), (0.0, 60.0)], output_type="pt",
+              seed=3)
+    got = pipe([photo], [(0, 0, 90)], "a room", **kw)
+    want = same([photo], [(0, 0, 90)], "a room", **kw)
+    assert got.info["method"] == want.info["method"] == "sd-inpaint"
+    assert torch.equal(got.images, want.images)
+    assert not torch.equal(got.images, pipe([photo], [(0, 0, 90)], "a field", **kw).images)  # the text is used
+    # diffusers' own class loads it too
+    assert isinstance(StableDiffusionInpaintPipeline.from_pretrained(out, local_files_only=True),
+                      StableDiffusionInpaintPipeline)
+    # the CLI's training-free path
+    write_photo(tmp_path / "v.png", size=64)
+    res = runner.invoke(app, ["outpaint", "--model", str(out), "--size", "64x128", "--steps", "2", "--views",
+                              "90,0", "--input", str(tmp_path / "v.png"), "--prompt", "a room",
+                              "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert meta["method"] == "sd-inpaint" and meta["model_id"] == f"dir:{out.resolve()}"
+    # exporting again replaces the folder whole
+    export_inpaint_pipeline(comps, out)
+    assert json.loads((out / EXPORT_FILE).read_text())["source"] == "components"
