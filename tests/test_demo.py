@@ -27,30 +27,44 @@ def test_demo_fast_every_stage(tmp_path):
     # 5: a trained model folder that outpaint reads
     info = json.loads((d / "runs" / "opama" / "model" / "opama_model.json").read_text())
     assert info["preset"] == "tiny" and "unet" in info["trained"] and (d / "runs" / "opama" / "log.csv").is_file()
-    # 6: trained and untrained outpainting, and the baseline
-    for name in ("trained-fast", "untrained-fast"):
+    assert info["training"]["unet_warmup_context"] == "text"
+    # ... and its backbone exported as a diffusers inpainting folder (the training-free method's checkpoint)
+    index = json.loads((d / "runs" / "opama" / "sd-inpaint" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionInpaintPipeline"
+    # 6: trained, training-free and untrained outpainting, and the baseline
+    free = json.loads((d / "gen" / "training-free-fast" / tests[0] / "meta.json").read_text())
+    assert free["method"] == "sd-inpaint" and free["procedure"] == "fast"
+    assert free["model_id"] == f"dir:{(d / 'runs' / 'opama' / 'sd-inpaint').resolve()}"
+    trained = json.loads((d / "gen" / "trained-fast" / tests[0] / "meta.json").read_text())
+    assert (free["seed"], free["steps"], free["size"]) == (trained["seed"], trained["steps"], trained["size"])
+    for name in ("trained-fast", "training-free-fast", "untrained-fast"):
         for stem in tests:
             f = d / "gen" / name / stem
             assert (f / "pano.png").is_file() and (f / "index.html").is_file(), f
             assert json.loads((f / "meta.json").read_text())["unet_passes"] > 0
     assert len(list((d / "gen" / "input-only").glob("*.png"))) == 2
     # 7: reports and the side-by-side table filled with numbers
-    for name in ("input-only", "trained-fast", "untrained-fast"):
+    for name in ("input-only", "trained-fast", "training-free-fast", "untrained-fast"):
         m = {x["label"]: x for x in json.loads((d / "reports" / name / "metrics.json").read_text())["metrics"]}
         assert m["seam"]["status"] == "ok" and isinstance(m["seam"]["value"], float)
     table = (d / "reports" / "compare.csv").read_text().splitlines()
-    assert table[0].split(",")[2:5] == ["input-only", "trained-fast", "untrained-fast"]
+    assert table[0].split(",")[2:6] == ["input-only", "trained-fast", "training-free-fast", "untrained-fast"]
     seam = next(r for r in table if r.startswith("seam,")).split(",")
-    assert all(float(v) > 0 for v in seam[2:5])
+    assert all(float(v) > 0 for v in seam[2:6])
     # 8: the page
     page = (d / "report.html").read_text()
     assert "Comparison on the held-out test panoramas" in page and "trained-fast" in page
     assert "gen/trained-fast/" in page and "loss.png" in page
-    # the paired rows: trained-fast minus each baseline, per weight-free metric, n = the 2 test panoramas
+    # the paired rows: trained-fast minus each baseline and minus the training-free method, the training-free
+    # method minus grey, per weight-free metric, n = the 2 test panoramas
     assert "Paired, panorama by panorama" in page
-    for b in ("input-only", "untrained-fast"):
-        assert f"<td>trained-fast</td><td>{b}</td><td>colour distance (generated)</td>" in page
-    assert page.count(" of 2</td>") == 8
+    for a, b in (("trained-fast", "input-only"), ("trained-fast", "untrained-fast"),
+                 ("trained-fast", "training-free-fast"), ("training-free-fast", "input-only")):
+        assert f"<td>{a}</td><td>{b}</td><td>colour distance (generated)</td>" in page
+    assert page.count(" of 2</td>") == 16
+    verdict = page.split("<h2>Verdict</h2>")[1].split("<h2>")[0]
+    assert "trained-fast vs training-free-fast: colour distance (generated) paired difference" in verdict
+    assert "SD-inpaint (no conditioner)" in page and "weak evidence" in verdict
     stages = json.loads((d / "stages.json").read_text())["seconds"]
     assert {"data", "prepare", "caption", "inputs", "train", "outpaint", "eval", "report"} <= set(stages)
     # a re-run resumes: nothing is recomputed, the same page comes back

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 
 import numpy as np
@@ -78,3 +79,32 @@ def test_the_page_states_the_verdict(demo):
     assert "trained-fast is closer to the references" in verdict_part
     assert "trained-fast vs untrained-fast" in verdict_part
     assert page.count("<li>") >= 2
+
+
+def test_the_page_compares_the_training_free_row_with_trained_opama(demo):
+    """With a training-free run: its paired difference against trained OPa-Ma (what the conditioner adds)
+    and against grey, in the verdict and the paired table, the legend and the sentence on what it shows."""
+    from opama_tools.demo.report import TRAINING_FREE, TRAINING_FREE_NOTE
+
+    out, _, scene = demo
+    page_without = write_demo_report(out, ["input-only", "trained-fast", "untrained-fast"], {}, {},
+                                     {"bootstrap": 200}).read_text()
+    assert TRAINING_FREE not in page_without and "weak evidence" not in page_without
+    free = scene - 0.02 + np.array([0.01, -0.01] * (N // 2))
+    _report(out, TRAINING_FREE, free, np.full(N, 15.0))
+    names = ["input-only", "trained-fast", TRAINING_FREE, "untrained-fast"]
+    page = write_demo_report(out, names, {}, {}, {"bootstrap": 200}).read_text()
+    verdict_part = html.unescape(page.split("<h2>Verdict</h2>")[1].split("<h2>")[0])
+    reports = {n: load_report(out / "reports" / n) for n in names}
+    res = paired_results(out, reports, [("trained-fast", TRAINING_FREE), (TRAINING_FREE, "input-only")], reps=200)
+    lines = verdicts(res)
+    assert lines[0].startswith(f"trained-fast vs {TRAINING_FREE}: colour distance (generated) paired difference")
+    assert lines[1].startswith(f"{TRAINING_FREE} vs input-only: colour distance (generated) paired difference")
+    assert all(line in verdict_part for line in lines)
+    trained = pd.read_csv(out / "reports" / "trained-fast" / "per_image.csv")["gen_colour"].to_numpy()
+    mean, lo, hi, _ = mean_ci(trained - free, 200, 0)
+    assert res[0]["key"] == VERDICT_KEY and (res[0]["mean"], res[0]["ci_low"]) == pytest.approx((mean, lo))
+    assert TRAINING_FREE_NOTE in verdict_part
+    assert f"<td>trained-fast</td><td>{TRAINING_FREE}</td><td>colour distance (generated)</td>" in page
+    assert f"<td>{TRAINING_FREE}</td><td>input-only</td><td>colour distance (generated)</td>" in page
+    assert "SD-inpaint (no conditioner)" in page

@@ -9,7 +9,7 @@ from opama_tools.cli.app import app, console, fail
 
 @app.command(
     help="The whole mission end to end on synthetic data with the tiny preset, no downloads: synthetic HDR "
-    "panoramas -> prepare -> captions -> train -> outpaint (trained / untrained, fast / reference) -> eval -> "
+    "panoramas -> prepare -> captions -> train -> outpaint (trained / training-free / untrained, fast / reference) -> eval -> "
     "report.html. A re-run resumes; other settings start afresh. --data-only writes synthetic HDR panoramas "
     "and stops; with --video, synthetic 360° clips (reference videos, NFoV input clips, trajectories).\n\n"
     "Example: opama demo --out opama-demo      |      opama demo --fast      |      opama demo --data-only data/synth -n 8"

@@ -9,10 +9,14 @@ demo-only except choosing the folders and drawing the final page):
    model instead when one is found);
 4. the test panoramas' input views (yaw 0, pitch 0, fov 90) and a batch CSV;
 5. training of the tiny preset (:func:`opama_model.training.train`) in a child process: VAE and
-   UNet warm-ups (the tiny backbone is random), then the conditioner; optionally AOG-Net's too;
+   UNet warm-ups (the tiny backbone is random; the UNet's warm-up is text-conditioned, the caption's
+   text-encoder states as its context, so it becomes what SD-2-inpainting is), then the conditioner;
+   optionally AOG-Net's too. The trained backbone is exported as a diffusers inpainting folder
+   (:func:`opama_model.sd_inpaint.export_inpaint_pipeline`, ``runs/opama/sd-inpaint``);
 6. outpainting of the test inputs with their captions (:func:`opama_tools.outpaint.run_outpaint`):
-   trained and untrained model, ``fast`` and ``reference`` procedures, in a pool of
-   single-thread processes, plus the input-only baseline;
+   trained and untrained model, ``fast`` and ``reference`` procedures, the training-free method
+   (``training-free-fast``: the exported folder through the path of any SD inpainting checkpoint,
+   no conditioner), in a pool of single-thread processes, plus the input-only baseline;
 7. evaluation of each against the held-out references and the side-by-side table
    (:func:`opama_tools.eval.run.run_eval`, :func:`~opama_tools.eval.run.run_compare`);
 8. ``report.html``: inputs, outpainted panoramas (with the drag-to-look viewer), references,
@@ -46,6 +50,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from opama_tools.demo.report import TRAINING_FREE
 from opama_tools.io import atomic_path, atomic_write_text
 from opama_tools.data.synthetic import generate_dataset
 
@@ -61,6 +66,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "results": ("gen", "reports", "report.html", "report_assets", "stages.json"),
 }
 """The demo's own outputs, grouped by the settings they depend on (see ``DemoSettings.keys``)."""
+EXPORT_DIR = "sd-inpaint"
+"""Where the demo exports ``runs/opama/model``'s backbone (under ``runs/opama``)."""
 STAGES = ("data", "prepare", "caption", "inputs", "train", "outpaint", "eval", "report")
 
 
@@ -87,6 +94,7 @@ class DemoSettings:
     lr: float = 2e-3
     ema: float = 0.0
     prediction_type: str = "v_prediction"
+    unet_warmup_context: str = "text"
     outpaint_steps: int | None = None
     procedures: tuple[str, ...] = ("fast", "reference")
     aog: bool = False
@@ -105,7 +113,8 @@ class DemoSettings:
         data_te = dict(n_test=self.n_test, height=self.height, seed=self.seed)
         train = dict(data_tr, steps=self.steps, vae_steps=self.vae_steps, unet_steps=self.unet_steps,
                      unet_batch=self.unet_batch, train_backbone=self.train_backbone, batch_size=self.batch_size,
-                     lr=self.lr, ema=self.ema, aog=self.aog, prediction_type=self.prediction_type)
+                     lr=self.lr, ema=self.ema, aog=self.aog, prediction_type=self.prediction_type,
+                     unet_warmup_context=self.unet_warmup_context)
         results = dict(train, **data_te, procedures=list(self.procedures), outpaint_steps=self.outpaint_steps,
                        bootstrap=self.bootstrap)
         return {"train-data": data_tr, "test-data": data_te, "train": train, "results": results}
@@ -320,14 +329,24 @@ class _Run:
 
     @property
     def methods(self) -> list[tuple[str, str, str | None]]:
-        """``(name, procedure, model)`` of every outpainting run; model None = untrained tiny preset."""
+        """``(name, procedure, model)`` of every outpainting run; model None = untrained tiny preset,
+        ``"sd-inpaint"`` = the trained backbone without conditioner (:data:`TRAINING_FREE`)."""
         runs = []
         for proc in self.s.procedures:
             runs.append((f"trained-{proc}", proc, "opama"))
+        if self.s.unet_warmup_context == "text":
+            runs.append((TRAINING_FREE, "fast", "sd-inpaint"))
         runs.append(("untrained-fast", "fast", None))
         if self.s.aog:
             runs.append(("aog-trained-fast", "fast", "aog"))
         return runs
+
+    def model_path(self, model: str | None) -> str | None:
+        """The ``--model`` of a run of :attr:`methods`: a trained model folder, the exported inpainting
+        folder (``"sd-inpaint"``), or None (the untrained tiny preset)."""
+        if model is None:
+            return None
+        return str(self.out / "runs" / ("opama/" + EXPORT_DIR if model == "sd-inpaint" else model + "/model"))
 
 
 def _stage_data(r: _Run) -> str:
@@ -442,6 +461,7 @@ def _train_config(r: _Run, kind: str) -> dict:
                 vae_steps=s.vae_steps, unet_steps=s.unet_steps, unet_batch=s.unet_batch, unet_lr=s.lr,
                 canvas_hw=[s.height, s.width], seed=s.seed, save_every=every, keep=1, val_every=every, ema=s.ema,
                 prediction_type=s.prediction_type, train_backbone=s.train_backbone,
+                unet_warmup_context=s.unet_warmup_context,
                 resume=any(run.glob("checkpoint-*")))
 
 
@@ -479,10 +499,28 @@ def _stage_train(r: _Run) -> str:
                 raise DemoError(f"demo stage train: {e}") from None
         console.print(f"train {kind}: {res['step']} steps in {res['seconds']:.0f} s, loss {res['loss']:.4f} "
                       f"(mean of the last 20); model in {res['model']}", highlight=False)
+    exported = _export_backbone(r) if any(m[2] == "sd-inpaint" for m in r.methods) else ""
     unet = "with the UNet" if r.s.train_backbone else "on the frozen UNet"
     return (f"tiny preset: {r.s.vae_steps} VAE and {r.s.unet_steps} UNet warm-up steps (the tiny backbone is "
-            f"random), then {r.s.steps} conditioner steps {unet} ({', '.join(kinds)}; {r.s.prediction_type}) "
-            f"in {r.out / 'runs'}")
+            f"random; UNet context: {r.s.unet_warmup_context}), then {r.s.steps} conditioner steps {unet} "
+            f"({', '.join(kinds)}; {r.s.prediction_type}) in {r.out / 'runs'}{exported}")
+
+
+def _export_backbone(r: _Run) -> str:
+    """Export ``runs/opama/model``'s backbone as a diffusers inpainting folder (the training-free
+    method's checkpoint) unless the export of this model is there already."""
+    from opama_model.sd_inpaint import EXPORT_FILE, InpaintCheckpointError, export_inpaint_pipeline
+
+    model, dst = r.out / "runs" / "opama" / "model", Path(r.model_path("sd-inpaint"))
+    done = dst / EXPORT_FILE
+    if done.is_file() and done.stat().st_mtime_ns >= (model / "opama_model.json").stat().st_mtime_ns:
+        console.print(f"{dst} exists: export already done", highlight=False)
+    else:
+        try:
+            export_inpaint_pipeline(model, dst)
+        except (ValueError, InpaintCheckpointError) as e:
+            raise DemoError(f"demo stage train: export of {model}: {e}") from None
+    return f"; its backbone exported as a diffusers inpainting folder in {dst}"
 
 
 def _outpaint_settings(r: _Run, proc: str) -> dict:
@@ -501,8 +539,7 @@ def _stage_outpaint(r: _Run) -> str:
     gen.mkdir(parents=True, exist_ok=True)
     methods = sorted(r.methods, key=lambda m: m[1] != "reference")
     jobs = [(name, _outpaint_job, (str(gen / f"{name}.log"), str(r.out / "inputs" / "batch.csv"), str(gen / name),
-                                   str(r.out / "runs" / model / "model") if model else None,
-                                   _outpaint_settings(r, proc)))
+                                   r.model_path(model), _outpaint_settings(r, proc)))
             for name, proc, model in methods]
     workers = max(1, min(len(jobs), _cores()))
     n_rows = sum(1 for _ in (r.out / "png" / "test").glob("*.png"))
@@ -580,7 +617,7 @@ _STAGE_FUNCS: dict[str, Callable[[_Run], str]] = {
 _TITLES = {
     "data": "synthetic HDR panoramas", "prepare": "prepare (EXR -> PNG)", "caption": "captions",
     "inputs": "input views of the test panoramas", "train": "train (tiny preset)",
-    "outpaint": "outpaint (trained / untrained, fast / reference)", "eval": "eval + compare",
+    "outpaint": "outpaint (trained / training-free / untrained, fast / reference)", "eval": "eval + compare",
     "report": "report.html",
 }
 
