@@ -10,9 +10,11 @@ from opama_tools.cli.app import app, console, fail
 @app.command(
     help="The whole mission end to end on synthetic data with the tiny preset, no downloads: synthetic HDR "
     "panoramas -> prepare -> captions -> train -> outpaint (trained / training-free / untrained, fast / reference) -> eval -> "
-    "report.html. A re-run resumes; other settings start afresh. --data-only writes synthetic HDR panoramas "
+    "report.html; --video adds a 360° video stage (temporal vs per-frame video outpainting, flicker and warping "
+    "error). A re-run resumes; other settings start afresh. --data-only writes synthetic HDR panoramas "
     "and stops; with --video, synthetic 360° clips (reference videos, NFoV input clips, trajectories).\n\n"
-    "Example: opama demo --out opama-demo      |      opama demo --fast      |      opama demo --data-only data/synth -n 8"
+    "Example: opama demo --out opama-demo      |      opama demo --fast      |      opama demo --video      |      "
+    "opama demo --data-only data/synth -n 8"
     "      |      opama demo --data-only data/synth-video --video -n 4"
 )
 def demo(
@@ -27,8 +29,10 @@ def demo(
     n: int = typer.Option(4, "-n", "--num", min=1, help="With --data-only: number of synthetic panoramas."),
     height: int = typer.Option(None, "--height", min=8, help="With --data-only: panorama height in pixels (width = 2 x height; default 256, --video 64, even)."),
     kind: str = typer.Option(None, "--kind", help="With --data-only: outdoor, indoor or random (default random; --video outdoor: indoor clips only turn the camera)."),
-    video: bool = typer.Option(False, "--video", help="With --data-only: synthetic 360° videos (a moving object and sun, a turning camera) instead of panoramas."),
-    frames: int = typer.Option(12, "--frames", min=1, help="With --data-only --video: frames per clip."),
+    video: bool = typer.Option(False, "--video", help="Add the 360° video stage (synthetic clips outpainted by the trained model, "
+                               "temporal vs per frame, scored against the reference videos; a few more minutes). With "
+                               "--data-only: write synthetic 360° videos (a moving object and sun, a turning camera) instead of panoramas."),
+    frames: int = typer.Option(None, "--frames", min=1, help="With --video: frames per clip (default 12; --fast 4)."),
 ) -> None:
     from opama_tools.demo.run import FAST, DemoError, DemoSettings, run_demo, write_synthetic, write_synthetic_video
 
@@ -40,6 +44,7 @@ def demo(
         if h % 2:
             raise fail(f"--height {h}: video frames need an even height (H.264)", 2)
         try:
+            frames = frames or 12
             names = write_synthetic_video(data_only, n=n, frames=frames, height=h, seed=seed, kind=kind)
         except ValueError as e:  # unusable folder or captions.jsonl: one line naming it
             raise fail(str(e), 2) from None
@@ -55,7 +60,8 @@ def demo(
         console.print(f"wrote {len(paths)} synthetic HDR panoramas and scenes.jsonl to {data_only}")
         return
     kw = dict(FAST) if fast else {}
-    kw.update({k: v for k, v in (("n_train", n_train), ("n_test", n_test), ("steps", steps)) if v is not None})
+    kw.update({k: v for k, v in (("n_train", n_train), ("n_test", n_test), ("steps", steps), ("video_frames", frames))
+               if v is not None})
     from opama_model.fileio import Terminated
 
     try:

@@ -64,11 +64,13 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "test-data": ("exr/test", "png/test", "captions/test.jsonl", "inputs"),
     "train": ("runs",),
     "results": ("gen", "reports", "report.html", "report_assets", "stages.json"),
+    "video": ("video",),
 }
 """The demo's own outputs, grouped by the settings they depend on (see ``DemoSettings.keys``)."""
 EXPORT_DIR = "sd-inpaint"
 """Where the demo exports ``runs/opama/model``'s backbone (under ``runs/opama``)."""
-STAGES = ("data", "prepare", "caption", "inputs", "train", "outpaint", "eval", "report")
+STAGES = ("data", "prepare", "caption", "inputs", "train", "outpaint", "eval", "video", "report")
+"""Every stage in order; ``video`` runs only with ``DemoSettings.video`` (``opama demo --video``)."""
 
 
 class DemoError(RuntimeError):
@@ -100,7 +102,9 @@ class DemoSettings:
     aog: bool = False
     bootstrap: int = 1000
     video: bool = False
-    """The video stage (synthetic 360° clips, outpainted as videos); not wired into :func:`run_demo` yet."""
+    """Run the video stage (:mod:`opama_tools.demo.video_stage`): synthetic 360° clips outpainted as videos."""
+    video_clips: int = 3
+    video_frames: int = 12
 
     @property
     def width(self) -> int:
@@ -117,10 +121,13 @@ class DemoSettings:
                      unet_warmup_context=self.unet_warmup_context)
         results = dict(train, **data_te, procedures=list(self.procedures), outpaint_steps=self.outpaint_steps,
                        bootstrap=self.bootstrap)
-        return {"train-data": data_tr, "test-data": data_te, "train": train, "results": results}
+        video = dict(train, video_clips=self.video_clips, video_frames=self.video_frames,
+                     outpaint_steps=self.outpaint_steps, bootstrap=self.bootstrap)
+        return {"train-data": data_tr, "test-data": data_te, "train": train, "results": results, "video": video}
 
 
-FAST = dict(n_train=4, n_test=2, steps=40, vae_steps=40, unet_steps=20, procedures=("fast",), outpaint_steps=4, bootstrap=200)
+FAST = dict(n_train=4, n_test=2, steps=40, vae_steps=40, unet_steps=20, procedures=("fast",), outpaint_steps=4, bootstrap=200,
+            video_clips=1, video_frames=4)
 """``--fast`` overrides: a smoke run of every stage (1 to 3 minutes on 2 cores, with the load), not a result."""
 
 
@@ -603,6 +610,12 @@ def _stage_eval(r: _Run) -> str:
     return f"{len(reports)} reports + the side-by-side table in {r.out / 'reports'}"
 
 
+def _stage_video(r: _Run) -> str:
+    from opama_tools.demo.video_stage import stage_video
+
+    return stage_video(r)
+
+
 def _stage_report(r: _Run) -> str:
     from opama_tools.demo.report import write_demo_report
 
@@ -612,12 +625,14 @@ def _stage_report(r: _Run) -> str:
 
 _STAGE_FUNCS: dict[str, Callable[[_Run], str]] = {
     "data": _stage_data, "prepare": _stage_prepare, "caption": _stage_caption, "inputs": _stage_inputs,
-    "train": _stage_train, "outpaint": _stage_outpaint, "eval": _stage_eval, "report": _stage_report,
+    "train": _stage_train, "outpaint": _stage_outpaint, "eval": _stage_eval, "video": _stage_video,
+    "report": _stage_report,
 }
 _TITLES = {
     "data": "synthetic HDR panoramas", "prepare": "prepare (EXR -> PNG)", "caption": "captions",
     "inputs": "input views of the test panoramas", "train": "train (tiny preset)",
     "outpaint": "outpaint (trained / training-free / untrained, fast / reference)", "eval": "eval + compare",
+    "video": "360° video (temporal vs per-frame)",
     "report": "report.html",
 }
 
@@ -651,9 +666,6 @@ def run_demo(settings: DemoSettings) -> dict[str, float]:
         DemoError: naming the first stage that failed.
     """
     out = Path(settings.out)
-    if settings.video:
-        raise DemoError("--video: the demo's video stage is not wired yet; "
-                        "`opama demo --data-only DIR --video` writes the synthetic 360° clips")
     if out.exists() and not out.is_dir():
         raise DemoError(f"--out {out}: exists and is not a folder")
     cleared = _clear_changed_groups(out, settings.keys())
@@ -661,8 +673,9 @@ def run_demo(settings: DemoSettings) -> dict[str, float]:
         console.print(f"[yellow]settings changed since the last run in {out}: redoing {', '.join(cleared)}[/]")
     r = _Run(settings, out)
     t_all = time.perf_counter()
-    for k, name in enumerate(STAGES, start=1):
-        console.rule(f"[bold]{k}/{len(STAGES)} {_TITLES[name]}[/]  [dim]{time.perf_counter() - t_all:.0f} s so far[/]")
+    stages = [st for st in STAGES if st != "video" or settings.video]
+    for k, name in enumerate(stages, start=1):
+        console.rule(f"[bold]{k}/{len(stages)} {_TITLES[name]}[/]  [dim]{time.perf_counter() - t_all:.0f} s so far[/]")
         t0 = time.perf_counter()
         if name == "report":
             r.times["total (before the report)"] = time.perf_counter() - t_all
