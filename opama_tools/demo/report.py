@@ -306,6 +306,9 @@ def write_demo_report(out: str | Path, names: Sequence[str], times: dict[str, fl
         "<h2>Time per panorama</h2>",
         _table(["run", "procedure", "solver, steps", "panoramas", "seconds / panorama", "UNet passes / panorama"], timing),
     ]
+    from opama_tools.demo.video_stage import video_section
+
+    parts += video_section(out)
     if has_loss:
         parts += ["<h2>Training loss</h2>", "<img src='report_assets/loss.png'>"]
     if first_viewer:

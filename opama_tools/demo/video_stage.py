@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["VIDEO_METHODS", "stage_video", "video_table"]
+__all__ = ["VIDEO_METHODS", "stage_video", "video_table", "video_section"]
 
 VIDEO_METHODS: tuple[tuple[str, bool], ...] = (("temporal", False), ("per-frame", True))
 """``(name, independent)`` of the video stage's two outpainting runs."""
@@ -157,3 +157,42 @@ def video_table(reports: dict[str, Path], gen: Path) -> str:
         cells += [f"{ratio:.3f}", f"{secs:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+VIDEO_NOTE = (
+    "Synthetic outdoor clips (a box moving across the input view, the sun turning and sinking, the camera "
+    "turning; world-fixed panoramas), outpainted by the trained tiny model: the temporal method (frame 0 a "
+    "full panorama, later frames regenerate only what changed, partially noised from the previous result) "
+    "against every frame outpainted on its own with the same seed. Flicker: mean absolute frame-to-frame "
+    "change of the generated region; the reference's own flicker on the same pixels is natural motion "
+    "(the moving box and sun), which a method should neither exceed with noise nor freeze entirely. "
+    "Intervals: bootstrap over clips. A tiny model trained for minutes: this shows the machinery, not "
+    "quality at scale.")
+
+
+def video_section(out: str | Path) -> list[str]:
+    """HTML parts of the demo page's "360° video" section from ``out/video/results.md`` (empty when the
+    video stage has not run): the table, a note, and a player per clip and method."""
+    import html
+
+    out = Path(out)
+    table = out / "video" / "results.md"
+    if not table.is_file():
+        return []
+    lines = [ln.strip().strip("|").split("|") for ln in table.read_text().splitlines() if ln.startswith("|")]
+    head, rows = [c.strip() for c in lines[0]], [[c.strip() for c in r] for r in lines[2:]]
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    parts = ["<h2>360° video: temporal vs per frame</h2>", f"<p>{html.escape(VIDEO_NOTE)}</p>",
+             f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"]
+    links = []
+    for method, _ in VIDEO_METHODS:
+        for viewer in sorted((out / "video" / "gen" / method).glob("*/index.html")):
+            rel = viewer.relative_to(out).as_posix()
+            links.append(f"<a href='{html.escape(rel)}'>{html.escape(method)}: {html.escape(viewer.parent.name)}</a>")
+    if links:
+        first = next(iter(sorted((out / "video" / "gen" / "temporal").glob("*/index.html"))), None)
+        if first is not None:
+            parts.append(f"<iframe src='{html.escape(first.relative_to(out).as_posix())}'></iframe>")
+        parts.append("<p>Players (drag to look around while the video plays): " + " · ".join(links) + "</p>")
+    return parts
