@@ -77,6 +77,23 @@ def test_demo_fast_every_stage(tmp_path):
     assert res.exit_code == 0, res.output
     assert len(list((d / "png" / "test").glob("*.png"))) == 1
     assert len(list((d / "gen" / "trained-fast").glob("*/pano.png"))) == 1
+    # --video adds the video stage on the same trained model: temporal vs per-frame, scored, on the page
+    assert not (d / "video").exists() and "video" not in stages
+    res = runner.invoke(app, ["demo", "--fast", "--n-test", "1", "--video", "--out", str(d)])
+    assert res.exit_code == 0, res.output
+    assert "video" in json.loads((d / "stages.json").read_text())["seconds"]
+    clip = next((d / "video" / "data" / "refs").glob("*.mkv")).stem
+    metas = {m: json.loads((d / "video" / "gen" / m / clip / "meta.json").read_text()) for m in ("temporal", "per-frame")}
+    assert metas["temporal"]["video"]["mean_pass_ratio_after_first"] <= 0.15
+    assert metas["per-frame"]["video"]["temporal"]["independent"] is True
+    assert (d / "video" / "gen" / "temporal" / clip / "pano.mkv").is_file()
+    flicker = {m: next(x["value"] for x in json.loads((d / "video" / "reports" / m / "metrics.json").read_text())["metrics"]
+                       if x["key"] == "flicker") for m in metas}
+    assert flicker["temporal"] < flicker["per-frame"], flicker
+    table = (d / "video" / "results.md").read_text().splitlines()
+    assert [r.split("|")[1].strip() for r in table[2:]] == ["temporal", "per-frame"]
+    page = (d / "report.html").read_text()
+    assert "360° video: temporal vs per frame" in page and f"video/gen/temporal/{clip}/index.html" in page
 
 
 def test_demo_out_is_a_file(tmp_path):
