@@ -22,25 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def world_photo(yaw: float, obj: float | None = None, size: int = 64) -> np.ndarray:
-    """uint8 ``(size, size, 3)`` photo (fov 90, pitch 0) at ``yaw`` of a smooth world panorama with a
-    red block at world yaw ``obj`` degrees (None: none)."""
-    from opama_model.spherical import equi_to_pers
-
-    yy, xx = np.mgrid[0:256, 0:512] / np.array([256, 512])[:, None, None]
-    w = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * xx), 0.5 + 0.4 * np.cos(2 * np.pi * yy + xx), 0.3 + 0.5 * yy], -1)
-    if obj is not None:
-        x0 = int((obj + 180) / 360 * 512)
-        w[110:150, x0:x0 + 20] = [0.95, 0.1, 0.1]
-    t = torch.from_numpy(w).permute(2, 0, 1)[None].float() * 2 - 1
-    v = equi_to_pers(t, yaw, 0.0, 90.0, (size, size), mode="bilinear")[0, 0]
-    return np.round(((v.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()).astype(np.uint8)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_video_pipeline import world_photo  # noqa: E402 (the tests' synthetic world: the same clips)
 
 
 def flicker(results) -> float:

@@ -110,22 +110,39 @@ def _save_fig(fig, path: Path) -> None:
         fig.savefig(tmp, dpi=90, bbox_inches="tight")
 
 
-def _sample_grid(result, out: Path) -> bool:
-    """``samples.png``: rows = samples; columns = input (masked reference) / generated / reference."""
-    if not result.samples:
+def _sample_figure(rows, out: Path) -> bool:
+    """``samples.png``: one row per ``(title, input mask, generated, reference)`` (uint8 ``(H, W, 3)``
+    images, bool mask); columns input (the reference outside the mask greyed) / generated / reference."""
+    if not rows:
         return False
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(len(rows), 3, figsize=(12, 2.2 * len(rows)), squeeze=False)
+    for i, (title, m, g, r) in enumerate(rows):
+        inp = np.where(m[..., None], r, np.uint8(40))
+        for j, (img, what) in enumerate(((inp, "input"), (g, "generated"), (r, "reference"))):
+            axes[i, j].imshow(img)
+            axes[i, j].set_axis_off()
+            axes[i, j].set_title(f"{what}: {title}" if j == 1 else what, fontsize=8)
+    fig.tight_layout()
+    _save_fig(fig, out / "samples.png")
+    plt.close(fig)
+    return True
+
+
+def _sample_grid(result, out: Path) -> bool:
+    """``samples.png`` of an image evaluation: rows = samples (:func:`_sample_figure`)."""
+    if not result.samples:
+        return False
     from opama_tools.eval.evaluate import load_image
     from opama_tools.eval.metrics.panorama import input_coverage_mask
 
     cfg = result.config
-    n = len(result.samples)
-    fig, axes = plt.subplots(n, 3, figsize=(12, 2.2 * n), squeeze=False)
-    for i, (rel, gen_path, ref_path) in enumerate(result.samples):
+    rows = []
+    for rel, gen_path, ref_path in result.samples:
         try:
             g = load_image(gen_path)
             r = load_image(ref_path)
@@ -137,39 +154,14 @@ def _sample_grid(result, out: Path) -> bool:
             r = np.asarray(Image.fromarray(r).resize((g.shape[1], g.shape[0]), Image.BILINEAR))
         m = input_coverage_mask(r.shape[0], r.shape[1], cfg["input_yaw"], cfg["input_pitch"], cfg["input_fov"],
                                 (cfg["input_size"], cfg["input_size"])).numpy()
-        inp = np.where(m[..., None], r, np.uint8(40))
-        for j, (img, title) in enumerate(((inp, "input"), (g, "generated"), (r, "reference"))):
-            axes[i, j].imshow(img)
-            axes[i, j].set_axis_off()
-            axes[i, j].set_title(f"{title}: {rel}" if j == 1 else title, fontsize=8)
-    fig.tight_layout()
-    _save_fig(fig, out / "samples.png")
-    plt.close(fig)
-    return True
+        rows.append((rel, m, g, r))
+    return _sample_figure(rows, out)
 
 
 def _video_sample_grid(result, out: Path) -> bool:
     """``samples.png`` of a video evaluation: one row per ``result.sample_frames`` entry ``(title, input
-    mask, generated frame, reference frame)``; columns input (reference masked) / generated / reference."""
-    frames = getattr(result, "sample_frames", None) or []
-    if not frames:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(frames), 3, figsize=(12, 2.2 * len(frames)), squeeze=False)
-    for i, (title, m, g, r) in enumerate(frames):
-        inp = np.where(m[..., None], r, np.uint8(40))
-        for j, (img, what) in enumerate(((inp, "input"), (g, "generated"), (r, "reference"))):
-            axes[i, j].imshow(img)
-            axes[i, j].set_axis_off()
-            axes[i, j].set_title(f"{what}: {title}" if j == 1 else what, fontsize=8)
-    fig.tight_layout()
-    _save_fig(fig, out / "samples.png")
-    plt.close(fig)
-    return True
+    mask, generated frame, reference frame)`` (:func:`_sample_figure`)."""
+    return _sample_figure(getattr(result, "sample_frames", None) or [], out)
 
 
 def _plots(result, out: Path) -> bool:
