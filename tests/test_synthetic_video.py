@@ -186,5 +186,3 @@ def test_demo_data_only_video_writes_and_resumes(tmp_path):
     assert res.exit_code == 0 and (d / "refs" / "vid_0000.mp4").stat().st_mtime_ns == stamp  # same settings: kept
     res = runner.invoke(app, ["demo", "--data-only", str(d), "--video", "--height", "33"])
     assert res.exit_code == 2 and "even" in res.output
-    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--video"])
-    assert res.exit_code == 1 and "not wired yet" in res.output and not (tmp_path / "demo").exists()
