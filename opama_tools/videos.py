@@ -251,15 +251,37 @@ def _decode_problem(stderr: str, returncode: int) -> str | None:
 _DECODE = ["-fps_mode", "passthrough", "-an", "-sn", "-dn"]
 
 
+_PROBED: dict[tuple, "VideoInfo"] = {}
+""":func:`probe_video` results by (resolved path, inode, size, mtime_ns): a job that checks a clip
+before loading its model and again per row decodes it once."""
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Frame count (exact: every frame is decoded once, as :func:`read_frames` would), fps and the
-    upright ``height`` x ``width`` of the first video stream of ``path``.
+    upright ``height`` x ``width`` of the first video stream of ``path``. The result is kept for the
+    same unchanged file (same inode, size and modification time).
 
     Raises:
         ValueError: one line naming the file: not a video (an image, a text or an empty file),
             no video stream, unreadable or truncated (decoding errors, data cut off), zero frames.
     """
     path = Path(path)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is not None and key in _PROBED:
+        return _PROBED[key]
+    info = _probe(path)
+    if key is not None:
+        if len(_PROBED) >= 256:
+            _PROBED.clear()
+        _PROBED[key] = info
+    return info
+
+
+def _probe(path: Path) -> VideoInfo:
     head = _header(path)
     name = _name(path)
     with tempfile.TemporaryFile() as err:
