@@ -124,10 +124,11 @@ def _pass_ratio(folder: Path) -> tuple[float, float]:
     """Mean over clips of the mean UNet passes per frame after the first / a full panorama's, and
     the mean seconds per frame."""
     ratios, secs = [], []
-    for meta in sorted(folder.glob("*/meta.json")):
-        v = json.loads(meta.read_text())["video"]
+    for path in sorted(folder.glob("*/meta.json")):
+        meta = json.loads(path.read_text())
+        v = meta["video"]
         ratios.append(v["mean_pass_ratio_after_first"] or 0.0)
-        secs.append(json.loads(meta.read_text())["seconds"].get("video", 0.0) / max(1, v["frames"]))
+        secs.append(meta["seconds"].get("video", 0.0) / max(1, v["frames"]))
     n = max(1, len(ratios))
     return sum(ratios) / n, sum(secs) / n
 
