@@ -64,8 +64,9 @@ def stage_video(r: Any) -> str:
     gen.mkdir(parents=True, exist_ok=True)
     settings = demo._outpaint_settings(r, "fast")
     jobs = []
+    batches = _clip_batches(data, root)
     for method, independent in sorted(VIDEO_METHODS, key=lambda m: not m[1]):  # the slow baseline first
-        for name, batch in _clip_batches(data, root):
+        for name, batch in batches:
             job = f"{method}/{name}"
             jobs.append((job, demo._outpaint_job, (str(gen / f"{method}-{name}.log"), str(batch), str(gen / method),
                                                    model, dict(settings, lossless=True, independent=independent))))
