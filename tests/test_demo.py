@@ -55,6 +55,12 @@ def test_demo_fast_every_stage(tmp_path):
     page = (d / "report.html").read_text()
     assert "Comparison on the held-out test panoramas" in page and "trained-fast" in page
     assert "gen/trained-fast/" in page and "loss.png" in page
+    # the overview: 2 test panoramas by 5 columns (input, trained, training-free, untrained, reference)
+    from opama_tools.images import read_ldr
+
+    assert "report_assets/overview.png" in page
+    ov = read_ldr(d / "report_assets" / "overview.png")
+    assert ov.shape[1] > 2.5 * ov.shape[0] and ov.std() > 20, ov.shape
     # the paired rows: trained-fast minus each baseline and minus the training-free method, the training-free
     # method minus grey, per weight-free metric, n = the 2 test panoramas
     assert "Paired, panorama by panorama" in page

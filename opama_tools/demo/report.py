@@ -216,6 +216,38 @@ def _loss_plot(out: Path, dst: Path) -> bool:
     return True
 
 
+def _overview_figure(out: Path, names: Sequence[str], dst: Path, rows: int = 2) -> bool:
+    """One picture of the first ``rows`` test panoramas: the input on the canvas (the input-only run), each
+    method of ``names`` that has a panorama, and the reference; ``dst`` (PNG). False when nothing to show."""
+    refs = sorted((out / "png" / "test").glob("*.png"))[:rows]
+    cols = [("input view on the canvas", lambda stem: out / "gen" / "input-only" / f"{stem}.png")]
+    cols += [(n, lambda stem, n=n: out / "gen" / n / stem / "pano.png") for n in names]
+    cols.append(("reference (held out)", lambda stem: out / "png" / "test" / f"{stem}.png"))
+    cols = [(t, f) for t, f in cols if refs and all(f(r.stem).is_file() for r in refs)]
+    if not refs or len(cols) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from opama_tools.images import read_ldr, to_uint8
+
+    fig, axes = plt.subplots(len(refs), len(cols), figsize=(2.6 * len(cols), 1.45 * len(refs)), squeeze=False)
+    for i, ref in enumerate(refs):
+        for j, (title, f) in enumerate(cols):
+            ax = axes[i][j]
+            ax.imshow(to_uint8(read_ldr(f(ref.stem))))
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(title, fontsize=8, loc="left")
+    fig.tight_layout(pad=0.3)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return True
+
+
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]], escape: bool = True) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c) if escape else c}</td>" for c in r) + "</tr>" for r in rows)
@@ -224,7 +256,8 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], escape: bool = Tr
 
 def write_demo_report(out: str | Path, names: Sequence[str], times: dict[str, float], notes: dict[str, str],
                       settings: dict) -> Path:
-    """Write ``out/report.html`` (and ``out/report_assets/loss.png``); returns the page's path."""
+    """Write ``out/report.html`` (and ``out/report_assets/``: ``loss.png``, the training loss, and
+    ``overview.png``, two test panoramas by every method); returns the page's path."""
     out = Path(out)
     reports = {n: load_report(out / "reports" / n) for n in names if (out / "reports" / n / "metrics.json").is_file()}
     labels, cells, better = comparison_rows(reports)
@@ -253,6 +286,8 @@ def write_demo_report(out: str | Path, names: Sequence[str], times: dict[str, fl
     gen_names = [n for n in names if n != "input-only"]
     timing = timing_rows(out, gen_names)
     has_loss = _loss_plot(out, out / "report_assets" / "loss.png")
+    shown = [n for n in ("trained-fast", TRAINING_FREE, "untrained-fast") if n in gen_names]
+    has_overview = _overview_figure(out, shown, out / "report_assets" / "overview.png")
     stage_rows = [[k, f"{v:.1f}", notes.get(k, "")] for k, v in times.items()]
 
     gallery = []
@@ -309,6 +344,8 @@ def write_demo_report(out: str | Path, names: Sequence[str], times: dict[str, fl
     from opama_tools.demo.video_stage import video_section
 
     parts += video_section(out)
+    if has_overview:
+        parts += ["<h2>At a glance</h2>", "<img src='report_assets/overview.png' style='max-width:100%'>"]
     if has_loss:
         parts += ["<h2>Training loss</h2>", "<img src='report_assets/loss.png'>"]
     if first_viewer:
