@@ -21,14 +21,15 @@ One process, one model (sd2 with random weights unless both SD-2 folders are fou
    (recompute everything) and after (reuse on), the ratio reference / fast and its bound
    (reference rows / fast rows: with zero overhead the ratio cannot exceed it unless a batch-2
    pass costs less than two batch-1 passes).
-4. ``--panorama PROC``: one real panorama (wall seconds), CUDA advised.
+4. ``--panorama PROC [PROC ...]``: one real panorama per procedure (wall seconds), CUDA advised; with
+   ``fast`` and ``reference`` their measured ratio.
 5. ``--train``: one training step, with and without gradient checkpointing, via
    ``benchmarks/bench_sd2_train.py``'s ``measure_train_step`` (the training side's benchmark).
 
 Examples::
 
     flock /tmp/sd2.lock python benchmarks/bench_sd2.py --threads 2 --json /tmp/sd2.json
-    python benchmarks/bench_sd2.py --device cuda --dtype fp16 --panorama fast
+    python benchmarks/bench_sd2.py --device cuda --dtype fp16 --panorama fast reference
     python benchmarks/bench_sd2.py --preset tiny --quick     # seconds, a dry run of the script
 """
 
@@ -328,25 +329,28 @@ def training_free(r: dict, proj: dict, before: dict, after: dict) -> dict:
     return out
 
 
-def run_panorama(a, pipe, device) -> dict:
+def run_panorama(a, pipe, device, procedure: str) -> dict:
+    """One real panorama with ``procedure`` (after a one-view warm-up): wall seconds, UNet calls, peak memory."""
     size = pipe.view_size
     hh = (2 if a.quick else 4) * size
     photo = input_photo(size)
-    pipe([photo], prompt="warm up", procedure=a.panorama, num_inference_steps=1, schedule=((0.0, 25.0),),
+    pipe([photo], prompt="warm up", procedure=procedure, num_inference_steps=1, schedule=((0.0, 25.0),),
          height=size, width=2 * size, output_type="np")
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    out = pipe([photo], prompt="a bright living room with a large window", procedure=a.panorama, seed=0,
+    out = pipe([photo], prompt="a bright living room with a large window", procedure=procedure, seed=0,
                height=hh, width=2 * hh, output_type="np")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     i = out.info
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_peak_mb()
-    r = dict(procedure=a.panorama, wall_s=wall, canvas=i["size"], generated_views=i["generated_views"],
+    r = dict(procedure=procedure, wall_s=wall, canvas=i["size"], generated_views=i["generated_views"],
              unet_passes=i["unet_passes"], unet_rows=i["unet_rows"], batched_cfg=i["batched_cfg"],
              reuse_faces=i["reuse_faces"], faces_reused=i["faces_reused"], seconds=i["seconds"], peak_mb=peak)
-    print(f"\n## Real panorama ({a.panorama}, {i['size'][0]}x{i['size'][1]}, {i['dtype']}): {wall:.1f} s wall, "
+    print(f"\n## Real panorama ({procedure}, {i['size'][0]}x{i['size'][1]}, {i['dtype']}): {wall:.1f} s wall, "
           f"{i['generated_views']} generated views, {i['unet_passes']} UNet calls ({i['unet_rows']} rows), "
           f"peak {peak:.0f} MB; stages {i['seconds']}", flush=True)
     return r
@@ -395,7 +399,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None, help="untimed runs per stage (default 1 on CUDA, 0 on CPU)")
     ap.add_argument("--gma-samples", type=int, default=3,
                     help="on CPU: views whose face reuse in the GMA is timed (0: all; CUDA: always all)")
-    ap.add_argument("--panorama", choices=PROCS, help="also run one real panorama with this procedure")
+    ap.add_argument("--panorama", choices=PROCS, nargs="+", default=[],
+                    help="also run one real panorama with each of these procedures, in this process "
+                         "(with fast and reference: their measured ratio)")
     ap.add_argument("--no-stages", action="store_true", help="skip the per-stage measurement")
     ap.add_argument("--train", action="store_true", help="one training step with/without checkpointing")
     ap.add_argument("--batch", type=int, default=1, help="--train batch size")
@@ -438,9 +444,15 @@ def main() -> None:
         if not a.no_stages:
             res["inference"] = measure_inference(a, pipe, device)
             dump()
-        if a.panorama:
-            res["panorama"] = run_panorama(a, pipe, device)
+        for proc in a.panorama:
+            res.setdefault("panoramas", {})[proc] = run_panorama(a, pipe, device, proc)
             dump()
+        real = res.get("panoramas", {})
+        if "fast" in real and "reference" in real:
+            res["real_ratio_reference_over_fast"] = real["reference"]["wall_s"] / real["fast"]["wall_s"]
+            print(f"\n## Real panoramas, same process: reference / fast = "
+                  f"{real['reference']['wall_s']:.1f} / {real['fast']['wall_s']:.1f} s = "
+                  f"{res['real_ratio_reference_over_fast']:.2f}x (MEASURED, one run each)", flush=True)
         del pipe, model
     if a.train:
         res["train"] = run_train(a)
