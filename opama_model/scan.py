@@ -22,7 +22,8 @@ Backends (``backend=`` argument, else the ``OPAMA_SCAN`` environment variable, e
   sequence is cut into blocks that fit in cache; inside a block, into chunks of ``T`` steps. A
   sequential sweep over the ``T`` steps runs for all chunks at once (the state of every chunk is
   computed from zero), a short recurrence over the chunks carries the true start state into each
-  chunk, and a second sweep produces the states. Only multiplications of decays ``exp(delta*A) <= 1``
+  chunk (on CUDA a log-depth scan of the chunks, :func:`_affine_carry`, fewer and larger ops; on
+  CUDA without gradients, 4x larger blocks), and a second sweep produces the states. Only multiplications of decays ``exp(delta*A) <= 1``
   occur (no ``exp(-cumsum)`` factors), so it is as stable as the loop. Autograd is a hand-written
   backward (the adjoint recurrence, run backwards with the same chunking) that recomputes states
   block by block from saved chunk start states, so memory is ``O(b*d*l)`` (the start states are at
@@ -191,7 +192,15 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 # time in the backward; 2**20 floats = 4 MiB each keeps the working set in a CPU's L2/L3 cache.
 _BLOCK_ELEMS_CPU = 1 << 20
 _BLOCK_ELEMS_CUDA = 1 << 24
+# Without gradients (inference) nothing is kept for a backward: on CUDA, 4x larger blocks (3 buffers
+# of 256 MiB) mean 4x fewer blocks, hence fewer of the small per-block ops that dominate a GPU's time.
+_BLOCK_ELEMS_CUDA_INFER = 1 << 26
 _MIN_BLOCK_POS = 32  # at least this many positions per block
+# Carrying the start state across the chunks of a block: "loop" (nc sequential steps, 2 ops each) or
+# "log" (a log-depth scan of the chunks' affine maps, ~4 log2(nc) ops). "auto": log on CUDA from this
+# many chunks per block, where each op is small and its launch costs as much as its work.
+CARRIES = ("auto", "loop", "log")
+_LOG_CARRY_MIN_CHUNKS = 9
 
 
 class _Plan:
@@ -201,8 +210,11 @@ class _Plan:
     the nc chunks of each block), at a fixed block size K = T * nc positions; hence T ~ sqrt(K / 2).
     """
 
-    def __init__(self, L, b, d, n, device, T=None, block_elems=None):
-        budget = block_elems or (_BLOCK_ELEMS_CUDA if device.type == "cuda" else _BLOCK_ELEMS_CPU)
+    def __init__(self, L, b, d, n, device, T=None, block_elems=None, carry=None, grad=True):
+        if device.type == "cuda":
+            budget = block_elems or (_BLOCK_ELEMS_CUDA if grad else _BLOCK_ELEMS_CUDA_INFER)
+        else:
+            budget = block_elems or _BLOCK_ELEMS_CPU
         per_pos = max(1, b * d * n)
         K = min(L, max(budget // per_pos, 1 if block_elems else _MIN_BLOCK_POS))
         if T is None:
@@ -213,6 +225,12 @@ class _Plan:
         self.nchunks = nchunks
         self.Lp = nchunks * T  # padded length
         self.nblocks = -(-nchunks // self.nc)
+        carry = (carry or os.environ.get("OPAMA_SCAN_CARRY") or "auto").strip().lower()
+        if carry not in CARRIES:
+            raise ValueError(f"unknown chunk carry {carry!r}; choose one of {CARRIES}")
+        if carry == "auto":
+            carry = "log" if device.type == "cuda" and self.nc >= _LOG_CARRY_MIN_CHUNKS else "loop"
+        self.carry = carry
 
     def blocks(self):
         """(chunk start, chunk count) per block."""
@@ -264,7 +282,46 @@ def _chunk_decay(dt_tm, A):
     return torch.exp(dt_tm.sum(0)[..., None] * A)
 
 
-def _forward_states(ws, a, x, P, h_in, store):
+def _affine_carry(P, q, h, reverse=False):
+    """Run ``state = P[:, c] * state + q[:, c]`` over the chunks ``c`` of a block from ``state = h``
+    (in reverse chunk order if ``reverse``). ``P``, ``q``: ``(b, nc, d, n)``; ``h``: ``(b, d, n)``.
+
+    Returns (``(b, nc, d, n)``: the state before each chunk's step, the state after the last step).
+    A Hillis-Steele scan of the affine maps ``(P, q)`` with ``h`` folded into the first chunk's
+    ``q``: ``ceil(log2 nc)`` rounds of whole-tensor ops instead of ``nc`` sequential steps; only
+    products of the ``P`` occur (decays <= 1), as in the loop.
+    """
+    nc = P.shape[1]
+    first = -1 if reverse else 0
+    qc = q.clone()
+    qc[:, first].addcmul_(P[:, first], h)
+    Pc, k = P, 1  # after each round: the maps of up to 2k chunks ending at c, composed
+    while k < nc:
+        fresh = qc.clone()
+        if reverse:
+            fresh[:, :-k].addcmul_(Pc[:, :-k], qc[:, k:])
+        else:
+            fresh[:, k:].addcmul_(Pc[:, k:], qc[:, :-k])
+        qc = fresh
+        if 2 * k < nc:  # the next round needs the products over 2k chunks
+            fresh = Pc.clone()
+            if reverse:
+                fresh[:, :-k].mul_(Pc[:, k:])
+            else:
+                fresh[:, k:].mul_(Pc[:, :-k])
+            Pc = fresh
+        k *= 2
+    H = torch.empty_like(P)
+    if reverse:
+        H[:, -1] = h
+        H[:, :-1] = qc[:, 1:]
+        return H, qc[:, 0]
+    H[:, 0] = h
+    H[:, 1:] = qc[:, :-1]
+    return H, qc[:, -1]
+
+
+def _forward_states(ws, a, x, P, h_in, store, carry="loop"):
     """States of one block. ``a``, ``x``: ``(T, b, nc, d, n)``; ``P``: chunk decays; ``h_in``: ``(b, d, n)``.
 
     Returns (all states ``(T, b, nc, d, n)`` if ``store`` else None, last state ``(b, d, n)``,
@@ -276,11 +333,14 @@ def _forward_states(ws, a, x, P, h_in, store):
     for t in range(1, T):
         s = torch.addcmul(x[t], a[t], s)
     # across chunks: the true start state of each chunk
-    H = torch.empty(b, nc, d, n, dtype=a.dtype, device=a.device)
-    h = h_in
-    for c in range(nc):
-        H[:, c] = h
-        h = torch.addcmul(s[:, c], P[:, c], h)
+    if carry == "log":
+        H, h = _affine_carry(P, s, h_in)
+    else:
+        H = torch.empty(b, nc, d, n, dtype=a.dtype, device=a.device)
+        h = h_in
+        for c in range(nc):
+            H[:, c] = h
+            h = torch.addcmul(s[:, c], P[:, c], h)
     return _sweep_states(ws, a, x, H) if store else None, h, H
 
 
@@ -306,10 +366,10 @@ class _ChunkedScanFn(torch.autograd.Function):
     ``h0 (b,d,n)``. Returns ``y (b,d,l)`` and the last state ``(b,d,n)``."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C, h0, T, block_elems):
+    def forward(ctx, u, dt, A, B, C, h0, T, block_elems, carry, grad):
         b, d, L = u.shape
         n = A.shape[1]
-        plan = _Plan(L, b, d, n, u.device, T, block_elems)
+        plan = _Plan(L, b, d, n, u.device, T, block_elems, carry, grad=grad)
         T = plan.T
         pad = plan.Lp - L
         if pad:  # dt = 0 => decay 1, input 0: the state passes through the padding unchanged
@@ -331,7 +391,7 @@ class _ChunkedScanFn(torch.autograd.Function):
             a, x = _block_coeffs(ws, dt_tm, dtu_tm, B_tm, A)
             if not keep:
                 starts[:, i] = h
-            hs, h, H = _forward_states(ws, a, x, _chunk_decay(dt_tm, A), h, store=True)
+            hs, h, H = _forward_states(ws, a, x, _chunk_decay(dt_tm, A), h, store=True, carry=plan.carry)
             if keep:
                 starts[:, c0:c0 + nc] = H
             y[:, :, c0 * T:(c0 + nc) * T] = _from_tm(_contract_n(hs, C_tm))
@@ -370,7 +430,7 @@ class _ChunkedScanFn(torch.autograd.Function):
             if ctx.keep:
                 hs = _sweep_states(ws, a, x, starts[:, c0:c0 + nc])
             else:
-                hs, _, _ = _forward_states(ws, a, x, P, starts[:, i], store=True)
+                hs, _, _ = _forward_states(ws, a, x, P, starts[:, i], store=True, carry=plan.carry)
             # direct gradient on the states: dh[t] = dy[t] * C[t]   -> buffer g
             g = ws.get("g", a.shape)
             torch.mul(dy_tm[..., None], C_tm, out=g)
@@ -379,10 +439,13 @@ class _ChunkedScanFn(torch.autograd.Function):
             for t in range(T - 2, -1, -1):
                 s = torch.addcmul(g[t], a[t + 1], s)
             # across chunks (backwards): Gc = gradient entering chunk c's last state from later
-            Gs = torch.empty(b, nc, d, n, dtype=torch.float32, device=u.device)
-            for c in range(nc - 1, -1, -1):
-                Gs[:, c] = G
-                G = torch.addcmul(P[:, c] * G, a[0, :, c], s[:, c])
+            if plan.carry == "log":
+                Gs, G = _affine_carry(P, a[0] * s, G, reverse=True)
+            else:
+                Gs = torch.empty(b, nc, d, n, dtype=torch.float32, device=u.device)
+                for c in range(nc - 1, -1, -1):
+                    Gs[:, c] = G
+                    G = torch.addcmul(P[:, c] * G, a[0, :, c], s[:, c])
             # sweep 2 in place: g[T-1] += Gs, g[t] += a[t+1] * g[t+1]
             g[T - 1].add_(Gs)
             for t in range(T - 2, -1, -1):
@@ -414,7 +477,7 @@ class _ChunkedScanFn(torch.autograd.Function):
             ddt[:, :, sl] = _from_tm(torch.addcmul(ddt_a, sx, u_tm))
         dB = dB.transpose(2, 3)[..., :L]
         dC = dC.transpose(2, 3)[..., :L]
-        return du[..., :L], ddt[..., :L], dA, dB, dC, G, None, None
+        return du[..., :L], ddt[..., :L], dA, dB, dC, G, None, None, None, None
 
 
 def _bc_tm(Mt: torch.Tensor, c0: int, nc: int, T: int) -> torch.Tensor:
@@ -425,11 +488,14 @@ def _bc_tm(Mt: torch.Tensor, c0: int, nc: int, T: int) -> torch.Tensor:
 
 
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                           return_last_state=False, initial_state=None, chunk_len=None, block_elems=None):
+                           return_last_state=False, initial_state=None, chunk_len=None, block_elems=None,
+                           carry=None):
     """Chunked, cache-blocked scan in pure PyTorch with a hand-written backward.
 
-    Same arguments and result as :func:`selective_scan`; ``chunk_len`` (steps per chunk) and
-    ``block_elems`` (elements of one block tensor) tune speed only.
+    Same arguments and result as :func:`selective_scan`; ``chunk_len`` (steps per chunk),
+    ``block_elems`` (elements of one block tensor) and ``carry`` (how start states cross the chunks
+    of a block: ``"loop"``, ``"log"`` or ``"auto"``, see :data:`CARRIES`; else ``$OPAMA_SCAN_CARRY``)
+    tune speed only: the results agree to float rounding.
     """
     _check(u, delta, A)
     dtype = u.dtype
@@ -444,7 +510,9 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     if l == 0:
         y, last = u.new_zeros(b, d, 0, dtype=torch.float32), h0
     else:
-        y, last = _ChunkedScanFn.apply(u.float(), dt, Af, Bm, Cm, h0, chunk_len, block_elems)
+        uf = u.float()
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (uf, dt, Af, Bm, Cm, h0))
+        y, last = _ChunkedScanFn.apply(uf, dt, Af, Bm, Cm, h0, chunk_len, block_elems, carry, grad)
     out = _finish(y, u, D, z, dtype)
     return (out, last) if return_last_state else out
 

@@ -56,8 +56,37 @@ def test_chunked_matches_ref(opts, bc):
     inp = make(2, 6, 4, 77, bc=bc)
     ref = run(selective_scan_ref, inp, opts)
     # small chunks and blocks so that padding, several chunks and several blocks are all exercised
-    for kw in ({}, {"chunk_len": 4, "block_elems": 6 * 4 * 2 * 8}, {"chunk_len": 1, "block_elems": 1}):
+    for kw in ({}, {"chunk_len": 4, "block_elems": 6 * 4 * 2 * 8}, {"chunk_len": 1, "block_elems": 1},
+               {"chunk_len": 4, "carry": "log"}, {"chunk_len": 2, "block_elems": 6 * 4 * 2 * 22, "carry": "log"}):
         assert_close(run(selective_scan_chunked, inp, opts, **kw), ref, 2e-5)
+
+
+@pytest.mark.parametrize("nc", [1, 2, 3, 5, 8, 9, 16, 29, 64])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_log_carry_matches_the_loop(nc, reverse):
+    g = torch.Generator().manual_seed(nc)
+    P = torch.rand(2, nc, 3, 4, generator=g)  # decays in [0, 1)
+    q, h = torch.randn(2, nc, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    H_want, state = torch.empty_like(P), h
+    for c in (range(nc - 1, -1, -1) if reverse else range(nc)):
+        H_want[:, c] = state
+        state = P[:, c] * state + q[:, c]
+    H, last = scan._affine_carry(P, q, h, reverse=reverse)
+    torch.testing.assert_close(H, H_want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(last, state, rtol=1e-6, atol=1e-6)
+
+
+def test_carry_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert scan._Plan(4096, 7, 640, 16, cuda).carry == "log"  # the GMA's first stage on a GPU: nc = 29
+    assert scan._Plan(4096, 7, 640, 16, cpu).carry == "loop"
+    assert scan._Plan(64, 1, 4, 4, cuda, T=16).carry == "loop"  # 4 chunks: the loop is as short
+    assert scan._Plan(4096, 7, 640, 16, cpu, carry="log").carry == "log"
+    # without gradients a GPU takes larger blocks (nothing is kept for a backward)
+    assert scan._Plan(4096, 7, 640, 16, cuda, grad=False).nblocks < scan._Plan(4096, 7, 640, 16, cuda).nblocks
+    assert scan._Plan(4096, 7, 640, 16, cpu, grad=False).nblocks == scan._Plan(4096, 7, 640, 16, cpu).nblocks
+    with pytest.raises(ValueError, match="chunk carry"):
+        scan._Plan(64, 1, 4, 4, cpu, carry="tree")
 
 
 def test_long_sequence_forward_and_gradients():
@@ -67,6 +96,7 @@ def test_long_sequence_forward_and_gradients():
     ref = run(selective_scan_ref, inp, opts)
     assert_close(run(selective_scan_chunked, inp, opts), ref, 1e-4)
     assert_close(run(selective_scan_chunked, inp, opts, chunk_len=64, block_elems=1 << 12), ref, 1e-4)
+    assert_close(run(selective_scan_chunked, inp, opts, chunk_len=8, carry="log"), ref, 1e-4)  # 513 chunks
 
 
 def test_initial_state_gradient_matches_ref():
