@@ -197,3 +197,10 @@ def test_sc_captions_generated_panoramas_with_a_local_blip(data, tmp_path, monke
     assert sc["status"] == "ok" and sc["n"] == N
     df = pd.read_csv(out / "per_image.csv")
     assert df["gen_caption"].notna().all()
+
+
+def test_fmt_honours_its_digits():
+    from opama_tools.eval.report import fmt
+
+    assert fmt(0.0123456) == "0.01235" and fmt(0.0123456, 3) == "0.0123" and fmt(-0.001701, 2) == "-0.0017"
+    assert fmt(12345.67, 3) == "12345.7" and fmt(None) == "—" and fmt(float("nan")) == "—" and fmt(float("inf")) == "inf"

@@ -39,14 +39,15 @@ REPORT_FILES = ("metrics.json", "per_image.csv", "report.md", "report.html")
 
 
 def fmt(v: float | None, digits: int = 4) -> str:
-    """Compact number for tables (``inf``/``nan``/``None`` spelled out)."""
+    """Compact number for tables: ``digits`` significant digits, one decimal from 1000 up
+    (``inf``/``nan``/``None`` spelled out)."""
     if v is None:
         return "—"
     if isinstance(v, float) and math.isnan(v):
         return "—"
     if isinstance(v, float) and math.isinf(v):
         return "inf"
-    return f"{v:.4g}" if abs(v) < 1000 else f"{v:.1f}"
+    return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:.1f}"
 
 
 def _ci(m: dict) -> str:
