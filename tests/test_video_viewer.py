@@ -111,6 +111,20 @@ def _run_page(page, *flags, budget=40000):
     return res.stdout
 
 
+def _probe(page, *flags, enough, attempts=3):
+    """The probe's JSON from ``page``; the page is run again (up to ``attempts`` times) while
+    ``enough(result)`` is false: how far headless Chromium plays a video before its virtual-time budget
+    ends varies with the machine's load, so one short run is retried, not failed."""
+    for _ in range(attempts):
+        dom = _run_page(page, *flags)
+        m = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+        assert m and m.group(1), f"the probe recorded nothing: {dom[-2000:]}"
+        got = json.loads(html.unescape(m.group(1)))
+        if enough(got):
+            break
+    return got, dom
+
+
 @pytest.mark.skipif(_chromium() is None, reason="no Chromium installed (CI installs it: .ci/run)")
 def test_video_viewer_plays_in_headless_chromium(tmp_path):
     frames = _clip_frames()
@@ -120,10 +134,7 @@ def test_video_viewer_plays_in_headless_chromium(tmp_path):
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", _PROBE))
     # reading the canvas back needs the video same-origin: file:// pages are not, unless this flag is given
-    dom = _run_page(probe, "--allow-file-access-from-files")
-    m = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
-    assert m and m.group(1), f"the probe recorded nothing: {dom[-2000:]}"
-    shots = json.loads(html.unescape(m.group(1)))
+    shots, _ = _probe(probe, "--allow-file-access-from-files", enough=lambda shots: len(shots) == 2)
     assert len(shots) == 2, shots  # the canvas showed another frame: it plays
     for s in shots:
         assert s["readyState"] >= 2 and not s["paused"] and s["frames"] >= 1, s
@@ -148,10 +159,7 @@ def test_video_viewer_plays_from_disk_and_shows_the_poster(tmp_path):
     # as opened from disk (no flag): the renderer never reads pixels back, so the cross-origin video still plays
     page = tmp_path / "state.html"
     page.write_text((tmp_path / "index.html").read_text().replace("</body>", _STATE_PROBE))
-    dom = _run_page(page)
-    m = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
-    assert m and m.group(1), f"the probe did not run: {dom[-2000:]}"
-    got = json.loads(html.unescape(m.group(1)))
+    got, dom = _probe(page, enough=lambda got: got["frames"] >= 2 and got["time"] > 0.2)
     # a blocked (cross-origin) or failed video never repaints and never plays: frames stay at 0 or 1, time at 0
     assert got["frames"] >= 2 and got["time"] > 0 and got["state"]["ready"] == "1", got
     hud = re.search(r'<div id="hud">(.*?)</div>', dom, re.S)
