@@ -192,9 +192,16 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 # time in the backward; 2**20 floats = 4 MiB each keeps the working set in a CPU's L2/L3 cache.
 _BLOCK_ELEMS_CPU = 1 << 20
 _BLOCK_ELEMS_CUDA = 1 << 24
-# Without gradients (inference) nothing is kept for a backward: on CUDA, 4x larger blocks (3 buffers
-# of 256 MiB) mean 4x fewer blocks, hence fewer of the small per-block ops that dominate a GPU's time.
+# Without gradients (inference) nothing is kept for a backward: on CUDA, up to 4x larger blocks (3
+# buffers of up to 256 MiB, at most 1/16 of the free memory each) mean fewer blocks, hence fewer of
+# the small per-block ops that dominate a GPU's time.
 _BLOCK_ELEMS_CUDA_INFER = 1 << 26
+
+
+def _infer_block_elems(free_bytes: int) -> int:
+    """CUDA block budget without gradients: ``_BLOCK_ELEMS_CUDA_INFER``, less when a float32 block
+    would exceed 1/16 of ``free_bytes``, never below the training budget ``_BLOCK_ELEMS_CUDA``."""
+    return max(_BLOCK_ELEMS_CUDA, min(_BLOCK_ELEMS_CUDA_INFER, free_bytes // 64))
 _MIN_BLOCK_POS = 32  # at least this many positions per block
 # Carrying the start state across the chunks of a block: "loop" (nc sequential steps, 2 ops each) or
 # "log" (a log-depth scan of the chunks' affine maps, ~4 log2(nc) ops). "auto": log on CUDA from this
@@ -212,7 +219,12 @@ class _Plan:
 
     def __init__(self, L, b, d, n, device, T=None, block_elems=None, carry=None, grad=True):
         if device.type == "cuda":
-            budget = block_elems or (_BLOCK_ELEMS_CUDA if grad else _BLOCK_ELEMS_CUDA_INFER)
+            if block_elems:
+                budget = block_elems
+            elif grad:
+                budget = _BLOCK_ELEMS_CUDA
+            else:
+                budget = _infer_block_elems(torch.cuda.mem_get_info(device)[0])
         else:
             budget = block_elems or _BLOCK_ELEMS_CPU
         per_pos = max(1, b * d * n)

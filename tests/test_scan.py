@@ -82,8 +82,13 @@ def test_carry_choice():
     assert scan._Plan(4096, 7, 640, 16, cpu).carry == "loop"
     assert scan._Plan(64, 1, 4, 4, cuda, T=16).carry == "loop"  # 4 chunks: the loop is as short
     assert scan._Plan(4096, 7, 640, 16, cpu, carry="log").carry == "log"
-    # without gradients a GPU takes larger blocks (nothing is kept for a backward)
-    assert scan._Plan(4096, 7, 640, 16, cuda, grad=False).nblocks < scan._Plan(4096, 7, 640, 16, cuda).nblocks
+    # without gradients a GPU takes larger blocks (nothing is kept for a backward), as far as its free memory allows
+    gib = 1 << 30
+    assert scan._infer_block_elems(100 * gib) == scan._BLOCK_ELEMS_CUDA_INFER == 4 * scan._BLOCK_ELEMS_CUDA
+    assert scan._infer_block_elems(2 * gib) == 2 * gib // 64  # a float32 block: 1/16 of the free memory
+    assert scan._infer_block_elems(100 << 20) == scan._BLOCK_ELEMS_CUDA
+    big = scan._Plan(4096, 7, 640, 16, cuda, block_elems=scan._BLOCK_ELEMS_CUDA_INFER)
+    assert big.nblocks < scan._Plan(4096, 7, 640, 16, cuda).nblocks
     assert scan._Plan(4096, 7, 640, 16, cpu, grad=False).nblocks == scan._Plan(4096, 7, 640, 16, cpu).nblocks
     with pytest.raises(ValueError, match="chunk carry"):
         scan._Plan(64, 1, 4, 4, cpu, carry="tree")
