@@ -40,7 +40,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -250,6 +250,16 @@ class EvalResult:
 # ---- stage 1: pairing and loading ------------------------------------------------------------
 
 
+def visible_files(root: Path, suffixes) -> Iterator[tuple[Path, Path]]:
+    """``(path, path relative to root)`` of the files under ``root`` whose suffix (lower case) is in
+    ``suffixes``, in sorted order; files in hidden folders and hidden files are skipped."""
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or p.suffix.lower() not in suffixes or not p.is_file():
+            continue
+        yield p, rel
+
+
 def _list_images(root: Path, generated: bool = False) -> dict[str, Path]:
     """``{pairing key: path}`` of the images under ``root`` (hidden files skipped).
 
@@ -259,10 +269,7 @@ def _list_images(root: Path, generated: bool = False) -> dict[str, Path]:
     """
     out: dict[str, Path] = {}
     nested: dict[str, Path] = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
-            continue
+    for p, rel in visible_files(root, IMAGE_SUFFIXES):
         if generated and len(rel.parts) > 1 and _outpaint_side_file(p):
             continue
         if generated and p.stem == "pano" and len(rel.parts) > 1:

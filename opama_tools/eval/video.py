@@ -47,6 +47,7 @@ import numpy as np
 from opama_tools.eval import registry
 from opama_tools.eval.evaluate import (
     ALL_METRICS, IMAGE_SUFFIXES, EvalInputError, EvalInputs, EvalOptions, EvalResult, MetricResult, mean_ci,
+    visible_files,
 )
 
 __all__ = [
@@ -98,10 +99,7 @@ def list_videos(root: str | Path) -> dict[str, Path]:
     root = Path(root)
     flat: dict[str, Path] = {}
     nested: dict[str, Path] = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or p.suffix.lower() not in VIDEO_SUFFIXES or not p.is_file():
-            continue
+    for p, rel in visible_files(root, VIDEO_SUFFIXES):
         inner = len(rel.parts) > 1
         if inner and _holds(p.parent, "pano", IMAGE_SUFFIXES):
             continue
