@@ -919,9 +919,13 @@ class _Timer:
             def __exit__(self, *exc):
                 if torch.cuda.is_available() and torch.cuda.is_initialized():
                     torch.cuda.synchronize()
-                timer._s[name] = timer._s.get(name, 0.0) + time.perf_counter() - self.t
+                timer.add(name, time.perf_counter() - self.t)
 
         return _Ctx()
+
+    def add(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` to stage ``name``."""
+        self._s[name] = self._s.get(name, 0.0) + seconds
 
     def seconds(self) -> dict[str, float]:
         out = {k: round(v, 4) for k, v in self._s.items()}

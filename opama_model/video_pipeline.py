@@ -460,7 +460,7 @@ def outpaint_video(pipe: OPaMaPipeline, frames: Iterable[Any], directions: Any =
             result_views, passes, rows = out.info["views"], out.info["unet_passes"], out.info["unet_rows"]
             for k, v in out.info["seconds"].items():
                 if k != "total":
-                    timer._s[k] = timer._s.get(k, 0.0) + v
+                    timer.add(k, v)
             regenerated = int((~inp_known).sum())
             keyframe = True
             since_key = torch.zeros_like(inp_known)
