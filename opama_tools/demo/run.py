@@ -131,17 +131,20 @@ FAST = dict(n_train=4, n_test=2, steps=40, vae_steps=40, unet_steps=20, procedur
 """``--fast`` overrides: a smoke run of every stage (1 to 3 minutes on 2 cores, with the load), not a result."""
 
 
-def write_synthetic(out_dir: str | Path, n: int, height: int = 256, seed: int = 0, kind: str = "random") -> list[Path]:
-    """Write ``n`` synthetic HDR ``.exr`` panoramas + ``scenes.jsonl`` with a progress bar."""
+def _with_render_bar(label: str, n: int, render: Callable[[Callable[[int], None]], Any]) -> Any:
+    """``render(progress)`` with a progress bar of ``n`` items titled ``label``."""
     with Progress(
-        TextColumn("[bold]synthetic panoramas"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=False,
     ) as bar:
         task = bar.add_task("render", total=n)
-        return generate_dataset(
-            out_dir, n=n, height=height, seed=seed, kind=kind,  # type: ignore[arg-type]
-            progress=lambda k: bar.update(task, completed=k),
-        )
+        return render(lambda k: bar.update(task, completed=k))
+
+
+def write_synthetic(out_dir: str | Path, n: int, height: int = 256, seed: int = 0, kind: str = "random") -> list[Path]:
+    """Write ``n`` synthetic HDR ``.exr`` panoramas + ``scenes.jsonl`` with a progress bar."""
+    return _with_render_bar("synthetic panoramas", n, lambda progress: generate_dataset(
+        out_dir, n=n, height=height, seed=seed, kind=kind, progress=progress))  # type: ignore[arg-type]
 
 
 def write_synthetic_video(out_dir: str | Path, n: int, frames: int = 12, height: int = 64, seed: int = 0,
@@ -151,15 +154,8 @@ def write_synthetic_video(out_dir: str | Path, n: int, frames: int = 12, height:
     progress bar; returns the clip names. ``ValueError`` (one line) for a bad option or folder."""
     from opama_tools.data.synthetic_video import generate_video_dataset
 
-    with Progress(
-        TextColumn("[bold]synthetic 360° videos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
-    ) as bar:
-        task = bar.add_task("render", total=n)
-        return generate_video_dataset(
-            out_dir, n=n, frames=frames, height=height, seed=seed, kind=kind,  # type: ignore[arg-type]
-            progress=lambda k: bar.update(task, completed=k),
-        )
+    return _with_render_bar("synthetic 360° videos", n, lambda progress: generate_video_dataset(
+        out_dir, n=n, frames=frames, height=height, seed=seed, kind=kind, progress=progress))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- child processes
